@@ -1,0 +1,296 @@
+//! A whole integration runtime on this machine: nodes as real `shir` processes on the
+//! loopback addresses 127.0.0.1–127.0.0.4, each with its own data dir, all on one port.
+//! Used by `shir demo`, `shir bench` and the integration tests, so all three exercise the
+//! product exactly as an operator runs it.
+
+use std::net::TcpListener as StdTcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+use crate::datadir::DataDir;
+use crate::proto::{self, admin_client::AdminClient};
+use crate::transport::client::unix_channel;
+
+pub struct LocalNode {
+    pub name: String,
+    pub address: String,
+    pub dir: DataDir,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct LocalIr {
+    exe: PathBuf,
+    root: PathBuf,
+    pub nodes: Vec<LocalNode>,
+    /// Extra environment for every node process (e.g. log filters in tests).
+    pub env: Vec<(String, String)>,
+}
+
+/// The loopback address of node `i` (0-based): 127.0.0.1 for the first.
+pub fn loopback(i: usize) -> String {
+    format!("127.0.0.{}", i + 1)
+}
+
+/// Checks `port` is free on the four loopback addresses, with a one-line reason if not.
+pub fn check_port_free(port: u16, count: usize) -> Result<()> {
+    for i in 0..count {
+        let addr = format!("{}:{port}", loopback(i));
+        StdTcpListener::bind(&addr).map_err(|e| anyhow!("port {port} on {addr} is not available ({e})"))?;
+    }
+    Ok(())
+}
+
+impl LocalIr {
+    /// Plans `count` nodes named node1.. under `root`, listening on `port`.
+    pub fn new(exe: impl Into<PathBuf>, root: impl Into<PathBuf>, port: u16, count: usize) -> Self {
+        let root = root.into();
+        let nodes = (0..count)
+            .map(|i| LocalNode {
+                name: format!("node{}", i + 1),
+                address: format!("{}:{port}", loopback(i)),
+                dir: DataDir::new(root.join(format!("node{}", i + 1))),
+                log: root.join(format!("node{}.log", i + 1)),
+                child: None,
+            })
+            .collect();
+        LocalIr {
+            exe: exe.into(),
+            root,
+            nodes,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// Runs a one-shot `shir` subcommand; its stdout on success, its error line on failure.
+    pub async fn shir(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.exe)
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            bail!("{}", err.trim().trim_start_matches("error: "))
+        }
+    }
+
+    /// `shir init` for node `i` (the IR's first node).
+    pub async fn init(&self, i: usize, ir_name: &str) -> Result<()> {
+        let n = &self.nodes[i];
+        let dir = n.dir.root().to_string_lossy().into_owned();
+        self.shir(&[
+            "init",
+            "--data-dir",
+            &dir,
+            "--name",
+            &n.name,
+            "--listen",
+            &n.address,
+            "--ir-name",
+            ir_name,
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// `shir register` for node `i` with `key`.
+    pub async fn register(&self, i: usize, key: &str) -> Result<()> {
+        let n = &self.nodes[i];
+        let dir = n.dir.root().to_string_lossy().into_owned();
+        self.shir(&[
+            "register",
+            "--data-dir",
+            &dir,
+            "--name",
+            &n.name,
+            "--listen",
+            &n.address,
+            "--auth-key",
+            key,
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// Starts `shir run` for node `i` and waits until its local socket answers.
+    pub async fn start(&mut self, i: usize) -> Result<()> {
+        let log = std::fs::File::create(&self.nodes[i].log)?;
+        let child = Command::new(&self.exe)
+            .args(["run", "--data-dir"])
+            .arg(self.nodes[i].dir.root())
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        self.nodes[i].child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.admin(i).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.nodes[i].child = None;
+                let log = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("").to_string();
+                bail!("{} exited ({status}) at start: {last}", self.nodes[i].name);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not open its local socket within 20 s", self.nodes[i].name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `signal` to node `i`'s process; for SIGKILL and SIGTERM, waits for it to exit.
+    pub async fn signal(&mut self, i: usize, signal: i32) -> Result<()> {
+        let pid = self.nodes[i]
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", self.nodes[i].name))?;
+        // SAFETY: plain kill(2) on a child we started and have not reaped.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            bail!("kill {}: {}", pid, std::io::Error::last_os_error());
+        }
+        if signal == libc::SIGKILL || signal == libc::SIGTERM {
+            if let Some(mut child) = self.nodes[i].child.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn kill(&mut self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGKILL).await
+    }
+
+    /// Stops every running node (SIGTERM, then SIGKILL after a grace period).
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].is_running() {
+                let _ = self.signal(i, libc::SIGTERM).await;
+            }
+        }
+    }
+
+    /// Admin client on node `i`'s local socket.
+    pub async fn admin(&self, i: usize) -> Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(unix_channel(&self.nodes[i].dir.socket_path()).await?))
+    }
+
+    pub async fn status(&self, i: usize) -> Result<proto::StatusReply> {
+        Ok(self.admin(i).await?.status(proto::StatusRequest {}).await?.into_inner())
+    }
+
+    pub async fn local_view(&self, i: usize) -> Result<proto::LocalViewReply> {
+        Ok(self
+            .admin(i)
+            .await?
+            .local_view(proto::LocalViewRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn key1(&self, i: usize) -> Result<String> {
+        Ok(self
+            .admin(i)
+            .await?
+            .key_show(proto::KeyShowRequest {})
+            .await?
+            .into_inner()
+            .key1)
+    }
+
+    /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {:?} waiting for {what}", timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `via` reports every running node Online and a dispatcher.
+    pub async fn wait_all_online(&self, via: usize, timeout: Duration) -> Result<proto::StatusReply> {
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.name.clone())
+            .collect();
+        self.wait_for("every running node to be Online", timeout, || async {
+            let s = self.status(via).await.ok()?;
+            let ok = !s.dispatcher.is_empty()
+                && running.iter().all(|name| {
+                    s.nodes
+                        .iter()
+                        .any(|n| &n.name == name && n.status == "Online" && n.raft_role == "Voter")
+                });
+            ok.then_some(s)
+        })
+        .await
+    }
+
+    /// Creates a full IR: init node 0, start it, register and start the others with key1.
+    pub async fn form(&mut self, ir_name: &str) -> Result<()> {
+        self.init(0, ir_name).await?;
+        self.start(0).await?;
+        let key = self
+            .wait_for("the first node to lead", Duration::from_secs(20), || async {
+                self.key1(0).await.ok()
+            })
+            .await?;
+        for i in 1..self.nodes.len() {
+            self.register(i, &key).await?;
+            self.start(i).await?;
+        }
+        self.wait_all_online(0, Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
+    /// Index of the node that is dispatcher according to node `via`.
+    pub async fn dispatcher(&self, via: usize) -> Result<usize> {
+        let s = self.status(via).await?;
+        self.nodes
+            .iter()
+            .position(|n| n.name == s.dispatcher)
+            .ok_or_else(|| anyhow!("no dispatcher"))
+    }
+}

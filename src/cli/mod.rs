@@ -1,0 +1,409 @@
+//! The `shir` command line: one subcommand per operator action. Every command prints a
+//! table or a line for people and `--json` for scripts, and on failure one line on stderr
+//! and a non-zero exit.
+
+pub mod bench;
+pub mod client;
+pub mod demo;
+pub mod local_ir;
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::datadir::{DEFAULT_DATA_DIR, DataDir};
+use crate::node::{self, provision};
+use crate::proto;
+use client::{AdminCertFile, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "shir",
+    version,
+    about = "Self-hosted integration runtime: up to four nodes, one port (8060), Raft-elected dispatcher, mutual TLS.",
+    after_help = "Start with `shir demo` to see a four-node runtime and a dispatcher failover on this machine."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new integration runtime with this machine as its first node.
+    Init(InitArgs),
+    /// Run the node (the host service; foreground, as systemd runs it).
+    Run(RunArgs),
+    /// Add this machine to an existing integration runtime with an authentication key.
+    Register(RegisterArgs),
+    /// Show the integration runtime, its dispatcher and every node.
+    Status(StatusArgs),
+    /// Show or regenerate the authentication keys (key1, key2).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage the nodes of the integration runtime.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Issue certificates for remote administration over port 8060.
+    #[command(subcommand)]
+    AdminCert(AdminCertCommand),
+    /// Start a four-node runtime on this machine (127.0.0.1-4), kill its dispatcher, and show the failover.
+    Demo(demo::DemoArgs),
+    /// Measure dispatcher failover time and committed writes per second on a local four-node runtime.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct NodeAddrArgs {
+    /// This node's name (lowercase letters, digits, '-').
+    #[arg(long)]
+    name: String,
+    /// IP:PORT to listen on; also the address other nodes dial unless --advertise is given.
+    #[arg(long)]
+    listen: String,
+    /// HOST:PORT other nodes and clients dial, if different from --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Directory for this node's identity and database (created, owner-only).
+    #[arg(long, env = "SHIR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    addr: NodeAddrArgs,
+    /// Name of the integration runtime.
+    #[arg(long)]
+    ir_name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    #[arg(long, env = "SHIR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    addr: NodeAddrArgs,
+    /// Authentication key (key1 or key2) from `shir key show` on a member.
+    #[arg(long, env = "SHIR_AUTH_KEY", hide_env_values = true)]
+    auth_key: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, env = "SHIR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// On first start only: register with this name (needs --listen and --auth-key).
+    #[arg(long, requires_all = ["listen", "auth_key"])]
+    name: Option<String>,
+    /// On first start only: IP:PORT to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// On first start only: HOST:PORT others dial.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// On first start only: authentication key to register with.
+    #[arg(long, env = "SHIR_AUTH_KEY", hide_env_values = true)]
+    auth_key: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print key1 and key2.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a key; the old one stops admitting nodes at once. Registered nodes are unaffected.
+    Regenerate {
+        /// key1 or key2
+        key: KeySlot,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeySlot {
+    Key1,
+    Key2,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Remove a node from the IR and revoke its certificate.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCertCommand {
+    /// Issue an admin certificate (with its key and the CA) into a new owner-only file.
+    Issue {
+        /// Name of the administrator (goes into the certificate).
+        #[arg(long)]
+        name: String,
+        /// File to write; must not exist.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error as one operator-readable line: the context chain, gRPC statuses by message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = match cause.downcast_ref::<tonic::Status>() {
+            Some(status) => status.message().to_string(),
+            None => cause.to_string(),
+        };
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHIR_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,openraft=off,sled=warn,h2=warn,hyper=warn,tower=warn")
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON renders"));
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Init(a) => {
+            let addrs = provision::Addresses::new(&a.addr.listen, a.addr.advertise.as_deref())?;
+            let dir = DataDir::new(&a.data_dir);
+            let cfg = provision::init(&dir, &a.addr.name, &addrs, &a.ir_name).await?;
+            if a.json {
+                print_json(
+                    &serde_json::json!({"ir_id": cfg.ir_id, "ir_name": cfg.ir_name, "node": cfg.name, "node_id": cfg.node_id, "address": cfg.advertise}),
+                );
+            } else {
+                println!(
+                    "created integration runtime '{}' ({}) with node '{}' at {}\nnext: shir run --data-dir {}",
+                    cfg.ir_name,
+                    cfg.ir_id,
+                    cfg.name,
+                    cfg.advertise,
+                    a.data_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Register(a) => {
+            let addrs = provision::Addresses::new(&a.addr.listen, a.addr.advertise.as_deref())?;
+            let dir = DataDir::new(&a.data_dir);
+            let cfg = provision::register(&dir, &a.addr.name, &addrs, &a.auth_key).await?;
+            if a.json {
+                print_json(
+                    &serde_json::json!({"ir_id": cfg.ir_id, "ir_name": cfg.ir_name, "node": cfg.name, "node_id": cfg.node_id, "address": cfg.advertise}),
+                );
+            } else {
+                println!(
+                    "registered node '{}' (id {}) in integration runtime '{}'\nnext: shir run --data-dir {}",
+                    cfg.name,
+                    cfg.node_id,
+                    cfg.ir_name,
+                    a.data_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Run(a) => {
+            init_logging(a.log_format);
+            let dir = DataDir::new(&a.data_dir);
+            if !dir.is_provisioned() {
+                match (&a.name, &a.listen, &a.auth_key) {
+                    (Some(name), Some(listen), Some(key)) => {
+                        let addrs = provision::Addresses::new(listen, a.advertise.as_deref())?;
+                        let cfg = provision::register(&dir, name, &addrs, key).await?;
+                        tracing::info!(node = %cfg.name, id = cfg.node_id, ir = %cfg.ir_name, "registered");
+                    }
+                    _ => {
+                        return Err(anyhow!(
+                            "{} holds no shir node; run `shir init` or `shir register` first, or pass --name, --listen and --auth-key",
+                            a.data_dir.display()
+                        ));
+                    }
+                }
+            } else if a.auth_key.is_some() {
+                tracing::info!("this data dir already holds a registered node; --name/--listen/--auth-key are ignored");
+            }
+            node::run(dir).await
+        }
+        Command::Status(a) => {
+            let reply = a
+                .target
+                .connect()
+                .await?
+                .status(proto::StatusRequest {})
+                .await?
+                .into_inner();
+            if a.json {
+                print_json(&output::status_json(&reply));
+            } else {
+                println!("{}", output::status_text(&reply));
+            }
+            Ok(())
+        }
+        Command::Key(KeyCommand::Show { target, json }) => {
+            let keys = target
+                .connect()
+                .await?
+                .key_show(proto::KeyShowRequest {})
+                .await?
+                .into_inner();
+            print_keys(&keys, json);
+            Ok(())
+        }
+        Command::Key(KeyCommand::Regenerate { key, target, json }) => {
+            let slot = match key {
+                KeySlot::Key1 => 1,
+                KeySlot::Key2 => 2,
+            };
+            let keys = target
+                .connect()
+                .await?
+                .key_regenerate(proto::KeyRegenerateRequest { slot })
+                .await?
+                .into_inner();
+            if !json {
+                println!("key{slot} regenerated; the old key{slot} no longer admits nodes.");
+            }
+            print_keys(&keys, json);
+            Ok(())
+        }
+        Command::Node(NodeCommand::Remove { name, target, json }) => {
+            let reply = target
+                .connect()
+                .await?
+                .node_remove(proto::NodeRemoveRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({"removed": name, "revoked_serial": reply.revoked_serial}));
+            } else {
+                println!(
+                    "removed node '{name}'; its certificate (serial {}) is revoked on every node",
+                    reply.revoked_serial
+                );
+            }
+            Ok(())
+        }
+        Command::AdminCert(AdminCertCommand::Issue {
+            name,
+            out,
+            target,
+            json,
+        }) => {
+            if out.exists() {
+                return Err(anyhow!("{} already exists; choose another --out", out.display()));
+            }
+            let reply = target
+                .connect()
+                .await?
+                .admin_cert_issue(proto::AdminCertIssueRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            let file = AdminCertFile {
+                cert_pem: reply.cert_pem,
+                ca_pem: reply.ca_cert_pem,
+                key_pem: reply.key_pem,
+            };
+            let expires = output::rfc3339_secs(reply.not_after).unwrap_or_default();
+            crate::secrets::write_private_file(
+                &out,
+                file.render(&format!("shir admin certificate for '{name}', expires {expires}"))
+                    .as_bytes(),
+            )
+            .with_context(|| format!("cannot write {}", out.display()))?;
+            if json {
+                print_json(&serde_json::json!({"name": name, "file": out, "expires": expires}));
+            } else {
+                println!(
+                    "wrote admin certificate for '{name}' to {} (expires {expires})",
+                    out.display()
+                );
+                println!("use: shir status --endpoint HOST:PORT --admin-cert {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Demo(a) => demo::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
+    }
+}
+
+fn print_keys(keys: &proto::KeyShowReply, json: bool) {
+    if json {
+        print_json(&serde_json::json!({"key1": keys.key1, "key2": keys.key2}));
+    } else {
+        println!("key1  {}\nkey2  {}", keys.key1, keys.key2);
+    }
+}

@@ -1,0 +1,162 @@
+//! How results look: aligned tables for people, JSON for scripts.
+
+use serde_json::{Value, json};
+
+use crate::proto;
+
+/// Prints rows as left-aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub fn rfc3339_secs(unix: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+pub fn rfc3339_ms(unix_ms: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+fn ago(unix_ms: i64) -> String {
+    if unix_ms == 0 {
+        return "never".into();
+    }
+    let secs = (crate::unix_now_ms() - unix_ms).max(0) as f64 / 1000.0;
+    if secs < 60.0 {
+        format!("{secs:.1}s ago")
+    } else {
+        format!("{:.0}m ago", secs / 60.0)
+    }
+}
+
+fn date(unix: i64) -> String {
+    rfc3339_secs(unix)
+        .map(|s| s[..10].to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn status_json(s: &proto::StatusReply) -> Value {
+    let nodes: Vec<Value> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n.name,
+                "id": n.id,
+                "address": n.address,
+                "status": n.status,
+                "role": n.role,
+                "raft_role": n.raft_role,
+                "version": n.version,
+                "running_jobs": n.running_jobs,
+                "concurrent_jobs_limit": n.concurrent_jobs_limit,
+                "cpu_percent": (f64::from(n.cpu_percent) * 10.0).round() / 10.0,
+                "available_memory_mb": n.available_memory_mb,
+                "last_heartbeat": if n.last_heartbeat_ms == 0 { None } else { rfc3339_ms(n.last_heartbeat_ms) },
+                "cert_expires": rfc3339_secs(n.cert_expires),
+                "unreachable_peers": n.unreachable_peers,
+            })
+        })
+        .collect();
+    json!({
+        "ir_name": s.ir_name,
+        "ir_id": s.ir_id,
+        "dispatcher": if s.dispatcher.is_empty() { None } else { Some(&s.dispatcher) },
+        "term": s.term,
+        "answered_by": s.answered_by,
+        "nodes": nodes,
+    })
+}
+
+pub fn status_text(s: &proto::StatusReply) -> String {
+    let dispatcher = if s.dispatcher.is_empty() {
+        format!("none (no quorum; this is {}'s own view)", s.answered_by)
+    } else {
+        s.dispatcher.clone()
+    };
+    let rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            let status = if n.unreachable_peers.is_empty() {
+                n.status.clone()
+            } else {
+                format!("{} (cannot reach {})", n.status, n.unreachable_peers.join(", "))
+            };
+            let heard = n.last_heartbeat_ms != 0;
+            vec![
+                n.name.clone(),
+                n.address.clone(),
+                status,
+                if n.raft_role == "Learner" {
+                    format!("{} (learner)", n.role)
+                } else {
+                    n.role.clone()
+                },
+                if heard { n.version.clone() } else { "-".into() },
+                if heard {
+                    format!("{}/{}", n.running_jobs, n.concurrent_jobs_limit)
+                } else {
+                    "-".into()
+                },
+                if heard {
+                    format!("{:.0}%", n.cpu_percent)
+                } else {
+                    "-".into()
+                },
+                if heard {
+                    format!("{:.1} GiB", n.available_memory_mb as f64 / 1024.0)
+                } else {
+                    "-".into()
+                },
+                ago(n.last_heartbeat_ms),
+                date(n.cert_expires),
+            ]
+        })
+        .collect();
+    format!(
+        "Integration runtime  {} ({})\nDispatcher           {}\n\n{}",
+        s.ir_name,
+        s.ir_id,
+        dispatcher,
+        table(
+            &[
+                "NAME",
+                "ADDRESS",
+                "STATUS",
+                "ROLE",
+                "VERSION",
+                "JOBS",
+                "CPU",
+                "MEM FREE",
+                "LAST HEARTBEAT",
+                "CERT EXPIRES"
+            ],
+            &rows
+        )
+    )
+}

@@ -1,0 +1,50 @@
+//! shir: a self-hosted integration runtime. Up to four nodes, one binary, one port; Raft
+//! elects the dispatcher and replicates the IR's state; mutual TLS authenticates every call.
+
+pub mod auth_key;
+pub mod cli;
+pub mod datadir;
+pub mod node;
+pub mod pki;
+pub mod raft;
+pub mod secrets;
+pub mod state;
+pub mod transport;
+
+/// The gRPC contract generated from `proto/shir.proto`.
+pub mod proto {
+    tonic::include_proto!("shir.v1");
+}
+
+/// The version every node reports in its heartbeats.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The default node port, as in the runtime shir is modelled on.
+pub const DEFAULT_PORT: u16 = 8060;
+
+/// An error and its causes on one line, `outer: inner: innermost`, for operators.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// Unix time in seconds and milliseconds; the state carries times as plain integers.
+pub fn unix_now() -> i64 {
+    unix_now_ms() / 1000
+}
+
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,216 @@
+//! Operator calls: where each runs (the dispatcher, or this node for local views) and what
+//! it does. A call that must run on the dispatcher and arrives elsewhere is forwarded over
+//! the node channel as its protobuf bytes, and executed there by the same code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rand::RngCore;
+use tonic::Status;
+
+use super::services::FORWARD_PATIENCE;
+use super::{Hop, Node, liveness};
+use crate::auth_key::AuthKey;
+use crate::pki;
+use crate::proto;
+use crate::state::{AdminCertRecord, Command, Sealed, auth_key_aad, validate_node_name};
+use crate::transport::Caller;
+
+/// How long `status` waits for the dispatcher before answering from this node's own view.
+/// Short: during an election an operator wants an answer, not a hang.
+const STATUS_PATIENCE: Duration = Duration::from_millis(1500);
+
+/// Runs `method` where it belongs and returns the encoded reply.
+pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Caller) -> Result<Vec<u8>, Status> {
+    if method == "LocalView" {
+        return Ok(local_view(node).encode_to_vec());
+    }
+    let patience = if method == "Status" {
+        STATUS_PATIENCE
+    } else {
+        FORWARD_PATIENCE
+    };
+    let on_behalf_of = caller.to_string();
+    let result = node
+        .at_dispatcher(patience, |hop| {
+            let request = request.clone();
+            let on_behalf_of = on_behalf_of.clone();
+            async move {
+                match hop {
+                    Hop::Here => execute(node, method, &request).await,
+                    Hop::There(channel) => {
+                        let call = proto::ForwardedCall {
+                            method: method.to_string(),
+                            request,
+                            on_behalf_of,
+                        };
+                        proto::cluster_client::ClusterClient::new(channel)
+                            .forward_admin(call)
+                            .await
+                            .map(|r| r.into_inner().response)
+                    }
+                }
+            }
+        })
+        .await;
+    match result {
+        // Without a dispatcher, status is still worth having: this node's own view says
+        // which nodes it hears from, and `dispatcher` is empty.
+        Err(s) if method == "Status" && s.code() == tonic::Code::Unavailable => {
+            Ok(liveness::status_reply(node).encode_to_vec())
+        }
+        other => other,
+    }
+}
+
+fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {
+    T::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+}
+
+/// Runs an admin call on this node, which must be the dispatcher.
+pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<Vec<u8>, Status> {
+    let reply = match method {
+        "Status" => liveness::status_reply(node).encode_to_vec(),
+        "KeyShow" => {
+            // A linearizable read: a key regenerated a moment ago is never shown stale.
+            node.raft
+                .ensure_linearizable()
+                .await
+                .map_err(|_| super::not_dispatcher())?;
+            show_keys(node)?.encode_to_vec()
+        }
+        "KeyRegenerate" => {
+            let req: proto::KeyRegenerateRequest = decode(request)?;
+            regenerate_key(node, req.slot).await?.encode_to_vec()
+        }
+        "NodeRemove" => {
+            let req: proto::NodeRemoveRequest = decode(request)?;
+            remove_node(node, &req.name).await?.encode_to_vec()
+        }
+        "AdminCertIssue" => {
+            let req: proto::AdminCertIssueRequest = decode(request)?;
+            issue_admin_cert(node, &req.name).await?.encode_to_vec()
+        }
+        "Put" => {
+            let req: proto::PutRequest = decode(request)?;
+            let log_index = node
+                .propose(Command::Put {
+                    key: req.key,
+                    value: req.value,
+                })
+                .await?;
+            proto::PutReply { log_index }.encode_to_vec()
+        }
+        other => return Err(Status::unimplemented(format!("unknown admin call '{other}'"))),
+    };
+    Ok(reply)
+}
+
+fn local_view(node: &Node) -> proto::LocalViewReply {
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let leader_id = m.current_leader.unwrap_or(0);
+    proto::LocalViewReply {
+        name: node.config.name.clone(),
+        node_id: node.id(),
+        leader_id,
+        leader_name: m.current_leader.and_then(|id| node.node_name(id)).unwrap_or_default(),
+        term: m.current_term,
+        is_leader: m.current_leader == Some(node.id()),
+        last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+    }
+}
+
+/// Both keys as operators paste them: the secret, the CA pin and every member's address.
+fn show_keys(node: &Node) -> Result<proto::KeyShowReply, Status> {
+    let ir = node.ir()?;
+    let ca_pin = pki::spki_pin(ir.ca_cert_pem.as_bytes()).map_err(|e| Status::internal(e.to_string()))?;
+    let (slots, endpoints) = node.read_state(|s| {
+        (
+            s.auth_keys.clone(),
+            s.nodes.values().map(|n| n.address.clone()).collect::<Vec<_>>(),
+        )
+    });
+    let mut texts = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let number = i as u8 + 1;
+        let secret = node.unseal(&auth_key_aad(&ir.id, number), &slot.secret)?;
+        let key = AuthKey {
+            ir_id: ir.id.clone(),
+            slot: number,
+            secret,
+            ca_pin,
+            endpoints: endpoints.clone(),
+        };
+        texts.push(key.encode());
+    }
+    let [key1, key2]: [String; 2] = texts
+        .try_into()
+        .map_err(|_| Status::internal("the IR's state does not hold two authentication keys"))?;
+    Ok(proto::KeyShowReply { key1, key2 })
+}
+
+async fn regenerate_key(node: &Node, slot: u32) -> Result<proto::KeyShowReply, Status> {
+    let slot: u8 = match slot {
+        1 | 2 => slot as u8,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "no key{other}: the keys are key1 and key2"
+            )));
+        }
+    };
+    let ir = node.ir()?;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let sealed = Sealed(crate::secrets::seal(
+        &node.data_key,
+        auth_key_aad(&ir.id, slot).as_bytes(),
+        &secret,
+    ));
+    zeroize::Zeroize::zeroize(&mut secret);
+    node.propose(Command::RegenerateKey { slot, secret: sealed }).await?;
+    tracing::info!(slot, "authentication key regenerated");
+    show_keys(node)
+}
+
+async fn remove_node(node: &Node, name: &str) -> Result<proto::NodeRemoveReply, Status> {
+    let (record, count) = node.read_state(|s| (s.node_by_name(name).cloned(), s.nodes.len()));
+    let record = record.ok_or_else(|| Status::not_found(format!("no node named '{name}' in this IR")))?;
+    if count == 1 {
+        return Err(Status::failed_precondition(format!(
+            "'{name}' is the IR's only node; it cannot be removed"
+        )));
+    }
+    node.propose(Command::RemoveNode { name: name.to_string() }).await?;
+    node.membership_changed.notify_one();
+    tracing::info!(node = %name, serial = %record.cert_serial, "node removed; certificate revoked");
+    Ok(proto::NodeRemoveReply {
+        revoked_serial: record.cert_serial,
+    })
+}
+
+async fn issue_admin_cert(node: &Node, name: &str) -> Result<proto::AdminCertIssueReply, Status> {
+    validate_node_name(name).map_err(|e| Status::invalid_argument(e.replace("node name", "admin name")))?;
+    let ir = node.ir()?;
+    let ca = node.ca()?;
+    let (issued, key_pem) = pki::issue_admin_cert(&ca, &ir.id, name).map_err(|e| Status::internal(e.to_string()))?;
+    node.propose(Command::RecordAdminCert {
+        record: AdminCertRecord {
+            name: name.to_string(),
+            serial: issued.serial_hex.clone(),
+            not_after: issued.not_after,
+            issued_at: crate::unix_now(),
+        },
+    })
+    .await?;
+    tracing::info!(admin = %name, serial = %issued.serial_hex, "admin certificate issued");
+    Ok(proto::AdminCertIssueReply {
+        cert_pem: issued.cert_pem,
+        key_pem: key_pem.expose().to_string(),
+        ca_cert_pem: ir.ca_cert_pem,
+        not_after: issued.not_after,
+    })
+}

@@ -1,0 +1,130 @@
+//! Admission of new nodes (`Join`), run by the dispatcher: check the proof made with an
+//! authentication key, check the IR has room and the name is free, sign the joiner's CSR,
+//! commit the new member, and hand back its certificate, the CA and the data key.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tonic::Status;
+
+use super::Node;
+use crate::auth_key::{JoinProofInput, verify_join_proof};
+use crate::pki;
+use crate::proto;
+use crate::state::{Command, NodeRecord, auth_key_aad, validate_node_name};
+
+/// A proof is accepted only this close to the dispatcher's clock, so a captured request
+/// cannot be replayed later; five minutes tolerates ordinary clock drift between machines.
+pub const PROOF_MAX_AGE_SECS: i64 = 300;
+
+/// Bound on remembered nonces; a flood of joins cannot grow memory past it.
+const MAX_REMEMBERED_NONCES: usize = 10_000;
+
+#[derive(Default)]
+pub struct Admission {
+    /// One admission at a time: the reserved node id and the capacity check must not race.
+    serial: tokio::sync::Mutex<()>,
+    /// Nonces of accepted-or-tried proofs with their timestamps, so each proof works once.
+    nonces: Mutex<HashMap<Vec<u8>, i64>>,
+}
+
+impl Admission {
+    /// Records `nonce`; false if it was seen within the proof window.
+    fn first_use(&self, nonce: &[u8], now: i64) -> bool {
+        let mut seen = self.nonces.lock().expect("nonce lock");
+        seen.retain(|_, t| now - *t <= 2 * PROOF_MAX_AGE_SECS);
+        if seen.len() >= MAX_REMEMBERED_NONCES {
+            return false;
+        }
+        seen.insert(nonce.to_vec(), now).is_none()
+    }
+}
+
+fn denied(msg: impl Into<String>) -> Status {
+    Status::permission_denied(msg.into())
+}
+
+/// Admits the node described by `req`, or says in one line why not. Nothing is written
+/// unless every check passes.
+pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinResponse, Status> {
+    let _one_at_a_time = node.admission.serial.lock().await;
+    let ir = node.ir()?;
+    if req.ir_id != ir.id {
+        return Err(denied(format!(
+            "this authentication key is for another integration runtime ({}); this is '{}' ({})",
+            req.ir_id, ir.name, ir.id
+        )));
+    }
+    let slot: u8 = match req.key_slot {
+        1 | 2 => req.key_slot as u8,
+        other => return Err(Status::invalid_argument(format!("no key slot {other}"))),
+    };
+    let now = crate::unix_now();
+    if (now - req.timestamp).abs() > PROOF_MAX_AGE_SECS {
+        return Err(denied(format!(
+            "join proof is stale: its time is {}s from the dispatcher's clock; check the joining machine's clock",
+            now - req.timestamp
+        )));
+    }
+    let sealed = node
+        .read_state(|s| s.auth_keys.get(usize::from(slot) - 1).map(|k| k.secret.clone()))
+        .ok_or_else(|| Status::internal("the IR's state has no authentication keys"))?;
+    let secret = node.unseal(&auth_key_aad(&ir.id, slot), &sealed)?;
+    let input = JoinProofInput {
+        ir_id: &req.ir_id,
+        slot,
+        name: &req.name,
+        address: &req.address,
+        csr_der: &req.csr_der,
+        timestamp: req.timestamp,
+        nonce: &req.nonce,
+    };
+    if !verify_join_proof(secret.expose(), &input, &req.proof) {
+        tracing::warn!(name = %req.name, address = %req.address, slot, "join refused: bad authentication key proof");
+        return Err(denied(format!(
+            "authentication key rejected: it is not this IR's current key{slot} (wrong, or regenerated since it was copied)"
+        )));
+    }
+    if req.nonce.len() < 16 || !node.admission.first_use(&req.nonce, now) {
+        return Err(denied("join proof already used; run the command again for a fresh one"));
+    }
+    validate_node_name(&req.name).map_err(Status::invalid_argument)?;
+    crate::pki::tls::server_name(&req.address)
+        .map_err(|e| Status::invalid_argument(format!("invalid address '{}': {e}", req.address)))?;
+    let node_id = node.read_state(|s| s.check_admission(&req.name, &req.address).map(|()| s.next_node_id));
+    let node_id = node_id.map_err(Status::failed_precondition)?;
+
+    let ca = node.ca()?;
+    let issued = pki::sign_node_csr(&ca, &req.csr_der, &ir.id, &req.name, &req.address)
+        .map_err(|e| Status::invalid_argument(format!("cannot sign the certificate request: {e}")))?;
+    let record = NodeRecord {
+        id: node_id,
+        name: req.name.clone(),
+        address: req.address.clone(),
+        cert_serial: issued.serial_hex.clone(),
+        cert_not_after: issued.not_after,
+        joined_at: now,
+    };
+    node.propose(Command::AddNode { node: record }).await?;
+    node.membership_changed.notify_one();
+    tracing::info!(name = %req.name, id = node_id, address = %req.address, slot, "node admitted");
+
+    let members = node.read_state(|s| {
+        s.nodes
+            .values()
+            .map(|n| proto::Member {
+                id: n.id,
+                name: n.name.clone(),
+                address: n.address.clone(),
+            })
+            .collect()
+    });
+    Ok(proto::JoinResponse {
+        node_id,
+        ir_name: ir.name,
+        cert_pem: issued.cert_pem,
+        ca_cert_pem: ir.ca_cert_pem,
+        data_key: node.data_key.expose().to_vec(),
+        members,
+    })
+}

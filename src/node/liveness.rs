@@ -1,0 +1,198 @@
+//! Liveness: every node sends its load to every other node about once a second, and
+//! judges from what it hears which nodes are Online, Offline (silent for the offline
+//! timeout) or Limited (up, but unable to reach some peer that others can reach).
+//!
+//! Heartbeats go to every peer, not only to the dispatcher, so a newly elected dispatcher
+//! already knows everyone's load and can answer `status` at once after a failover.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Node, sysload};
+use crate::proto::{self, NodeLoad};
+
+/// Heartbeat period. Once a second, as the runtimes shir replaces do; cheap for four nodes.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A heartbeat that takes longer than this counts as "peer not reachable" for the round.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(900);
+
+struct Seen {
+    at_ms: i64,
+    load: NodeLoad,
+}
+
+pub struct Liveness {
+    seen: Mutex<HashMap<String, Seen>>,
+    reachable: Mutex<Vec<String>>,
+    cpu: Mutex<sysload::CpuSample>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Liveness {
+    pub fn new() -> Self {
+        Liveness {
+            seen: Mutex::default(),
+            reachable: Mutex::default(),
+            cpu: Mutex::new(sysload::cpu_sample()),
+        }
+    }
+
+    pub fn record(&self, name: &str, load: NodeLoad) {
+        let seen = Seen {
+            at_ms: crate::unix_now_ms(),
+            load,
+        };
+        self.seen.lock().expect("liveness lock").insert(name.to_string(), seen);
+    }
+
+    fn own_load(&self, node: &Node) -> NodeLoad {
+        let now = sysload::cpu_sample();
+        let cpu_percent = {
+            let mut before = self.cpu.lock().expect("cpu lock");
+            let pct = sysload::cpu_percent(*before, now);
+            *before = now;
+            pct
+        };
+        NodeLoad {
+            running_jobs: 0,
+            concurrent_jobs_limit: node
+                .config
+                .concurrent_jobs_limit
+                .unwrap_or_else(sysload::default_jobs_limit),
+            cpu_percent,
+            available_memory_mb: sysload::available_memory_mb(),
+            version: crate::VERSION.to_string(),
+            reachable_peers: self.reachable.lock().expect("reachable lock").clone(),
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+}
+
+/// Sends this node's load to every peer once per interval, forever.
+pub async fn heartbeat_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let load = node.liveness.own_load(&node);
+        node.liveness.record(&node.config.name, load.clone());
+        let me = node.id();
+        let peers: Vec<(String, String)> = node.read_state(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.id != me)
+                .map(|n| (n.name.clone(), n.address.clone()))
+                .collect()
+        });
+        let calls = peers.into_iter().map(|(name, address)| {
+            let request = proto::HeartbeatRequest {
+                name: node.config.name.clone(),
+                load: Some(load.clone()),
+                sent_at_ms: crate::unix_now_ms(),
+            };
+            let mut client = proto::cluster_client::ClusterClient::new(node.peers.channel(&address));
+            async move {
+                let ok = matches!(
+                    tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request)).await,
+                    Ok(Ok(_))
+                );
+                (name, ok)
+            }
+        });
+        let reached = futures::future::join_all(calls).await;
+        *node.liveness.reachable.lock().expect("reachable lock") = reached
+            .into_iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(name, _)| name)
+            .collect();
+    }
+}
+
+/// The IR's status as this node sees it. On the dispatcher this is the IR's status.
+pub fn status_reply(node: &Node) -> proto::StatusReply {
+    let m = node.metrics();
+    let membership = m.membership_config.membership().clone();
+    let now = crate::unix_now_ms();
+    let timeout = node.config.offline_timeout_ms as i64;
+    let state = node.state.read().expect("state lock").clone();
+    let seen = node.liveness.seen.lock().expect("liveness lock");
+    let fresh = |name: &str| seen.get(name).is_some_and(|s| now - s.at_ms <= timeout);
+    let up: Vec<&str> = state
+        .nodes
+        .values()
+        .map(|n| n.name.as_str())
+        .filter(|n| fresh(n))
+        .collect();
+
+    let nodes = state
+        .nodes
+        .values()
+        .map(|n| {
+            let heard = seen.get(&n.name);
+            let load = heard.map(|s| s.load.clone()).unwrap_or_default();
+            let unreachable: Vec<String> = up
+                .iter()
+                .filter(|peer| **peer != n.name && !load.reachable_peers.iter().any(|r| r == *peer))
+                .map(|p| p.to_string())
+                .collect();
+            let status = if !fresh(&n.name) {
+                "Offline"
+            } else if !unreachable.is_empty() {
+                "Limited"
+            } else {
+                "Online"
+            };
+            proto::NodeStatus {
+                id: n.id,
+                name: n.name.clone(),
+                address: n.address.clone(),
+                status: status.to_string(),
+                role: if m.current_leader == Some(n.id) {
+                    "Dispatcher"
+                } else {
+                    "Worker"
+                }
+                .to_string(),
+                raft_role: if membership.voter_ids().any(|v| v == n.id) {
+                    "Voter"
+                } else {
+                    "Learner"
+                }
+                .to_string(),
+                version: load.version.clone(),
+                running_jobs: load.running_jobs,
+                concurrent_jobs_limit: load.concurrent_jobs_limit,
+                cpu_percent: load.cpu_percent,
+                available_memory_mb: load.available_memory_mb,
+                last_heartbeat_ms: heard.map(|s| s.at_ms).unwrap_or(0),
+                cert_expires: n.cert_not_after,
+                unreachable_peers: if status == "Limited" { unreachable } else { Vec::new() },
+            }
+        })
+        .collect();
+    let (ir_name, ir_id) = state
+        .ir
+        .as_ref()
+        .map(|ir| (ir.name.clone(), ir.id.clone()))
+        .unwrap_or_default();
+    proto::StatusReply {
+        ir_name,
+        ir_id,
+        dispatcher: m
+            .current_leader
+            .and_then(|id| state.nodes.get(&id))
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+        nodes,
+        term: m.current_term,
+        answered_by: node.config.name.clone(),
+    }
+}

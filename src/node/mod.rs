@@ -1,0 +1,280 @@
+//! The host service (`shir run`): opens the node's storage, starts Raft, serves the node
+//! port and the local socket, and runs the background loops (heartbeats, membership).
+
+pub mod admin;
+pub mod admission;
+pub mod liveness;
+pub mod membership;
+pub mod provision;
+pub mod services;
+pub mod sysload;
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::net::{TcpListener, UnixListener};
+use tonic::Status;
+use tonic::transport::{Channel, Server};
+
+use crate::datadir::{DataDir, NodeConfig, NodeFiles};
+use crate::pki::{self, Ca, tls};
+use crate::raft::network::{NetworkFactory, Peers};
+use crate::raft::store::SledStore;
+use crate::raft::{self as raftmod, NodeId, Raft};
+use crate::secrets::{self, DataKey, SecretBytes};
+use crate::state::{Command, CommandResult, IrInfo, IrState, Sealed};
+use crate::transport::server::{PortTls, accept_local, accept_node_port};
+
+/// A running node: the parts every service and loop shares.
+pub struct Node {
+    pub config: NodeConfig,
+    pub raft: Raft,
+    /// The applied state, kept current by the state machine.
+    pub state: Arc<RwLock<IrState>>,
+    pub data_key: DataKey,
+    pub peers: Peers,
+    pub liveness: liveness::Liveness,
+    pub admission: admission::Admission,
+    /// Wakes the membership loop at once after a join or removal.
+    pub membership_changed: tokio::sync::Notify,
+    pub cert_not_after: i64,
+    pub db: sled::Db,
+}
+
+/// Where a call that must run on the dispatcher goes.
+pub enum Hop {
+    Here,
+    There(Channel),
+}
+
+impl Node {
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, raftmod::Node> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id())
+    }
+
+    /// The current leader's id and address, as far as this node knows.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    pub fn read_state<R>(&self, f: impl FnOnce(&IrState) -> R) -> R {
+        f(&self.state.read().expect("state lock"))
+    }
+
+    pub fn ir(&self) -> Result<IrInfo, Status> {
+        self.read_state(|s| s.ir.clone())
+            .ok_or_else(|| Status::unavailable("this node has not received the IR's state yet; try again shortly"))
+    }
+
+    pub fn node_name(&self, id: NodeId) -> Option<String> {
+        self.read_state(|s| s.nodes.get(&id).map(|n| n.name.clone()))
+    }
+
+    pub fn unseal(&self, aad: &str, sealed: &Sealed) -> Result<SecretBytes, Status> {
+        secrets::open(&self.data_key, aad.as_bytes(), &sealed.0).map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// The CA with its private key, unsealed for one signing.
+    pub fn ca(&self) -> Result<Ca, Status> {
+        let ir = self.ir()?;
+        let key = self.unseal(&crate::state::ca_key_aad(&ir.id), &ir.ca_key)?;
+        let key_pem =
+            String::from_utf8(key.expose().to_vec()).map_err(|_| Status::internal("sealed CA key is not PEM"))?;
+        Ca::from_pem(&ir.ca_cert_pem, &key_pem).map_err(|e| Status::internal(format!("cannot load the CA: {e}")))
+    }
+
+    /// Commits `cmd` through Raft; returns once it is applied on this (leader) node.
+    pub async fn propose(&self, cmd: Command) -> Result<u64, Status> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Ok => Ok(resp.log_id.index),
+                CommandResult::Rejected(why) => Err(Status::failed_precondition(why)),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(not_dispatcher()),
+            Err(e) => Err(Status::unavailable(format!("write not committed: {e}"))),
+        }
+    }
+
+    /// Runs `call` on the dispatcher: here if this node leads, else over the node channel to
+    /// the leader. Retries while there is no leader or the leader changes, for `patience`.
+    pub async fn at_dispatcher<T, F, Fut>(&self, patience: Duration, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Hop) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + patience;
+        loop {
+            let attempt = match self.leader() {
+                Some((id, _)) if id == self.id() => call(Hop::Here).await,
+                Some((_, addr)) => call(Hop::There(self.peers.channel(&addr))).await,
+                None => Err(no_dispatcher()),
+            };
+            match attempt {
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+pub fn not_dispatcher() -> Status {
+    Status::unavailable("this node is not the dispatcher (it changed during the call); retry")
+}
+
+pub fn no_dispatcher() -> Status {
+    Status::unavailable(
+        "there is no dispatcher: fewer than a majority of the IR's nodes can reach each other; \
+         it resumes when enough nodes are back",
+    )
+}
+
+/// `shir run`: serves until SIGINT or SIGTERM.
+pub async fn run(dir: DataDir) -> Result<()> {
+    let files = dir.load()?;
+    let node = start(&dir, files).await?;
+    tracing::info!(
+        node = %node.config.name,
+        listen = %node.config.listen,
+        ir = %node.config.ir_name,
+        "node serving"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = node.raft.shutdown().await;
+    let _ = node.db.flush_async().await;
+    let _ = std::fs::remove_file(dir.socket_path());
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Opens sled, failing with a clear line if another process holds the data dir.
+pub fn open_db(dir: &DataDir) -> Result<sled::Db> {
+    sled::Config::new()
+        .path(dir.db_path())
+        // Raft flushes explicitly before acknowledging; sled's timer flush is only a backstop.
+        .flush_every_ms(Some(1000))
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
+                anyhow::anyhow!("{} is in use by another shir process", dir.root().display())
+            }
+            other => anyhow::anyhow!("cannot open the node database in {}: {other}", dir.db_path().display()),
+        })
+}
+
+/// Builds the node from its files and starts every server and loop.
+pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
+    let NodeFiles {
+        config,
+        ca_cert_pem,
+        cert_pem,
+        key_pem,
+        data_key,
+    } = files;
+    let db = open_db(dir)?;
+    let state = Arc::new(RwLock::new(IrState::default()));
+    let (log_store, state_machine) = SledStore::open(&db, state.clone()).context("cannot open the Raft store")?;
+
+    let client_tls = tls::client_config_mtls(&ca_cert_pem, &cert_pem, key_pem.expose()).context("TLS client setup")?;
+    let peers = Peers::new(client_tls);
+    let raft = Raft::new(
+        config.node_id,
+        raftmod::config(&config.ir_id),
+        NetworkFactory { peers: peers.clone() },
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("cannot start Raft")?;
+
+    let chain = format!("{cert_pem}{ca_cert_pem}");
+    let revoked_view = state.clone();
+    let revoked: Arc<dyn Fn(&str) -> bool + Send + Sync> =
+        Arc::new(move |serial: &str| revoked_view.read().map(|s| s.is_revoked(serial)).unwrap_or(true));
+    let port_tls = PortTls {
+        members: tls::server_config_mtls(&ca_cert_pem, &chain, key_pem.expose(), revoked)
+            .context("TLS server setup")?,
+        joiners: tls::server_config_join(&chain, key_pem.expose()).context("TLS join setup")?,
+        ir_id: config.ir_id.clone(),
+    };
+    let cert_not_after = pki::cert_summary(&cert_pem).map(|c| c.not_after).unwrap_or(0);
+
+    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("cannot listen on {}: the port is already in use", config.listen)
+        } else {
+            anyhow::anyhow!("cannot listen on {}: {e}", config.listen)
+        }
+    })?;
+    let socket_path = dir.socket_path();
+    let _ = std::fs::remove_file(&socket_path);
+    let local = UnixListener::bind(&socket_path).with_context(|| format!("cannot create {}", socket_path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+
+    let node = Arc::new(Node {
+        liveness: liveness::Liveness::new(),
+        admission: admission::Admission::default(),
+        membership_changed: tokio::sync::Notify::new(),
+        config,
+        raft,
+        state,
+        data_key,
+        peers,
+        cert_not_after,
+        db,
+    });
+
+    let (members_in, joiners_in) = accept_node_port(listener, port_tls);
+    let services = services::Services::new(node.clone());
+    let members = Server::builder()
+        .add_service(services.raft())
+        .add_service(services.cluster())
+        .add_service(services.admin())
+        .serve_with_incoming(members_in);
+    let joiners = Server::builder()
+        .add_service(services.join())
+        .serve_with_incoming(joiners_in);
+    let locals = Server::builder()
+        .add_service(services.admin())
+        .serve_with_incoming(accept_local(local));
+    for (what, server) in [
+        ("node port", tokio::spawn(members)),
+        ("join port", tokio::spawn(joiners)),
+        ("local socket", tokio::spawn(locals)),
+    ] {
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = server.await {
+                tracing::error!(error = %e, "{what} server stopped");
+            }
+        });
+    }
+    tokio::spawn(liveness::heartbeat_loop(node.clone()));
+    tokio::spawn(membership::reconcile_loop(node.clone()));
+    Ok(node)
+}

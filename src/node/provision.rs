@@ -1,0 +1,253 @@
+//! Making a node: `init` creates a new IR and its first node; `register` admits this
+//! machine into an existing IR with an authentication key. Both write nothing until they
+//! have everything, and `node.json` last, so a refusal or a crash leaves no half node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use openraft::BasicNode;
+use rand::RngCore;
+
+use crate::auth_key::{AuthKey, JoinProofInput, join_proof};
+use crate::datadir::{DEFAULT_OFFLINE_TIMEOUT_MS, DataDir, NodeConfig};
+use crate::pki::{self, Ca, tls};
+use crate::proto;
+use crate::raft::network::{NetworkFactory, Peers};
+use crate::raft::store::SledStore;
+use crate::raft::{self as raftmod, Raft};
+use crate::secrets::{self, DataKey};
+use crate::state::{
+    AuthKeySlot, Command, IrInfo, IrState, NodeRecord, Sealed, auth_key_aad, ca_key_aad, validate_node_name,
+};
+use crate::transport::client::tls_channel_checked;
+
+/// Where a node listens and what address it gives others.
+pub struct Addresses {
+    pub listen: String,
+    pub advertise: String,
+}
+
+impl Addresses {
+    /// `listen` must be `ip:port`; `advertise` defaults to it and must be dialable.
+    pub fn new(listen: &str, advertise: Option<&str>) -> Result<Self> {
+        let bind: SocketAddr = listen
+            .parse()
+            .map_err(|_| anyhow!("invalid --listen '{listen}': expected IP:PORT, e.g. 10.0.0.1:8060"))?;
+        let advertise = match advertise {
+            Some(a) => a.to_string(),
+            None if bind.ip().is_unspecified() => {
+                bail!("--listen {listen} is not an address other nodes can dial; add --advertise HOST:PORT")
+            }
+            None => listen.to_string(),
+        };
+        tls::server_name(&advertise).map_err(|e| anyhow!("invalid --advertise '{advertise}': {e}"))?;
+        Ok(Addresses {
+            listen: listen.to_string(),
+            advertise,
+        })
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+/// Removes what a failed provisioning wrote, leaving the directory as it was before.
+fn undo(dir: &DataDir, created: bool) {
+    if created {
+        let _ = std::fs::remove_dir_all(dir.root());
+    } else if let Ok(entries) = std::fs::read_dir(dir.root()) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// `shir init`: a new IR whose first node lives in `dir`.
+pub async fn init(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) -> Result<NodeConfig> {
+    validate_node_name(name).map_err(|e| anyhow!(e))?;
+    if ir_name.trim().is_empty() {
+        bail!("--ir-name must not be empty");
+    }
+    dir.ensure_empty()?;
+    let created = dir.create()?;
+    let result = init_into(dir, name, addrs, ir_name).await;
+    if result.is_err() {
+        undo(dir, created);
+    }
+    result
+}
+
+async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) -> Result<NodeConfig> {
+    let ir_id = hex::encode(random_bytes::<16>());
+    let ca = Ca::generate(&ir_id, ir_name).context("cannot create the CA")?;
+    let key_pem = pki::new_private_key()?;
+    let cert = pki::issue_node_cert(&ca, key_pem.expose(), &ir_id, name, &addrs.advertise)
+        .context("cannot issue the node certificate")?;
+    let data_key = DataKey::generate();
+    let now = crate::unix_now();
+
+    let auth_keys = (1..=2u8)
+        .map(|slot| {
+            let mut secret = random_bytes::<32>();
+            let sealed = secrets::seal(&data_key, auth_key_aad(&ir_id, slot).as_bytes(), &secret);
+            zeroize::Zeroize::zeroize(&mut secret);
+            AuthKeySlot {
+                generation: 1,
+                secret: Sealed(sealed),
+            }
+        })
+        .collect();
+    let ir = IrInfo {
+        id: ir_id.clone(),
+        name: ir_name.to_string(),
+        created_at: now,
+        ca_cert_pem: ca.cert_pem().to_string(),
+        ca_key: Sealed(secrets::seal(
+            &data_key,
+            ca_key_aad(&ir_id).as_bytes(),
+            ca.key_pem().expose().as_bytes(),
+        )),
+    };
+    let first_node = NodeRecord {
+        id: 1,
+        name: name.to_string(),
+        address: addrs.advertise.clone(),
+        cert_serial: cert.serial_hex.clone(),
+        cert_not_after: cert.not_after,
+        joined_at: now,
+    };
+    let config = NodeConfig {
+        ir_id: ir_id.clone(),
+        ir_name: ir_name.to_string(),
+        node_id: 1,
+        name: name.to_string(),
+        listen: addrs.listen.clone(),
+        advertise: addrs.advertise.clone(),
+        offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
+        concurrent_jobs_limit: None,
+    };
+
+    // The first entries of the log: a one-node membership and the IR itself. Done here, in
+    // process, so that `init` leaves a complete node and `run` has nothing special to do.
+    {
+        let db = crate::node::open_db(dir)?;
+        let (log_store, state_machine) = SledStore::open(&db, Arc::new(RwLock::new(IrState::default())))?;
+        let client_tls = tls::client_config_mtls(ca.cert_pem(), &cert.cert_pem, key_pem.expose())?;
+        let raft = Raft::new(
+            1,
+            raftmod::config(&ir_id),
+            NetworkFactory {
+                peers: Peers::new(client_tls),
+            },
+            log_store,
+            state_machine,
+        )
+        .await?;
+        raft.initialize(BTreeMap::from([(1, BasicNode::new(&addrs.advertise))]))
+            .await?;
+        raft.wait(Some(Duration::from_secs(10)))
+            .current_leader(1, "bootstrap leader")
+            .await?;
+        let bootstrap = Command::Bootstrap {
+            ir,
+            first_node,
+            auth_keys,
+        };
+        raft.client_write(bootstrap)
+            .await
+            .map_err(|e| anyhow!("cannot record the IR: {e}"))?;
+        raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
+        db.flush_async().await?;
+    }
+    // Written last: `write_identity` puts node.json after everything else.
+    dir.write_identity(&config, ca.cert_pem(), &cert.cert_pem, &key_pem, &data_key)?;
+    Ok(config)
+}
+
+/// `shir register`: joins the IR named by `auth_key`. The key is checked (checksum) before
+/// anything touches the network; nothing is written unless the IR admits this node.
+pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &str) -> Result<NodeConfig> {
+    let key = AuthKey::parse(auth_key)?;
+    validate_node_name(name).map_err(|e| anyhow!(e))?;
+    dir.ensure_empty()?;
+
+    let key_pem = pki::new_private_key()?;
+    let csr_der = pki::make_csr(key_pem.expose(), name)?;
+    let nonce = random_bytes::<16>().to_vec();
+    let timestamp = crate::unix_now();
+    let input = JoinProofInput {
+        ir_id: &key.ir_id,
+        slot: key.slot,
+        name,
+        address: &addrs.advertise,
+        csr_der: &csr_der,
+        timestamp,
+        nonce: &nonce,
+    };
+    let request = proto::JoinRequest {
+        ir_id: key.ir_id.clone(),
+        key_slot: key.slot.into(),
+        name: name.to_string(),
+        address: addrs.advertise.clone(),
+        csr_der: csr_der.clone(),
+        timestamp,
+        nonce: nonce.clone(),
+        proof: join_proof(key.secret.expose(), &input).to_vec(),
+    };
+    let tls = tls::client_config_join(key.ca_pin)?;
+
+    let mut failures = Vec::new();
+    let mut admitted = None;
+    for endpoint in &key.endpoints {
+        let channel = match tls_channel_checked(endpoint, tls.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{endpoint}: {e}"));
+                continue;
+            }
+        };
+        match proto::join_client::JoinClient::new(channel).join(request.clone()).await {
+            Ok(reply) => {
+                admitted = Some(reply.into_inner());
+                break;
+            }
+            // Unreachable or leaderless member: another member may do better.
+            Err(s) if s.code() == tonic::Code::Unavailable => failures.push(format!("{endpoint}: {}", s.message())),
+            Err(s) => bail!("registration refused: {}", s.message()),
+        }
+    }
+    let reply = admitted.ok_or_else(|| anyhow!("could not reach the IR: {}", failures.join("; ")))?;
+
+    if pki::spki_pin(reply.ca_cert_pem.as_bytes())? != key.ca_pin {
+        bail!("the IR answered with a CA that does not match the authentication key's pin; nothing written");
+    }
+    let config = NodeConfig {
+        ir_id: key.ir_id.clone(),
+        ir_name: reply.ir_name.clone(),
+        node_id: reply.node_id,
+        name: name.to_string(),
+        listen: addrs.listen.clone(),
+        advertise: addrs.advertise.clone(),
+        offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
+        concurrent_jobs_limit: None,
+    };
+    let data_key =
+        DataKey::from_bytes(&reply.data_key).map_err(|e| anyhow!("the IR sent a malformed data key: {e}"))?;
+    let created = dir.create()?;
+    if let Err(e) = dir.write_identity(&config, &reply.ca_cert_pem, &reply.cert_pem, &key_pem, &data_key) {
+        undo(dir, created);
+        return Err(e);
+    }
+    Ok(config)
+}

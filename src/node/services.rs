@@ -1,0 +1,201 @@
+//! The gRPC services a node serves, and who may call each: `Raft` and `Cluster` take member
+//! nodes, `Admin` takes operators, `Join` takes anyone (the proof decides). Handlers check
+//! the caller the transport authenticated, then hand over to the module that does the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status};
+
+use super::{Hop, Node, admin, admission, not_dispatcher};
+use crate::proto::{self, RaftPayload};
+use crate::transport::caller_of;
+
+/// How long a forwarded call waits for a dispatcher to exist (an election takes well under
+/// a second; a little more covers a leader that dies while the call is in flight).
+pub const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Services {
+    node: Arc<Node>,
+}
+
+impl Services {
+    pub fn new(node: Arc<Node>) -> Self {
+        Services { node }
+    }
+    pub fn raft(&self) -> proto::raft_server::RaftServer<Self> {
+        proto::raft_server::RaftServer::new(self.clone())
+    }
+    pub fn cluster(&self) -> proto::cluster_server::ClusterServer<Self> {
+        proto::cluster_server::ClusterServer::new(self.clone())
+    }
+    pub fn admin(&self) -> proto::admin_server::AdminServer<Self> {
+        proto::admin_server::AdminServer::new(self.clone())
+    }
+    pub fn join(&self) -> proto::join_server::JoinServer<Self> {
+        proto::join_server::JoinServer::new(self.clone())
+    }
+}
+
+fn require_node<T>(req: &Request<T>, what: &str) -> Result<String, Status> {
+    let caller = caller_of(req);
+    caller.node_name().map(str::to_string).ok_or_else(|| {
+        Status::permission_denied(format!("{caller} may not call {what}: a node certificate is required"))
+    })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload {
+        data,
+        error: String::new(),
+    }))
+}
+
+#[tonic::async_trait]
+impl proto::raft_server::Raft for Services {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_node(&req, "Raft")?;
+        let rpc = decode(&req.get_ref().data)?;
+        encode(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_node(&req, "Raft")?;
+        let rpc = decode(&req.get_ref().data)?;
+        encode(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_node(&req, "Raft")?;
+        let rpc = decode(&req.get_ref().data)?;
+        encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::cluster_server::Cluster for Services {
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatReply>, Status> {
+        let name = require_node(&req, "Heartbeat")?;
+        let load = req.into_inner().load.unwrap_or_default();
+        self.node.liveness.record(&name, load);
+        let dispatcher = self
+            .node
+            .leader()
+            .and_then(|(id, _)| self.node.node_name(id))
+            .unwrap_or_default();
+        Ok(Response::new(proto::HeartbeatReply { dispatcher }))
+    }
+
+    async fn forward_admin(
+        &self,
+        req: Request<proto::ForwardedCall>,
+    ) -> Result<Response<proto::ForwardedReply>, Status> {
+        let from = require_node(&req, "ForwardAdmin")?;
+        let call = req.into_inner();
+        if !self.node.is_leader() {
+            return Err(not_dispatcher());
+        }
+        tracing::debug!(method = %call.method, via = %from, on_behalf_of = %call.on_behalf_of, "forwarded admin call");
+        let response = admin::execute(&self.node, &call.method, &call.request).await?;
+        Ok(Response::new(proto::ForwardedReply { response }))
+    }
+
+    async fn forward_join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
+        require_node(&req, "ForwardJoin")?;
+        if !self.node.is_leader() {
+            return Err(not_dispatcher());
+        }
+        admission::admit(&self.node, req.into_inner()).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::join_server::Join for Services {
+    async fn join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
+        let join = req.into_inner();
+        let node = &self.node;
+        node.at_dispatcher(FORWARD_PATIENCE, |hop| {
+            let join = join.clone();
+            async move {
+                match hop {
+                    Hop::Here => admission::admit(node, join).await,
+                    Hop::There(channel) => proto::cluster_client::ClusterClient::new(channel)
+                        .forward_join(join)
+                        .await
+                        .map(Response::into_inner),
+                }
+            }
+        })
+        .await
+        .map(Response::new)
+    }
+}
+
+impl Services {
+    /// Every admin RPC: check the caller is an operator, then run it where it must run.
+    async fn admin_call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: &'static str,
+        req: Request<Req>,
+    ) -> Result<Response<Resp>, Status> {
+        let caller = caller_of(&req);
+        if !caller.is_admin() {
+            return Err(Status::permission_denied(format!(
+                "{caller} may not call {method}: an admin certificate or the local socket is required"
+            )));
+        }
+        let bytes = admin::route(&self.node, method, req.into_inner().encode_to_vec(), &caller).await?;
+        Resp::decode(bytes.as_slice())
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("malformed reply to {method}: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for Services {
+    async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
+        self.admin_call("Status", req).await
+    }
+    async fn key_show(&self, req: Request<proto::KeyShowRequest>) -> Result<Response<proto::KeyShowReply>, Status> {
+        self.admin_call("KeyShow", req).await
+    }
+    async fn key_regenerate(
+        &self,
+        req: Request<proto::KeyRegenerateRequest>,
+    ) -> Result<Response<proto::KeyShowReply>, Status> {
+        self.admin_call("KeyRegenerate", req).await
+    }
+    async fn node_remove(
+        &self,
+        req: Request<proto::NodeRemoveRequest>,
+    ) -> Result<Response<proto::NodeRemoveReply>, Status> {
+        self.admin_call("NodeRemove", req).await
+    }
+    async fn admin_cert_issue(
+        &self,
+        req: Request<proto::AdminCertIssueRequest>,
+    ) -> Result<Response<proto::AdminCertIssueReply>, Status> {
+        self.admin_call("AdminCertIssue", req).await
+    }
+    async fn put(&self, req: Request<proto::PutRequest>) -> Result<Response<proto::PutReply>, Status> {
+        self.admin_call("Put", req).await
+    }
+    async fn local_view(
+        &self,
+        req: Request<proto::LocalViewRequest>,
+    ) -> Result<Response<proto::LocalViewReply>, Status> {
+        self.admin_call("LocalView", req).await
+    }
+}

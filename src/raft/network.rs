@@ -1,0 +1,147 @@
+//! Raft transport: openraft's three RPCs carried over the `Raft` gRPC service on the node
+//! port, mutual TLS with this node's certificate. Requests and responses travel as
+//! serde_json bytes, the callee's `Result` included, so a remote Raft error comes back as
+//! the same typed error openraft would have produced locally.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use rustls::ClientConfig;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use super::types::{Node, NodeId, TypeConfig};
+use crate::proto::RaftPayload;
+use crate::proto::raft_client::RaftClient;
+use crate::transport::client::tls_channel;
+
+/// Channels to peers, one per address, shared by Raft replication and the node's own
+/// calls (heartbeats, forwarding) so each pair of nodes keeps one TLS session.
+#[derive(Clone)]
+pub struct Peers {
+    tls: Arc<ClientConfig>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    pub fn new(tls: Arc<ClientConfig>) -> Self {
+        Peers {
+            tls,
+            channels: Arc::default(),
+        }
+    }
+
+    pub fn channel(&self, address: &str) -> Channel {
+        let mut map = self.channels.lock().expect("peers lock");
+        map.entry(address.to_string())
+            .or_insert_with(|| tls_channel(address, self.tls.clone()))
+            .clone()
+    }
+}
+
+pub struct NetworkFactory {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            target,
+            client: RaftClient::new(self.peers.channel(&node.addr)),
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    client: RaftClient<Channel>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, E>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct WireError(String);
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftPayload {
+            data,
+            error: String::new(),
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = match method {
+            Method::Append => self.client.append_entries(request).await,
+            Method::Vote => self.client.vote(request).await,
+            Method::Snapshot => self.client.install_snapshot(request).await,
+        };
+        let payload = reply
+            .map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?
+            .into_inner();
+        if !payload.error.is_empty() {
+            // The callee could not even run the RPC (e.g. it is shutting down).
+            return Err(RPCError::Network(NetworkError::new(&WireError(payload.error))));
+        }
+        let result: Result<Resp, E> =
+            serde_json::from_slice(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    #[tracing::instrument(level = "trace", skip_all, fields(target = self.target))]
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call(Method::Append, &rpc, &option).await
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(target = self.target))]
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(target = self.target))]
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // openraft waits this long after an Unreachable before retrying a peer. Short, so a
+        // restarted node is caught up promptly; the cost is a failed connect per interval.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

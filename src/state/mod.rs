@@ -1,0 +1,234 @@
+//! The replicated state of one integration runtime and the commands that change it.
+//!
+//! Every node applies the same committed commands in the same order, so `apply` must be
+//! deterministic: anything that varies (time, random secrets, certificate serials) is
+//! chosen by the proposer and carried inside the command.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Raft node ids. Never reused: a removed node's id stays retired.
+pub type NodeId = u64;
+
+/// Membership is capped at four nodes, like the runtimes this one replaces: four voters
+/// tolerate one failure and keep a three-node quorum.
+pub const MAX_NODES: usize = 4;
+
+/// Ciphertext produced by `secrets::seal` (nonce followed by AEAD output), base64 on the wire.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed(pub String);
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealed(..)")
+    }
+}
+
+/// Identity of the integration runtime, written once by `Bootstrap`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IrInfo {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    /// The cluster CA certificate (public).
+    pub ca_cert_pem: String,
+    /// The CA private key, sealed with the data key, so that whichever node leads can sign.
+    pub ca_key: Sealed,
+}
+
+/// One authentication key slot (key1 or key2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthKeySlot {
+    /// Bumped by every regeneration; only for display and audit.
+    pub generation: u64,
+    /// The 256-bit secret, sealed with the data key.
+    pub secret: Sealed,
+}
+
+/// A member of the IR as the replicated state knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub name: String,
+    /// Advertised `host:port` other nodes dial.
+    pub address: String,
+    /// Hex serial of the certificate issued at join.
+    pub cert_serial: String,
+    /// Certificate expiry, Unix seconds.
+    pub cert_not_after: i64,
+    pub joined_at: i64,
+}
+
+/// An admin certificate that was issued (kept so it can be listed and revoked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCertRecord {
+    pub name: String,
+    pub serial: String,
+    pub not_after: i64,
+    pub issued_at: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IrState {
+    pub ir: Option<IrInfo>,
+    pub auth_keys: Vec<AuthKeySlot>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub next_node_id: NodeId,
+    /// Serials (hex) of certificates no node may accept any more.
+    pub revoked_serials: BTreeSet<String>,
+    pub admin_certs: BTreeMap<String, AdminCertRecord>,
+    /// Small key/value space used by `shir bench` to measure committed writes.
+    pub kv: BTreeMap<String, String>,
+}
+
+/// A log entry's payload: one change to the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// First entry of every IR: its identity, its first node and both authentication keys.
+    Bootstrap {
+        ir: IrInfo,
+        first_node: NodeRecord,
+        auth_keys: Vec<AuthKeySlot>,
+    },
+    /// A node admitted by `Join`; its id was reserved by the proposer from `next_node_id`.
+    AddNode {
+        node: NodeRecord,
+    },
+    /// Take a node out and revoke its certificate.
+    RemoveNode {
+        name: String,
+    },
+    /// Replace the secret of key1 (`slot` 1) or key2 (`slot` 2).
+    RegenerateKey {
+        slot: u8,
+        secret: Sealed,
+    },
+    RecordAdminCert {
+        record: AdminCertRecord,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+}
+
+/// What applying a command produced, returned to the proposer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    #[default]
+    Ok,
+    /// The command was valid when proposed but is not any more (e.g. a concurrent join took
+    /// the name); nothing changed.
+    Rejected(String),
+}
+
+impl IrState {
+    /// Applies one committed command. Deterministic: same state + same command = same result.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::Bootstrap {
+                ir,
+                first_node,
+                auth_keys,
+            } => {
+                if self.ir.is_some() {
+                    return CommandResult::Rejected("the IR is already initialised".into());
+                }
+                self.ir = Some(ir.clone());
+                self.auth_keys = auth_keys.clone();
+                self.nodes.insert(first_node.id, first_node.clone());
+                self.next_node_id = first_node.id + 1;
+                CommandResult::Ok
+            }
+            Command::AddNode { node } => {
+                if let Err(why) = self.check_admission(&node.name, &node.address) {
+                    return CommandResult::Rejected(why);
+                }
+                if node.id < self.next_node_id {
+                    return CommandResult::Rejected(format!("node id {} already used", node.id));
+                }
+                self.next_node_id = node.id + 1;
+                self.nodes.insert(node.id, node.clone());
+                CommandResult::Ok
+            }
+            Command::RemoveNode { name } => match self.node_by_name(name) {
+                Some(n) => {
+                    let (id, serial) = (n.id, n.cert_serial.clone());
+                    self.nodes.remove(&id);
+                    self.revoked_serials.insert(serial);
+                    CommandResult::Ok
+                }
+                None => CommandResult::Rejected(format!("no node named '{name}'")),
+            },
+            Command::RegenerateKey { slot, secret } => {
+                match self.auth_keys.get_mut(usize::from(*slot).wrapping_sub(1)) {
+                    Some(k) => {
+                        k.generation += 1;
+                        k.secret = secret.clone();
+                        CommandResult::Ok
+                    }
+                    None => CommandResult::Rejected(format!("no key slot {slot}")),
+                }
+            }
+            Command::RecordAdminCert { record } => {
+                self.admin_certs.insert(record.serial.clone(), record.clone());
+                CommandResult::Ok
+            }
+            Command::Put { key, value } => {
+                self.kv.insert(key.clone(), value.clone());
+                CommandResult::Ok
+            }
+        }
+    }
+
+    /// Why a node called `name` at `address` may not join now, if it may not.
+    pub fn check_admission(&self, name: &str, address: &str) -> Result<(), String> {
+        if self.node_by_name(name).is_some() {
+            return Err(format!("a node named '{name}' is already registered"));
+        }
+        if let Some(other) = self.nodes.values().find(|n| n.address == address) {
+            return Err(format!("address {address} is already used by node '{}'", other.name));
+        }
+        if self.nodes.len() >= MAX_NODES {
+            return Err(format!("the IR already has {MAX_NODES} nodes, the most it can have"));
+        }
+        Ok(())
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.values().find(|n| n.name == name)
+    }
+
+    pub fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.revoked_serials.contains(serial_hex)
+    }
+}
+
+/// Associated data binding a sealed CA key to its IR, so a blob cannot be replayed elsewhere.
+pub fn ca_key_aad(ir_id: &str) -> String {
+    format!("{ir_id}/ca-key")
+}
+
+/// Associated data binding a sealed authentication-key secret to its IR and slot.
+pub fn auth_key_aad(ir_id: &str, slot: u8) -> String {
+    format!("{ir_id}/auth-key/{slot}")
+}
+
+/// Node names go into certificates (URI and DNS SANs) and onto operators' screens, so they
+/// are kept to what is safe in both: 1–63 of `a-z`, `0-9`, `-`, starting with a letter or digit.
+pub fn validate_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid node name '{name}': use 1-63 lowercase letters, digits and '-', not starting with '-'"
+        ))
+    }
+}

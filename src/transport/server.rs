@@ -1,0 +1,186 @@
+//! The node port: one TCP listener, two TLS handshakes. The ClientHello's ALPN decides:
+//! `shir-join/1` gets a certificate-less handshake that can reach `Join` alone; anything
+//! else must complete mutual TLS with a certificate from the IR's CA that is not revoked.
+//! Accepted connections are labelled with their `Caller` and handed to a tonic server.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::LazyConfigAcceptor;
+use tonic::transport::server::Connected;
+
+use super::Caller;
+use crate::pki::{self, tls::ALPN_JOIN};
+
+/// A client must finish its handshake in this time; a stalled or malicious one is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handshakes in flight at once. Beyond it new connections wait in the kernel's backlog,
+/// which keeps a connection flood from growing the node's memory.
+const MAX_PENDING_HANDSHAKES: usize = 128;
+
+/// An accepted connection with the caller it was authenticated as.
+pub struct Conn<S> {
+    io: S,
+    caller: Caller,
+}
+
+impl<S> Connected for Conn<S> {
+    type ConnectInfo = Caller;
+    fn connect_info(&self) -> Caller {
+        self.caller.clone()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+pub type TlsConn = Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+pub type LocalConn = Conn<tokio::net::UnixStream>;
+pub type Incoming<C> = tokio_stream::wrappers::ReceiverStream<Result<C, io::Error>>;
+
+/// The two TLS configurations of the node port.
+#[derive(Clone)]
+pub struct PortTls {
+    pub members: Arc<ServerConfig>,
+    pub joiners: Arc<ServerConfig>,
+    /// Certificates naming another IR are refused even if (somehow) signed by our CA.
+    pub ir_id: String,
+}
+
+/// Accepts on `listener` forever, sorting connections into the members' stream and the
+/// joiners' stream.
+pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsConn>, Incoming<TlsConn>) {
+    let (member_tx, member_rx) = mpsc::channel(64);
+    let (join_tx, join_rx) = mpsc::channel(16);
+    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (tls, member_tx, join_tx) = (tls.clone(), member_tx.clone(), join_tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, &tls)).await {
+                    Ok(Ok(conn)) => {
+                        let tx = if matches!(conn.caller, Caller::Joiner) {
+                            join_tx
+                        } else {
+                            member_tx
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "refused connection"),
+                    Err(_) => tracing::info!(%peer, "refused connection: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (
+        tokio_stream::wrappers::ReceiverStream::new(member_rx),
+        tokio_stream::wrappers::ReceiverStream::new(join_rx),
+    )
+}
+
+async fn handshake(tcp: tokio::net::TcpStream, tls: &PortTls) -> io::Result<TlsConn> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let wants_join = start
+        .client_hello()
+        .alpn()
+        .map(|mut protocols| protocols.any(|p| p == ALPN_JOIN))
+        .unwrap_or(false);
+    if wants_join {
+        let io = start.into_stream(tls.joiners.clone()).await?;
+        return Ok(Conn {
+            io,
+            caller: Caller::Joiner,
+        });
+    }
+    let io = start.into_stream(tls.members.clone()).await?;
+    let leaf = io
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no client certificate"))?;
+    let identity = pki::identity_from_cert(leaf.as_ref())
+        .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
+    if identity.ir_id != tls.ir_id {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("certificate belongs to IR {}, not this one", identity.ir_id),
+        ));
+    }
+    Ok(Conn {
+        io,
+        caller: Caller::Certified(identity),
+    })
+}
+
+/// Accepts local operators on the owner-only Unix socket.
+pub fn accept_local(listener: UnixListener) -> Incoming<LocalConn> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((io, _)) => {
+                    if tx
+                        .send(Ok(Conn {
+                            io,
+                            caller: Caller::Local,
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "local socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
