@@ -23,8 +23,14 @@ const STATUS_PATIENCE: Duration = Duration::from_millis(1500);
 
 /// Runs `method` where it belongs and returns the encoded reply.
 pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Caller) -> Result<Vec<u8>, Status> {
-    if method == "LocalView" {
-        return Ok(local_view(node).encode_to_vec());
+    match method {
+        "LocalView" => return Ok(local_view(node).encode_to_vec()),
+        "Get" => {
+            let req: proto::GetRequest = decode(&request)?;
+            let value = node.read_state(|s| s.kv.get(&req.key).cloned());
+            return Ok(proto::GetReply { found: value.is_some(), value: value.unwrap_or_default() }.encode_to_vec());
+        }
+        _ => {}
     }
     let patience = if method == "Status" {
         STATUS_PATIENCE

@@ -192,6 +192,9 @@ impl proto::admin_server::Admin for Services {
     async fn put(&self, req: Request<proto::PutRequest>) -> Result<Response<proto::PutReply>, Status> {
         self.admin_call("Put", req).await
     }
+    async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetReply>, Status> {
+        self.admin_call("Get", req).await
+    }
     async fn local_view(
         &self,
         req: Request<proto::LocalViewRequest>,
