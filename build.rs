@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    println!("cargo:rerun-if-changed=proto/shir.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/shir.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure().compile_protos(&["proto/shir.proto", "proto/etcd_kv.proto"], &["proto"])?;
     Ok(())
 }

@@ -28,7 +28,11 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
         "Get" => {
             let req: proto::GetRequest = decode(&request)?;
             let value = node.read_state(|s| s.kv.get(&req.key).cloned());
-            return Ok(proto::GetReply { found: value.is_some(), value: value.unwrap_or_default() }.encode_to_vec());
+            return Ok(proto::GetReply {
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+            }
+            .encode_to_vec());
         }
         _ => {}
     }

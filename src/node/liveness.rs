@@ -108,7 +108,16 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
             }
         });
         let reached = futures::future::join_all(calls).await;
-        *node.liveness.reachable.lock().expect("reachable lock") = reached
+        let mut reachable = node.liveness.reachable.lock().expect("reachable lock");
+        // openraft's own per-retry logs are off by default; one line per change says the same.
+        for (name, ok) in &reached {
+            match (reachable.contains(name), *ok) {
+                (true, false) => tracing::warn!(peer = %name, "peer stopped answering heartbeats"),
+                (false, true) => tracing::info!(peer = %name, "peer answering heartbeats"),
+                _ => {}
+            }
+        }
+        *reachable = reached
             .into_iter()
             .filter(|(_, ok)| *ok)
             .map(|(name, _)| name)

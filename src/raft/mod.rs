@@ -12,17 +12,17 @@ pub use types::{Node, NodeId, Raft, TypeConfig};
 
 /// Timing of the Raft group.
 ///
-/// Failover of the dispatcher is an election: followers notice the leader is gone after an
-/// election timeout without heartbeats, then vote. A 300–600 ms timeout puts failover well
-/// under a second while staying far above a flushed append on this hardware (a few ms), so
-/// a busy but healthy leader is not deposed. Heartbeats every 100 ms leave three chances to
-/// reach a follower before its shortest timeout.
+/// Failover of the dispatcher is an election. openraft 0.9 has a follower that knew a leader
+/// wait out the leader's lease (= `election_timeout_max`) plus its own election timeout
+/// before it stands, so failover takes about `max + [min, max)`: 450–600 ms with 150–300.
+/// That stays far above a flushed append here (a few ms), so a busy but healthy leader is
+/// not deposed; heartbeats every 50 ms give a follower several chances before it times out.
 pub fn config(cluster_name: &str) -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
         // Snapshot every 2,000 entries and keep 500 behind it for slow followers: the log
         // stays bounded and a follower that is a little behind still catches up from the log.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),

@@ -411,9 +411,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.sm
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        // Clients get their responses, and peers' certificates get checked against
-        // `revoked_serials`, as soon as this returns: the state must be durable by then.
-        flush(&self.db, StorageIOError::write_state_machine).await?;
+        // No flush here: every applied entry is committed, so it is already durable in this
+        // node's log (appends flush before they count) and in a majority's. If a crash takes
+        // this batch back, openraft re-applies from the older `last_applied` on restart.
+        // Any later flush (append, vote, purge) makes it durable too, and purge only runs
+        // after such a flush, so the log never loses entries the state has not kept.
         self.publish(next);
         Ok(responses)
     }
