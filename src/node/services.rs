@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Hop, Node, admin, admission, not_dispatcher};
 use crate::proto::{self, RaftPayload};
-use crate::transport::caller_of;
+use crate::transport::{Caller, caller_of};
 
 /// How long a forwarded call waits for a dispatcher to exist (an election takes well under
 /// a second; a little more covers a leader that dies while the call is in flight).
@@ -24,6 +24,27 @@ pub struct Services {
 }
 
 impl Services {
+    /// The caller of `req`, refused if its certificate was revoked after the connection was
+    /// made: the handshake check stops new connections, this stops calls on old ones.
+    fn caller(&self, req: &Request<impl Sized>) -> Result<Caller, Status> {
+        let caller = caller_of(req);
+        if let Caller::Certified(id) = &caller
+            && self.node.read_state(|s| s.is_revoked(&id.serial_hex))
+        {
+            return Err(Status::permission_denied(format!(
+                "{caller}: certificate has been revoked"
+            )));
+        }
+        Ok(caller)
+    }
+
+    fn require_node<T>(&self, req: &Request<T>, what: &str) -> Result<String, Status> {
+        let caller = self.caller(req)?;
+        caller.node_name().map(str::to_string).ok_or_else(|| {
+            Status::permission_denied(format!("{caller} may not call {what}: a node certificate is required"))
+        })
+    }
+
     pub fn new(node: Arc<Node>) -> Self {
         Services { node }
     }
@@ -41,13 +62,6 @@ impl Services {
     }
 }
 
-fn require_node<T>(req: &Request<T>, what: &str) -> Result<String, Status> {
-    let caller = caller_of(req);
-    caller.node_name().map(str::to_string).ok_or_else(|| {
-        Status::permission_denied(format!("{caller} may not call {what}: a node certificate is required"))
-    })
-}
-
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
 }
@@ -63,19 +77,19 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl proto::raft_server::Raft for Services {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req, "Raft")?;
+        self.require_node(&req, "Raft")?;
         let rpc = decode(&req.get_ref().data)?;
         encode(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req, "Raft")?;
+        self.require_node(&req, "Raft")?;
         let rpc = decode(&req.get_ref().data)?;
         encode(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req, "Raft")?;
+        self.require_node(&req, "Raft")?;
         let rpc = decode(&req.get_ref().data)?;
         encode(&self.node.raft.install_snapshot(rpc).await)
     }
@@ -87,7 +101,7 @@ impl proto::cluster_server::Cluster for Services {
         &self,
         req: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatReply>, Status> {
-        let name = require_node(&req, "Heartbeat")?;
+        let name = self.require_node(&req, "Heartbeat")?;
         let load = req.into_inner().load.unwrap_or_default();
         self.node.liveness.record(&name, load);
         let dispatcher = self
@@ -102,7 +116,7 @@ impl proto::cluster_server::Cluster for Services {
         &self,
         req: Request<proto::ForwardedCall>,
     ) -> Result<Response<proto::ForwardedReply>, Status> {
-        let from = require_node(&req, "ForwardAdmin")?;
+        let from = self.require_node(&req, "ForwardAdmin")?;
         let call = req.into_inner();
         if !self.node.is_leader() {
             return Err(not_dispatcher());
@@ -113,7 +127,7 @@ impl proto::cluster_server::Cluster for Services {
     }
 
     async fn forward_join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
-        require_node(&req, "ForwardJoin")?;
+        self.require_node(&req, "ForwardJoin")?;
         if !self.node.is_leader() {
             return Err(not_dispatcher());
         }
@@ -150,7 +164,7 @@ impl Services {
         method: &'static str,
         req: Request<Req>,
     ) -> Result<Response<Resp>, Status> {
-        let caller = caller_of(&req);
+        let caller = self.caller(&req)?;
         if !caller.is_admin() {
             return Err(Status::permission_denied(format!(
                 "{caller} may not call {method}: an admin certificate or the local socket is required"
