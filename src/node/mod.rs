@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admission;
 pub mod liveness;
 pub mod membership;
+pub mod proposer;
 pub mod provision;
 pub mod services;
 pub mod sysload;
@@ -14,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::net::{TcpListener, UnixListener};
 use tonic::Status;
 use tonic::transport::{Channel, Server};
@@ -25,7 +25,7 @@ use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::store::SledStore;
 use crate::raft::{self as raftmod, NodeId, Raft};
 use crate::secrets::{self, DataKey, SecretBytes};
-use crate::state::{Command, CommandResult, IrInfo, IrState, Sealed};
+use crate::state::{Command, IrInfo, IrState, Sealed};
 use crate::transport::server::{PortTls, accept_local, accept_node_port};
 
 /// A running node: the parts every service and loop shares.
@@ -40,6 +40,7 @@ pub struct Node {
     pub admission: admission::Admission,
     /// Wakes the membership loop at once after a join or removal.
     pub membership_changed: tokio::sync::Notify,
+    proposer: proposer::Proposer,
     pub cert_not_after: i64,
     pub db: sled::Db,
 }
@@ -97,16 +98,10 @@ impl Node {
         Ca::from_pem(&ir.ca_cert_pem, &key_pem).map_err(|e| Status::internal(format!("cannot load the CA: {e}")))
     }
 
-    /// Commits `cmd` through Raft; returns once it is applied on this (leader) node.
+    /// Commits `cmd` through Raft (group-committed with concurrent proposals); returns its
+    /// log index once it is applied on this (leader) node.
     pub async fn propose(&self, cmd: Command) -> Result<u64, Status> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => match resp.data {
-                CommandResult::Ok => Ok(resp.log_id.index),
-                CommandResult::Rejected(why) => Err(Status::failed_precondition(why)),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(not_dispatcher()),
-            Err(e) => Err(Status::unavailable(format!("write not committed: {e}"))),
-        }
+        self.proposer.propose(cmd).await
     }
 
     /// Runs `call` on the dispatcher: here if this node leads, else over the node channel to
@@ -241,6 +236,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
         liveness: liveness::Liveness::new(),
         admission: admission::Admission::default(),
         membership_changed: tokio::sync::Notify::new(),
+        proposer: proposer::Proposer::spawn(raft.clone()),
         config,
         raft,
         state,

@@ -111,6 +111,8 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// Several commands proposed together (group commit); applied in order, each as if alone.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command produced, returned to the proposer.
@@ -121,6 +123,8 @@ pub enum CommandResult {
     /// The command was valid when proposed but is not any more (e.g. a concurrent join took
     /// the name); nothing changed.
     Rejected(String),
+    /// One result per command of a `Batch`, in order.
+    Batch(Vec<CommandResult>),
 }
 
 impl IrState {
@@ -179,6 +183,7 @@ impl IrState {
                 self.kv.insert(key.clone(), value.clone());
                 CommandResult::Ok
             }
+            Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
         }
     }
 
