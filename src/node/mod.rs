@@ -172,11 +172,13 @@ pub fn open_db(dir: &DataDir) -> Result<sled::Db> {
         // Raft flushes explicitly before acknowledging; sled's timer flush is only a backstop.
         .flush_every_ms(Some(1000))
         .open()
-        .map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
+        .map_err(|e| {
+            // sled reports the data dir's file lock as an I/O error with this text.
+            if e.to_string().contains("could not acquire lock") {
                 anyhow::anyhow!("{} is in use by another shir process", dir.root().display())
+            } else {
+                anyhow::anyhow!("cannot open the node database in {}: {e}", dir.db_path().display())
             }
-            other => anyhow::anyhow!("cannot open the node database in {}: {other}", dir.db_path().display()),
         })
 }
 
