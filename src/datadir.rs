@@ -46,6 +46,10 @@ pub struct NodeConfig {
     /// Jobs this node runs at once; `None` derives it from cores and memory.
     #[serde(default)]
     pub concurrent_jobs_limit: Option<u32>,
+    /// Take a Raft snapshot (and purge the log behind it) every this many entries;
+    /// `None` is the default, 2,000. Tests lower it to exercise snapshots quickly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_every_entries: Option<u64>,
 }
 
 fn default_offline_timeout() -> u64 {

@@ -131,6 +131,9 @@ fn local_view(node: &Node) -> proto::LocalViewReply {
         last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
+        snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+        purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+        last_log_index: m.last_log_index.unwrap_or(0),
     }
 }
 

@@ -199,7 +199,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
     let peers = Peers::new(client_tls);
     let raft = Raft::new(
         config.node_id,
-        raftmod::config(&config.ir_id),
+        raftmod::config(&config.ir_id, config.snapshot_every_entries),
         NetworkFactory { peers: peers.clone() },
         log_store,
         state_machine,

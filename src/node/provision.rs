@@ -136,6 +136,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
         advertise: addrs.advertise.clone(),
         offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
         concurrent_jobs_limit: None,
+        snapshot_every_entries: None,
     };
 
     // The first entries of the log: a one-node membership and the IR itself. Done here, in
@@ -146,7 +147,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
         let client_tls = tls::client_config_mtls(ca.cert_pem(), &cert.cert_pem, key_pem.expose())?;
         let raft = Raft::new(
             1,
-            raftmod::config(&ir_id),
+            raftmod::config(&ir_id, None),
             NetworkFactory {
                 peers: Peers::new(client_tls),
             },
@@ -241,6 +242,7 @@ pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &s
         advertise: addrs.advertise.clone(),
         offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
         concurrent_jobs_limit: None,
+        snapshot_every_entries: None,
     };
     let data_key =
         DataKey::from_bytes(&reply.data_key).map_err(|e| anyhow!("the IR sent a malformed data key: {e}"))?;

@@ -10,24 +10,30 @@ use std::sync::Arc;
 
 pub use types::{Node, NodeId, Raft, TypeConfig};
 
-/// Timing of the Raft group.
+/// Entries between snapshots. The state is small (kilobytes), so a snapshot is cheap; 2,000
+/// entries bounds the log to well under a megabyte while snapshots stay rare.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 2000;
+
+/// Timing and log bounds of the Raft group.
 ///
 /// Failover of the dispatcher is an election. openraft 0.9 has a follower that knew a leader
 /// wait out the leader's lease (= `election_timeout_max`) plus its own election timeout
 /// before it stands, so failover takes about `max + [min, max)`: 450–600 ms with 150–300.
 /// That stays far above a flushed append here (a few ms), so a busy but healthy leader is
 /// not deposed; heartbeats every 50 ms give a follower several chances before it times out.
-pub fn config(cluster_name: &str) -> Arc<openraft::Config> {
+pub fn config(cluster_name: &str, snapshot_every_entries: Option<u64>) -> Arc<openraft::Config> {
+    let snapshot_every = snapshot_every_entries.unwrap_or(DEFAULT_SNAPSHOT_EVERY).max(2);
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: 50,
         election_timeout_min: 150,
         election_timeout_max: 300,
-        // Snapshot every 2,000 entries and keep 500 behind it for slow followers: the log
-        // stays bounded and a follower that is a little behind still catches up from the log.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
-        max_in_snapshot_log_to_keep: 500,
-        purge_batch_size: 256,
+        // Keep a quarter of a snapshot interval behind each snapshot for slow followers:
+        // the log stays bounded and a follower a little behind still catches up from the log.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every / 4,
+        // Purge in steps of at least this many entries (openraft skips smaller purges).
+        purge_batch_size: (snapshot_every / 4).clamp(1, 256),
         install_snapshot_timeout: 2000,
         ..Default::default()
     };
