@@ -46,6 +46,8 @@ pub enum AuthKeyError {
     MissingPrefix,
     #[error("the authentication key contains characters that are not base64url; copy it again")]
     BadBase64,
+    #[error("the authentication key is truncated (it ends mid-character); copy it again")]
+    Truncated,
     #[error("the authentication key is too short ({0} bytes decoded); it was probably truncated; copy it again")]
     TooShort(usize),
     #[error("the authentication key is damaged or truncated (checksum mismatch); copy it again")]
@@ -133,7 +135,13 @@ impl AuthKey {
     pub fn parse(text: &str) -> Result<AuthKey, AuthKeyError> {
         let compact = zeroize::Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect::<String>());
         let body = compact.strip_prefix(PREFIX).ok_or(AuthKeyError::MissingPrefix)?;
-        let raw = zeroize::Zeroizing::new(B64URL.decode(body.as_bytes()).map_err(|_| AuthKeyError::BadBase64)?);
+        let raw = zeroize::Zeroizing::new(B64URL.decode(body.as_bytes()).map_err(|e| match e {
+            // A length or final character that cannot end a base64 text is how a cut shows.
+            base64::DecodeError::InvalidLength(_) | base64::DecodeError::InvalidLastSymbol(..) => {
+                AuthKeyError::Truncated
+            }
+            _ => AuthKeyError::BadBase64,
+        })?);
         if raw.len() < MIN_PAYLOAD_LEN + CHECKSUM_LEN {
             return Err(AuthKeyError::TooShort(raw.len()));
         }
@@ -396,7 +404,10 @@ mod tests {
                 assert!(
                     matches!(
                         err,
-                        AuthKeyError::ChecksumMismatch | AuthKeyError::BadBase64 | AuthKeyError::MissingPrefix
+                        AuthKeyError::ChecksumMismatch
+                            | AuthKeyError::BadBase64
+                            | AuthKeyError::Truncated
+                            | AuthKeyError::MissingPrefix
                     ),
                     "position {pos}: {err}"
                 );
@@ -415,7 +426,7 @@ mod tests {
                 matches!(
                     err,
                     AuthKeyError::MissingPrefix
-                        | AuthKeyError::BadBase64
+                        | AuthKeyError::Truncated
                         | AuthKeyError::TooShort(_)
                         | AuthKeyError::ChecksumMismatch
                 ),
@@ -436,8 +447,9 @@ mod tests {
         let cut = &text[..text.len() - 8];
         assert!(matches!(
             AuthKey::parse(cut).unwrap_err(),
-            AuthKeyError::ChecksumMismatch | AuthKeyError::BadBase64
+            AuthKeyError::ChecksumMismatch | AuthKeyError::Truncated
         ));
+        assert_eq!(AuthKey::parse("SHIR1@AAAAA").unwrap_err(), AuthKeyError::Truncated);
 
         // Well-checksummed keys with bad fields: re-encode after tampering.
         let mut k = sample();

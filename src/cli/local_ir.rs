@@ -180,10 +180,10 @@ impl LocalIr {
         if unsafe { libc::kill(pid as i32, signal) } != 0 {
             bail!("kill {}: {}", pid, std::io::Error::last_os_error());
         }
-        if signal == libc::SIGKILL || signal == libc::SIGTERM {
-            if let Some(mut child) = self.nodes[i].child.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-            }
+        if (signal == libc::SIGKILL || signal == libc::SIGTERM)
+            && let Some(mut child) = self.nodes[i].child.take()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }
         Ok(())
     }

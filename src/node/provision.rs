@@ -228,7 +228,12 @@ pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &s
             Err(s) => bail!("registration refused: {}", s.message()),
         }
     }
-    let reply = admitted.ok_or_else(|| anyhow!("could not reach the IR: {}", failures.join("; ")))?;
+    let reply = admitted.ok_or_else(|| {
+        anyhow!(
+            "could not register through any endpoint in the key: {}",
+            failures.join("; ")
+        )
+    })?;
 
     if pki::spki_pin(reply.ca_cert_pem.as_bytes())? != key.ca_pin {
         bail!("the IR answered with a CA that does not match the authentication key's pin; nothing written");

@@ -75,6 +75,11 @@ pub fn server_config_mtls(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain_with_ca(chain_pem, ca_pem)?, private_key_from_pem(key_pem)?)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No session resumption: a resumed TLS 1.3 session skips the client-certificate check,
+    // so a certificate revoked after the first handshake would still get in. Connections
+    // between nodes are long-lived, so a full handshake per connection costs nothing.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 

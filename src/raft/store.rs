@@ -411,11 +411,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.sm
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        // No flush here: every applied entry is committed, so it is already durable in this
-        // node's log (appends flush before they count) and in a majority's. If a crash takes
-        // this batch back, openraft re-applies from the older `last_applied` on restart.
-        // Any later flush (append, vote, purge) makes it durable too, and purge only runs
-        // after such a flush, so the log never loses entries the state has not kept.
+        // Flushed before anyone sees it: a restarted node must come back with at least the
+        // state it showed (revoked certificates above all), not wait for a leader to tell it
+        // the commit index before it re-applies. Under load one flush covers a whole batch.
+        flush(&self.db, StorageIOError::write_state_machine).await?;
         self.publish(next);
         Ok(responses)
     }

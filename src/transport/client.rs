@@ -26,7 +26,10 @@ pub async fn connect_tls(address: &str, config: Arc<ClientConfig>) -> io::Result
     let handshake = async {
         let tcp = TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
-        TlsConnector::from(config).connect(name, tcp).await
+        TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), crate::pki::tls::describe_tls_error(&e)))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await

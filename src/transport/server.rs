@@ -12,19 +12,64 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::LazyConfigAcceptor;
 use tonic::transport::server::Connected;
 
 use super::Caller;
 use crate::pki::{self, tls::ALPN_JOIN};
 
-/// A client must finish its handshake in this time; a stalled or malicious one is dropped.
+/// A client must send its ClientHello within this time, and finish its handshake within
+/// `HANDSHAKE_TIMEOUT`; a stalled or malicious one is dropped. A real client sends the hello
+/// at once, so the first bound can be short, which frees slots held by silent connections.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes in flight at once. Beyond it new connections wait in the kernel's backlog,
-/// which keeps a connection flood from growing the node's memory.
-const MAX_PENDING_HANDSHAKES: usize = 128;
+/// Handshakes in flight at once, in all and from one address. Connections beyond either
+/// are closed at once: a flood from one address cannot crowd out peers, joiners and
+/// operators, and a flood from many cannot grow the node's memory.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+const MAX_PENDING_PER_ADDRESS: usize = 16;
+
+/// Counts handshakes in flight, per source address and in all.
+#[derive(Default)]
+struct Pending {
+    per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admitted handshake; gives its slot back when dropped.
+struct Slot {
+    pending: Arc<Pending>,
+    ip: std::net::IpAddr,
+}
+
+impl Pending {
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut map = self.per_address.lock().expect("pending lock");
+        let total: usize = map.values().sum();
+        let mine = map.entry(ip).or_insert(0);
+        if *mine >= MAX_PENDING_PER_ADDRESS || total >= MAX_PENDING_HANDSHAKES {
+            return None;
+        }
+        *mine += 1;
+        Some(Slot {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.pending.per_address.lock().expect("pending lock");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// An accepted connection with the caller it was authenticated as.
 pub struct Conn<S> {
@@ -85,10 +130,9 @@ pub struct PortTls {
 pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsConn>, Incoming<TlsConn>) {
     let (member_tx, member_rx) = mpsc::channel(64);
     let (join_tx, join_rx) = mpsc::channel(16);
-    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Arc::new(Pending::default());
     tokio::spawn(async move {
         loop {
-            let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -97,9 +141,13 @@ pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsCon
                     continue;
                 }
             };
+            let Some(slot) = pending.admit(peer.ip()) else {
+                tracing::debug!(%peer, "refused connection: too many handshakes in flight");
+                continue;
+            };
             let (tls, member_tx, join_tx) = (tls.clone(), member_tx.clone(), join_tx.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let _slot = slot;
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, &tls)).await {
                     Ok(Ok(conn)) => {
@@ -123,7 +171,12 @@ pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsCon
 }
 
 async fn handshake(tcp: tokio::net::TcpStream, tls: &PortTls) -> io::Result<TlsConn> {
-    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let start = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no TLS ClientHello in time"))??;
     let wants_join = start
         .client_hello()
         .alpn()
