@@ -1,0 +1,152 @@
+//! Bad input at the command line gets one clear line on stderr, a non-zero exit, and changes
+//! nothing: a second `run` on a data dir in use, missing data dirs and files, bad flags.
+
+mod common;
+
+use std::process::Command;
+
+fn shir(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shir"))
+        .args(args)
+        .output()
+        .expect("run shir");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a failure whose stderr is exactly one line starting `error:` and containing `words`.
+fn assert_refused(args: &[&str], words: &str) {
+    let (ok, _, err) = shir(args);
+    assert!(!ok, "{args:?} should fail");
+    assert_eq!(err.lines().count(), 1, "{args:?}: expected one line, got {err:?}");
+    assert!(err.starts_with("error: "), "{args:?}: {err:?}");
+    assert!(err.contains(words), "{args:?}: expected {words:?} in {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_one_line() {
+    let tmp = common::tempdir();
+    let port = common::free_port(1);
+    let mut ir = common::local_ir(tmp.path(), port, 1);
+    let dir = common::dir_arg(&ir, 0);
+    let missing = tmp.path().join("missing").to_string_lossy().into_owned();
+
+    assert_refused(&["status", "--data-dir", &missing], "holds no shir node");
+    assert!(
+        !tmp.path().join("missing").exists(),
+        "status must not create the data dir"
+    );
+    assert_refused(
+        &[
+            "init",
+            "--data-dir",
+            &missing,
+            "--name",
+            "Node_1",
+            "--listen",
+            "127.0.0.1:1",
+            "--ir-name",
+            "x",
+        ],
+        "invalid node name",
+    );
+    assert_refused(
+        &[
+            "init",
+            "--data-dir",
+            &missing,
+            "--name",
+            "node1",
+            "--listen",
+            "127.0.0.1",
+            "--ir-name",
+            "x",
+        ],
+        "expected IP:PORT",
+    );
+    assert_refused(
+        &[
+            "init",
+            "--data-dir",
+            &missing,
+            "--name",
+            "node1",
+            "--listen",
+            "0.0.0.0:8060",
+            "--ir-name",
+            "x",
+        ],
+        "--advertise",
+    );
+    assert!(
+        !tmp.path().join("missing").exists(),
+        "a refused init must not create the data dir"
+    );
+
+    ir.init(0, "cli-ir").await.expect("init");
+    assert_refused(
+        &[
+            "init",
+            "--data-dir",
+            &dir,
+            "--name",
+            "node1",
+            "--listen",
+            "127.0.0.1:1",
+            "--ir-name",
+            "x",
+        ],
+        "already holds a shir node",
+    );
+    ir.start(0).await.expect("start");
+    assert_refused(&["run", "--data-dir", &dir], "in use by another shir process");
+    // The running node is unharmed by the refused second run.
+    ir.status(0).await.expect("status after a refused second run");
+
+    let cert = tmp.path().join("nope.pem").to_string_lossy().into_owned();
+    let endpoint = ir.nodes[0].address.clone();
+    assert_refused(
+        &["status", "--endpoint", &endpoint, "--admin-cert", &cert],
+        "cannot read admin certificate",
+    );
+    std::fs::write(&cert, "not a pem").unwrap();
+    assert_refused(
+        &["status", "--endpoint", &endpoint, "--admin-cert", &cert],
+        "is not an admin certificate file",
+    );
+    assert_refused(
+        &["node", "remove", "node9", "--data-dir", &dir],
+        "no node named 'node9'",
+    );
+    assert_refused(&["node", "remove", "node1", "--data-dir", &dir], "only node");
+
+    let out = tmp.path().join("ops.pem").to_string_lossy().into_owned();
+    let (ok, _, err) = shir(&[
+        "admin-cert",
+        "issue",
+        "--name",
+        "ops",
+        "--out",
+        &out,
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    assert_refused(
+        &[
+            "admin-cert",
+            "issue",
+            "--name",
+            "ops2",
+            "--out",
+            &out,
+            "--data-dir",
+            &dir,
+        ],
+        "already exists",
+    );
+    ir.stop_all().await;
+}

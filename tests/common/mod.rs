@@ -1,0 +1,170 @@
+//! What the integration tests share: collision-free ports, temp dirs, polling with a
+//! reason on timeout, and node logs printed when a test fails.
+#![allow(dead_code)]
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::net::TcpListener as StdTcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use shir::cli::local_ir::{LocalIr, check_port_free};
+
+/// The `shir` binary cargo built for this test run.
+pub const SHIR: &str = env!("CARGO_BIN_EXE_shir");
+
+/// A port free on 127.0.0.1 up to 127.0.0.`hosts`, reserved for this test binary.
+///
+/// The kernel picks a candidate (bind 127.0.0.1:0), which must then also be bindable on the
+/// other loopback addresses. Test binaries run in parallel, so the port is also claimed with
+/// a marker file that the other binaries respect (markers older than 15 minutes are stale).
+pub fn free_port(hosts: usize) -> u16 {
+    for _ in 0..500 {
+        let port = StdTcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if check_port_free(port, hosts).is_ok() && reserve(port) {
+            return port;
+        }
+    }
+    panic!("found no port free on 127.0.0.1-127.0.0.{hosts}");
+}
+
+fn reserve(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("shir-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let marker = dir.join(port.to_string());
+    for _ in 0..2 {
+        match OpenOptions::new().write(true).create_new(true).open(&marker) {
+            Ok(_) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stale = std::fs::metadata(&marker)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > Duration::from_secs(15 * 60));
+                if !stale {
+                    return false;
+                }
+                let _ = std::fs::remove_file(&marker);
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// A `LocalIr` of the test's `shir` binary, with plain (uncoloured) node logs.
+pub fn local_ir(root: &Path, port: u16, count: usize) -> LocalIr {
+    let mut ir = LocalIr::new(SHIR, root, port, count);
+    ir.env.push(("NO_COLOR".into(), "1".into()));
+    ir
+}
+
+/// A fresh temporary directory with a short path (Unix socket paths must stay short).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("shir-it-")
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+/// Prints `--- step: …` with the time since the test began, so a slow step stands out.
+pub struct Steps {
+    start: Instant,
+}
+
+impl Steps {
+    pub fn new() -> Self {
+        Steps { start: Instant::now() }
+    }
+    pub fn step(&self, what: &str) {
+        eprintln!("--- step: {what}   [{:.1}s]", self.start.elapsed().as_secs_f64());
+    }
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+impl Default for Steps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`; on timeout panics with the last reason,
+/// so a failure says what was still wrong rather than only that time ran out.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(why) if Instant::now() > deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The data dir of node `i` as a CLI argument.
+pub fn dir_arg(ir: &LocalIr, i: usize) -> String {
+    ir.nodes[i].dir.root().to_string_lossy().into_owned()
+}
+
+/// `shir status --json --data-dir <node i>`, parsed.
+pub async fn status_json(ir: &LocalIr, i: usize) -> Result<serde_json::Value, String> {
+    let out = ir
+        .shir(&["status", "--json", "--data-dir", &dir_arg(ir, i)])
+        .await
+        .map_err(|e| format!("shir status via {}: {e}", ir.nodes[i].name))?;
+    serde_json::from_str(&out).map_err(|e| format!("status --json is not JSON ({e}): {out}"))
+}
+
+/// Prints the last lines of every watched node log if the test panics.
+/// Declare it after the `TempDir` holding the logs, so it runs before they are removed.
+pub struct DumpLogsOnPanic {
+    logs: Vec<(String, PathBuf)>,
+}
+
+impl DumpLogsOnPanic {
+    pub fn new(ir: &LocalIr) -> Self {
+        let mut guard = DumpLogsOnPanic { logs: Vec::new() };
+        guard.watch(ir, "");
+        guard
+    }
+
+    /// Also dump the logs of `ir`'s nodes, labelled with `prefix`.
+    pub fn watch(&mut self, ir: &LocalIr, prefix: &str) {
+        for n in &ir.nodes {
+            self.logs.push((format!("{prefix}{}", n.name), n.log.clone()));
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(no log: {e})"),
+    }
+}
+
+impl Drop for DumpLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (name, path) in &self.logs {
+            eprintln!("===== last 40 lines of {name}'s log ({}) =====", path.display());
+            eprintln!("{}", tail(path, 40));
+        }
+    }
+}
