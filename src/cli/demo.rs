@@ -19,6 +19,15 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
+fn role_of(status: &crate::proto::StatusReply, name: &str) -> String {
+    status
+        .nodes
+        .iter()
+        .find(|n| n.name == name)
+        .map(|n| n.role.clone())
+        .unwrap_or_default()
+}
+
 fn step(text: &str) {
     println!("\n==> {text}");
 }
@@ -39,7 +48,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         work.path().display()
     );
 
-    let outcome = script(&mut ir).await;
+    // Ctrl-C must not leave four nodes running on the port: stop them, then report.
+    let outcome = tokio::select! {
+        r = script(&mut ir) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; stopping the nodes")),
+    };
     ir.stop_all().await;
     if args.keep {
         let kept = work.keep();
@@ -126,6 +139,10 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
     ir.start(victim).await?;
     let status = ir.wait_all_online(watcher, Duration::from_secs(30)).await?;
     println!("{}", output::status_text(&status));
-    println!("\n{victim_name} is back Online as a Worker; {new_name} stays dispatcher.");
+    println!(
+        "\n{victim_name} is back Online as a {}; the dispatcher is {}.",
+        role_of(&status, &victim_name),
+        status.dispatcher
+    );
     Ok(())
 }

@@ -107,7 +107,8 @@ pub fn status_text(s: &proto::StatusReply) -> String {
             } else {
                 format!("{} (cannot reach {})", n.status, n.unreachable_peers.join(", "))
             };
-            let heard = n.last_heartbeat_ms != 0;
+            // An Offline node's last load is stale: show it as unknown rather than as current.
+            let heard = n.last_heartbeat_ms != 0 && n.status != "Offline";
             vec![
                 n.name.clone(),
                 n.address.clone(),
