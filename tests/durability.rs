@@ -155,7 +155,6 @@ async fn kill_nine_during_writes_loses_nothing_acknowledged() {
         kills.len(),
         kills.join(", ")
     );
-    assert!(kills.len() >= 2);
     assert!(
         after_full_restart > 0,
         "no write was acknowledged after all four nodes restarted"

@@ -311,6 +311,43 @@ async fn four_nodes_form_and_fail_over() {
         .await;
     }
 
+    steps.step("two of four down (the dispatcher among them): no dispatcher, writes refused in bounded time");
+    let dispatcher = ir.dispatcher(0).await.expect("dispatcher");
+    let other = (0..4).find(|&i| i != dispatcher).expect("a worker");
+    ir.kill(dispatcher).await.expect("kill the dispatcher");
+    ir.kill(other).await.expect("kill a worker");
+    let survivor = (0..4).find(|&i| i != dispatcher && i != other).expect("a survivor");
+    let view = eventually(
+        "a survivor to report no dispatcher",
+        Duration::from_secs(20),
+        || async {
+            let v = status_json(&ir, survivor).await?;
+            if v["dispatcher"].is_null() {
+                Ok(v)
+            } else {
+                Err(format!("dispatcher still {}", v["dispatcher"]))
+            }
+        },
+    )
+    .await;
+    assert!(view["nodes"].as_array().is_some_and(|n| n.len() == 4), "{view}");
+    let started = std::time::Instant::now();
+    let err = put(&ir, survivor, "no-quorum", "x")
+        .await
+        .expect_err("a write without a majority must fail");
+    eprintln!("write without a majority refused after {:?}: {err}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the refusal must come in bounded time"
+    );
+
+    steps.step("one node back: a majority again, a dispatcher, writes succeed");
+    ir.start(other).await.expect("restart the worker");
+    eventually("a write with a majority back", Duration::from_secs(30), || {
+        put(&ir, survivor, "quorum-back", "y")
+    })
+    .await;
+
     steps.step("done");
     ir.stop_all().await;
 }

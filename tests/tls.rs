@@ -41,6 +41,40 @@ async fn connect(address: &str, config: Arc<ClientConfig>) -> Result<Channel, St
         .map_err(|e| format!("connect: {e}"))
 }
 
+/// A client that trusts the IR's CA but has no certificate of its own.
+fn anonymous_config(ca_pem: &str) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    for cert in pki::certs_from_pem(ca_pem).expect("CA PEM") {
+        roots.add(cert).expect("CA into roots");
+    }
+    let mut anonymous = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    anonymous.alpn_protocols = vec![b"h2".to_vec()];
+    anonymous
+}
+
+/// Completes a TLS handshake with `config`, then reads: a server that refuses the client's
+/// certificate says so with a fatal alert, which TLS 1.3 delivers on the client's first read.
+async fn handshake_refusal(address: &str, config: Arc<ClientConfig>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(address).await.expect("tcp connect");
+    let name = shir::pki::tls::server_name(address).expect("server name");
+    let mut tls = match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return e.to_string(),
+    };
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(CALL_TIMEOUT, tls.read(&mut buf)).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(n)) => format!("read {n} bytes: the server did not refuse"),
+        Err(_) => "timed out: the server did not refuse".into(),
+    }
+}
+
 fn describe(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
@@ -168,31 +202,33 @@ async fn node_port_admits_only_the_right_certificates() {
         .expect("admin status over TCP");
 
     steps.step("(a) a client without a certificate is refused; the node keeps serving");
-    let mut roots = RootCertStore::empty();
-    for cert in pki::certs_from_pem(&ca_pem).expect("CA PEM") {
-        roots.add(cert).expect("CA into roots");
-    }
-    let mut anonymous = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    anonymous.alpn_protocols = vec![b"h2".to_vec()];
-    let err = tcp_status(&addr[1], Arc::new(anonymous))
+    let err = tcp_status(&addr[1], Arc::new(anonymous_config(&ca_pem)))
         .await
         .expect_err("no client certificate must be refused");
     eprintln!("no certificate: {err}");
     assert!(!err.contains("timed out"), "refused actively, not by silence: {err}");
+    let alert = handshake_refusal(&addr[1], Arc::new(anonymous_config(&ca_pem))).await;
+    eprintln!("no certificate, at the TLS layer: {alert}");
+    assert!(
+        alert.contains("CertificateRequired"),
+        "refused in the handshake for want of a certificate: {alert}"
+    );
     tcp_status(&addr[1], admin.clone()).await.expect("node2 still serves");
 
     steps.step("(b) an admin certificate from another CA (same IR id) is refused");
     let rogue_ca = Ca::generate(&ir_id, "rogue").expect("rogue CA");
     let (rogue, rogue_key) = pki::issue_admin_cert(&rogue_ca, &ir_id, "mallory").expect("rogue admin cert");
     let rogue = client_config_mtls(&ca_pem, &rogue.cert_pem, rogue_key.expose()).expect("rogue TLS config");
-    let err = tcp_status(&addr[1], rogue)
+    let err = tcp_status(&addr[1], rogue.clone())
         .await
         .expect_err("a foreign CA's certificate must be refused");
     eprintln!("foreign CA: {err}");
+    let alert = handshake_refusal(&addr[1], rogue.clone()).await;
+    eprintln!("foreign CA, at the TLS layer: {alert}");
+    assert!(
+        alert.contains("UnknownCA"),
+        "refused in the handshake as an unknown CA: {alert}"
+    );
     assert!(!err.contains("timed out"), "{err}");
     tcp_status(&addr[1], admin.clone()).await.expect("node2 still serves");
 
@@ -222,6 +258,31 @@ async fn node_port_admits_only_the_right_certificates() {
         err.contains("may not call") && err.contains("admin certificate") && err.contains("node3"),
         "{err}"
     );
+    // Nor through the node-to-node forwarding call: without the data key a node certificate
+    // cannot produce the member proof the dispatcher requires.
+    for target in &addr[..3] {
+        let channel = connect(target, node_client(&ir, 2)).await.expect("node3 connects");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let err = ClusterClient::new(channel)
+            .forward_admin(proto::ForwardedCall {
+                method: "KeyShow".into(),
+                request: Vec::new(),
+                on_behalf_of: "local operator".into(),
+                timestamp: now,
+                proof: vec![0; 32],
+            })
+            .await
+            .map(drop)
+            .map_err(describe)
+            .expect_err("a node certificate must not make operator calls through ForwardAdmin");
+        assert!(
+            err.contains("PermissionDenied") && err.contains("member proof"),
+            "{target}: {err}"
+        );
+    }
     let err = heartbeat(&addr[0], admin.clone())
         .await
         .expect_err("an admin certificate must not call Cluster");
@@ -377,6 +438,8 @@ async fn node_port_admits_only_the_right_certificates() {
             method: "KeyShow".into(),
             request: Vec::new(),
             on_behalf_of: "removed node4".into(),
+            timestamp: 0,
+            proof: Vec::new(),
         }),
     )
     .await;

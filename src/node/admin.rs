@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use prost::Message;
 use rand::RngCore;
+use sha2::Sha256;
 use tonic::Status;
 
 use super::services::FORWARD_PATIENCE;
@@ -14,7 +16,8 @@ use super::{Hop, Node, liveness};
 use crate::auth_key::AuthKey;
 use crate::pki;
 use crate::proto;
-use crate::state::{AdminCertRecord, Command, Sealed, auth_key_aad, validate_node_name};
+use crate::secrets::DataKey;
+use crate::state::{AdminCertRecord, Command, Sealed, auth_key_aad};
 use crate::transport::Caller;
 
 /// How long `status` waits for the dispatcher before answering from this node's own view.
@@ -50,10 +53,14 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
                 match hop {
                     Hop::Here => execute(node, method, &request).await,
                     Hop::There(channel) => {
+                        let timestamp = crate::unix_now();
+                        let proof = forward_proof(&node.data_key, method, &request, &on_behalf_of, timestamp).to_vec();
                         let call = proto::ForwardedCall {
                             method: method.to_string(),
                             request,
                             on_behalf_of,
+                            timestamp,
+                            proof,
                         };
                         proto::cluster_client::ClusterClient::new(channel)
                             .forward_admin(call)
@@ -68,10 +75,57 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
         // Without a dispatcher, status is still worth having: this node's own view says
         // which nodes it hears from, and `dispatcher` is empty.
         Err(s) if method == "Status" && s.code() == tonic::Code::Unavailable => {
-            Ok(liveness::status_reply(node).encode_to_vec())
+            Ok(liveness::status_reply(node, None).encode_to_vec())
         }
         other => other,
     }
+}
+
+/// How far a forwarded call's timestamp may be from the dispatcher's clock.
+const FORWARD_MAX_AGE_SECS: i64 = 60;
+
+/// HMAC over a forwarded call with the IR's data key, which only full members hold.
+fn forward_proof(key: &DataKey, method: &str, request: &[u8], on_behalf_of: &str, timestamp: i64) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    let ts = timestamp.to_be_bytes();
+    for part in [
+        b"shir-forward-v1".as_slice(),
+        method.as_bytes(),
+        request,
+        on_behalf_of.as_bytes(),
+        &ts,
+    ] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Refuses a forwarded call that does not come from a full member: a node certificate alone
+/// (without the data key) must not be able to make operator calls.
+pub fn verify_forwarded(node: &Node, call: &proto::ForwardedCall) -> Result<(), Status> {
+    let fresh = (crate::unix_now() - call.timestamp).abs() <= FORWARD_MAX_AGE_SECS;
+    let expected = forward_proof(
+        &node.data_key,
+        &call.method,
+        &call.request,
+        &call.on_behalf_of,
+        call.timestamp,
+    );
+    let genuine: bool = subtle_eq(&expected, &call.proof);
+    if fresh && genuine {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(
+            "forwarded operator call refused: it carries no valid member proof \
+             (a node certificate alone cannot make operator calls)",
+        ))
+    }
+}
+
+/// Constant-time comparison, so a forger learns nothing from timing.
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {
@@ -81,13 +135,17 @@ fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {
 /// Runs an admin call on this node, which must be the dispatcher.
 pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<Vec<u8>, Status> {
     let reply = match method {
-        "Status" => liveness::status_reply(node).encode_to_vec(),
+        "Status" => {
+            if !node.confirm_leadership().await {
+                return Err(super::no_dispatcher());
+            }
+            liveness::status_reply(node, Some(node.id())).encode_to_vec()
+        }
         "KeyShow" => {
             // A linearizable read: a key regenerated a moment ago is never shown stale.
-            node.raft
-                .ensure_linearizable()
-                .await
-                .map_err(|_| super::not_dispatcher())?;
+            if !node.confirm_leadership().await {
+                return Err(super::no_dispatcher());
+            }
             show_keys(node)?.encode_to_vec()
         }
         "KeyRegenerate" => {
@@ -104,6 +162,13 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
         }
         "Put" => {
             let req: proto::PutRequest = decode(request)?;
+            if req.key.len() > crate::state::MAX_KEY_BYTES || req.value.len() > crate::state::MAX_VALUE_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "key or value too large (at most {} and {} bytes)",
+                    crate::state::MAX_KEY_BYTES,
+                    crate::state::MAX_VALUE_BYTES
+                )));
+            }
             let log_index = node
                 .propose(Command::Put {
                     key: req.key,
@@ -206,7 +271,7 @@ async fn remove_node(node: &Node, name: &str) -> Result<proto::NodeRemoveReply, 
 }
 
 async fn issue_admin_cert(node: &Node, name: &str) -> Result<proto::AdminCertIssueReply, Status> {
-    validate_node_name(name).map_err(|e| Status::invalid_argument(e.replace("node name", "admin name")))?;
+    pki::check_admin_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let ir = node.ir()?;
     let ca = node.ca()?;
     let (issued, key_pem) = pki::issue_admin_cert(&ca, &ir.id, name).map_err(|e| Status::internal(e.to_string()))?;

@@ -49,23 +49,13 @@ fn denied(msg: impl Into<String>) -> Status {
 pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinResponse, Status> {
     let _one_at_a_time = node.admission.serial.lock().await;
     let ir = node.ir()?;
-    if req.ir_id != ir.id {
-        return Err(denied(format!(
-            "this authentication key is for another integration runtime ({}); this is '{}' ({})",
-            req.ir_id, ir.name, ir.id
-        )));
-    }
     let slot: u8 = match req.key_slot {
         1 | 2 => req.key_slot as u8,
         other => return Err(Status::invalid_argument(format!("no key slot {other}"))),
     };
-    let now = crate::unix_now();
-    if (now - req.timestamp).abs() > PROOF_MAX_AGE_SECS {
-        return Err(denied(format!(
-            "join proof is stale: its time is {}s from the dispatcher's clock; check the joining machine's clock",
-            now - req.timestamp
-        )));
-    }
+    // The proof comes first: until it checks out the caller is anonymous and learns nothing
+    // about this IR (not its name, not its clock). The proof covers the IR id, so a key of
+    // another IR fails here too.
     let sealed = node
         .read_state(|s| s.auth_keys.get(usize::from(slot) - 1).map(|k| k.secret.clone()))
         .ok_or_else(|| Status::internal("the IR's state has no authentication keys"))?;
@@ -79,10 +69,20 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
         timestamp: req.timestamp,
         nonce: &req.nonce,
     };
+    if req.ir_id != ir.id {
+        return Err(denied("this authentication key is for another integration runtime"));
+    }
     if !verify_join_proof(secret.expose(), &input, &req.proof) {
         tracing::warn!(name = %req.name, address = %req.address, slot, "join refused: bad authentication key proof");
         return Err(denied(format!(
             "authentication key rejected: it is not this IR's current key{slot} (wrong, or regenerated since it was copied)"
+        )));
+    }
+    let now = crate::unix_now();
+    if (now - req.timestamp).abs() > PROOF_MAX_AGE_SECS {
+        return Err(denied(format!(
+            "join proof is stale: its time is {}s from the dispatcher's clock; check the joining machine's clock",
+            now - req.timestamp
         )));
     }
     if req.nonce.len() < 16 || !node.admission.first_use(&req.nonce, now) {

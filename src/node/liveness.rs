@@ -125,8 +125,10 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
     }
 }
 
-/// The IR's status as this node sees it. On the dispatcher this is the IR's status.
-pub fn status_reply(node: &Node) -> proto::StatusReply {
+/// The IR's status as this node sees it. On the dispatcher, with `dispatcher` its own id
+/// (confirmed by a majority), this is the IR's status; `None` is a node's own view when no
+/// dispatcher could be confirmed.
+pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> proto::StatusReply {
     let m = node.metrics();
     let membership = m.membership_config.membership().clone();
     let now = crate::unix_now_ms();
@@ -164,7 +166,7 @@ pub fn status_reply(node: &Node) -> proto::StatusReply {
                 name: n.name.clone(),
                 address: n.address.clone(),
                 status: status.to_string(),
-                role: if m.current_leader == Some(n.id) {
+                role: if dispatcher == Some(n.id) {
                     "Dispatcher"
                 } else {
                     "Worker"
@@ -195,8 +197,7 @@ pub fn status_reply(node: &Node) -> proto::StatusReply {
     proto::StatusReply {
         ir_name,
         ir_id,
-        dispatcher: m
-            .current_leader
+        dispatcher: dispatcher
             .and_then(|id| state.nodes.get(&id))
             .map(|n| n.name.clone())
             .unwrap_or_default(),

@@ -93,9 +93,10 @@ impl Node {
     pub fn ca(&self) -> Result<Ca, Status> {
         let ir = self.ir()?;
         let key = self.unseal(&crate::state::ca_key_aad(&ir.id), &ir.ca_key)?;
-        let key_pem =
-            String::from_utf8(key.expose().to_vec()).map_err(|_| Status::internal("sealed CA key is not PEM"))?;
-        Ca::from_pem(&ir.ca_cert_pem, &key_pem).map_err(|e| Status::internal(format!("cannot load the CA: {e}")))
+        let key_pem = crate::secrets::SecretString::from_secret_bytes(key)
+            .map_err(|_| Status::internal("sealed CA key is not PEM"))?;
+        Ca::from_pem(&ir.ca_cert_pem, key_pem.expose())
+            .map_err(|e| Status::internal(format!("cannot load the CA: {e}")))
     }
 
     /// Commits `cmd` through Raft (group-committed with concurrent proposals); returns its
@@ -115,7 +116,14 @@ impl Node {
         loop {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id() => call(Hop::Here).await,
-                Some((_, addr)) => call(Hop::There(self.peers.channel(&addr))).await,
+                Some((_, addr)) => tokio::time::timeout(FORWARD_TIMEOUT, call(Hop::There(self.peers.channel(&addr))))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "the dispatcher did not answer within {} s",
+                            FORWARD_TIMEOUT.as_secs()
+                        )))
+                    }),
                 None => Err(no_dispatcher()),
             };
             match attempt {
@@ -125,6 +133,26 @@ impl Node {
                 other => return other,
             }
         }
+    }
+}
+
+/// How long a call forwarded to the dispatcher may take: a write's own time limit plus
+/// the hop.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(proposer::WRITE_TIMEOUT.as_secs() + 2);
+
+/// How long the dispatcher waits for a majority to confirm it still leads (one heartbeat
+/// round on a healthy IR, milliseconds).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Node {
+    /// True if this node leads and a majority confirms it now. openraft 0.9 keeps a leader
+    /// that lost its majority believing it leads; status and linearizable reads must not.
+    pub async fn confirm_leadership(&self) -> bool {
+        self.is_leader()
+            && matches!(
+                tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable()).await,
+                Ok(Ok(_))
+            )
     }
 }
 

@@ -13,8 +13,14 @@ use tonic::Status;
 use crate::raft::Raft;
 use crate::state::{Command, CommandResult};
 
-/// Most commands in one log entry: bounds the entry's size and the apply step's latency.
+/// Most commands in one log entry, and most bytes (roughly) of payload: bound the entry's
+/// size, so every Raft message stays small, and the apply step's latency.
 const MAX_BATCH: usize = 256;
+const MAX_BATCH_BYTES: usize = 512 << 10;
+
+/// How long a write may wait to commit. Past it the caller hears so; the entry may still
+/// commit later (e.g. once a majority is back), which the message says.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Batches in flight at once. More than one so consecutive batches overlap their network
 /// and flush time; few enough that under load the queue gathers real batches.
@@ -53,11 +59,15 @@ async fn gather(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        // Whatever arrived while we waited for a slot rides along.
+        // Whatever arrived while we waited for a slot rides along, up to the batch bounds.
+        let mut bytes = first.0.approximate_size();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += p.0.approximate_size();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -95,10 +105,15 @@ async fn submit(raft: &Raft, mut batch: Vec<(Command, Reply)>) {
 }
 
 async fn write(raft: &Raft, cmd: Command) -> Result<(u64, CommandResult), Status> {
-    match raft.client_write(cmd).await {
-        Ok(resp) => Ok((resp.log_id.index, resp.data)),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(super::not_dispatcher()),
-        Err(e) => Err(Status::unavailable(format!("write not committed: {e}"))),
+    match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(cmd)).await {
+        Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(super::not_dispatcher()),
+        Ok(Err(e)) => Err(Status::unavailable(format!("write not committed: {e}"))),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "write not committed within {} s: the dispatcher cannot reach a majority of nodes; \
+             it may still commit once they are back",
+            WRITE_TIMEOUT.as_secs()
+        ))),
     }
 }
 

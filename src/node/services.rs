@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Hop, Node, admin, admission, not_dispatcher};
 use crate::proto::{self, RaftPayload};
+use crate::raft::network;
 use crate::transport::{Caller, caller_of};
 
 /// How long a forwarded call waits for a dispatcher to exist (an election takes well under
@@ -50,6 +51,8 @@ impl Services {
     }
     pub fn raft(&self) -> proto::raft_server::RaftServer<Self> {
         proto::raft_server::RaftServer::new(self.clone())
+            .max_decoding_message_size(network::MAX_MESSAGE)
+            .max_encoding_message_size(network::MAX_MESSAGE)
     }
     pub fn cluster(&self) -> proto::cluster_server::ClusterServer<Self> {
         proto::cluster_server::ClusterServer::new(self.clone())
@@ -63,11 +66,11 @@ impl Services {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
+    network::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    let data = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    let data = network::encode(value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftPayload {
         data,
         error: String::new(),
@@ -118,6 +121,7 @@ impl proto::cluster_server::Cluster for Services {
     ) -> Result<Response<proto::ForwardedReply>, Status> {
         let from = self.require_node(&req, "ForwardAdmin")?;
         let call = req.into_inner();
+        admin::verify_forwarded(&self.node, &call)?;
         if !self.node.is_leader() {
             return Err(not_dispatcher());
         }

@@ -14,6 +14,12 @@ pub use types::{Node, NodeId, Raft, TypeConfig};
 /// entries bounds the log to well under a megabyte while snapshots stay rare.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 2000;
 
+/// Entries per AppendEntries message.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
+/// Bytes per snapshot chunk sent to a lagging or new node.
+pub const SNAPSHOT_CHUNK: u64 = 1 << 20;
+
 /// Timing and log bounds of the Raft group.
 ///
 /// Failover of the dispatcher is an election. openraft 0.9 has a follower that knew a leader
@@ -35,6 +41,10 @@ pub fn config(cluster_name: &str, snapshot_every_entries: Option<u64>) -> Arc<op
         // Purge in steps of at least this many entries (openraft skips smaller purges).
         purge_batch_size: (snapshot_every / 4).clamp(1, 256),
         install_snapshot_timeout: 2000,
+        // Entries per AppendEntries and bytes per snapshot chunk: with the proposer's batch
+        // bound these keep every Raft message a few MiB at most, far under `MAX_MESSAGE`.
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK,
         ..Default::default()
     };
     Arc::new(config.validate().expect("static Raft configuration is valid"))

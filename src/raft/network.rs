@@ -1,7 +1,8 @@
 //! Raft transport: openraft's three RPCs carried over the `Raft` gRPC service on the node
 //! port, mutual TLS with this node's certificate. Requests and responses travel as
-//! serde_json bytes, the callee's `Result` included, so a remote Raft error comes back as
-//! the same typed error openraft would have produced locally.
+//! bincode bytes (compact: snapshot chunks and command payloads stay their own size), the
+//! callee's `Result` included, so a remote Raft error comes back as the same typed error
+//! openraft would have produced locally.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,28 @@ impl Peers {
     }
 }
 
+/// Largest Raft message a node accepts or sends. Entries are bounded (see
+/// `MAX_PAYLOAD_ENTRIES` and the proposer's batch size) and snapshots travel in chunks of
+/// `SNAPSHOT_CHUNK`, so real messages stay far below it; the bound exists so that a broken
+/// or hostile peer cannot make a node buffer without limit.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// The wire encoding of openraft's messages.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(value)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    use bincode::Options;
+    // Same layout as `bincode::serialize`, plus a cap so a forged length prefix cannot
+    // make the decoder allocate gigabytes.
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(MAX_MESSAGE as u64)
+        .deserialize(bytes)
+}
+
 pub struct NetworkFactory {
     pub peers: Peers,
 }
@@ -57,7 +80,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         PeerClient {
             target,
-            client: RaftClient::new(self.peers.channel(&node.addr)),
+            client: RaftClient::new(self.peers.channel(&node.addr))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
         }
     }
 }
@@ -80,7 +105,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload {
             data,
             error: String::new(),
@@ -98,8 +123,7 @@ impl PeerClient {
             // The callee could not even run the RPC (e.g. it is shutting down).
             return Err(RPCError::Network(NetworkError::new(&WireError(payload.error))));
         }
-        let result: Result<Resp, E> =
-            serde_json::from_slice(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> = decode(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -127,6 +127,23 @@ pub enum CommandResult {
     Batch(Vec<CommandResult>),
 }
 
+/// Bounds on what `Put` may store: it exists to measure committed writes, not to be a
+/// general store, and every entry travels to every node.
+pub const MAX_KEY_BYTES: usize = 256;
+pub const MAX_VALUE_BYTES: usize = 64 << 10;
+
+impl Command {
+    /// Roughly how many bytes the command adds to a log entry (for batching bounds).
+    pub fn approximate_size(&self) -> usize {
+        match self {
+            Command::Put { key, value } => 64 + key.len() + value.len(),
+            Command::Batch(commands) => commands.iter().map(Command::approximate_size).sum(),
+            // Certificates and sealed keys: a few KiB at most.
+            _ => 4096,
+        }
+    }
+}
+
 impl IrState {
     /// Applies one committed command. Deterministic: same state + same command = same result.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
