@@ -222,9 +222,12 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,openraft=off,sled=warn,h2=warn,hyper=warn,tower=warn")
         });
+    // Colour only for a person at a terminal; journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
