@@ -125,6 +125,36 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
     }
 }
 
+/// How node `name` is doing, from what was last heard of every node: `Offline` if silent
+/// for `timeout` ms, `Limited` (with the peers it misses) if it is up but does not reach
+/// some peer that is itself up, else `Online`. A peer that is down makes nobody Limited.
+fn health(
+    name: &str,
+    all: &[&str],
+    seen: &HashMap<String, Seen>,
+    now: i64,
+    timeout: i64,
+) -> (&'static str, Vec<String>) {
+    let fresh = |n: &str| seen.get(n).is_some_and(|s| now - s.at_ms <= timeout);
+    if !fresh(name) {
+        return ("Offline", Vec::new());
+    }
+    let reaches = seen
+        .get(name)
+        .map(|s| s.load.reachable_peers.as_slice())
+        .unwrap_or_default();
+    let missed: Vec<String> = all
+        .iter()
+        .filter(|peer| **peer != name && fresh(peer) && !reaches.iter().any(|r| r == *peer))
+        .map(|p| p.to_string())
+        .collect();
+    if missed.is_empty() {
+        ("Online", missed)
+    } else {
+        ("Limited", missed)
+    }
+}
+
 /// The IR's status as this node sees it. On the dispatcher, with `dispatcher` its own id
 /// (confirmed by a majority), this is the IR's status; `None` is a node's own view when no
 /// dispatcher could be confirmed.
@@ -135,13 +165,7 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
     let timeout = node.config.offline_timeout_ms as i64;
     let state = node.state.read().expect("state lock").clone();
     let seen = node.liveness.seen.lock().expect("liveness lock");
-    let fresh = |name: &str| seen.get(name).is_some_and(|s| now - s.at_ms <= timeout);
-    let up: Vec<&str> = state
-        .nodes
-        .values()
-        .map(|n| n.name.as_str())
-        .filter(|n| fresh(n))
-        .collect();
+    let names: Vec<&str> = state.nodes.values().map(|n| n.name.as_str()).collect();
 
     let nodes = state
         .nodes
@@ -149,18 +173,7 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
         .map(|n| {
             let heard = seen.get(&n.name);
             let load = heard.map(|s| s.load.clone()).unwrap_or_default();
-            let unreachable: Vec<String> = up
-                .iter()
-                .filter(|peer| **peer != n.name && !load.reachable_peers.iter().any(|r| r == *peer))
-                .map(|p| p.to_string())
-                .collect();
-            let status = if !fresh(&n.name) {
-                "Offline"
-            } else if !unreachable.is_empty() {
-                "Limited"
-            } else {
-                "Online"
-            };
+            let (status, unreachable) = health(&n.name, &names, &seen, now, timeout);
             proto::NodeStatus {
                 id: n.id,
                 name: n.name.clone(),
@@ -185,7 +198,7 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
                 available_memory_mb: load.available_memory_mb,
                 last_heartbeat_ms: heard.map(|s| s.at_ms).unwrap_or(0),
                 cert_expires: n.cert_not_after,
-                unreachable_peers: if status == "Limited" { unreachable } else { Vec::new() },
+                unreachable_peers: unreachable,
             }
         })
         .collect();
@@ -204,5 +217,72 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
         nodes,
         term: m.current_term,
         answered_by: node.config.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(at_ms: i64, reaches: &[&str]) -> Seen {
+        let load = NodeLoad {
+            reachable_peers: reaches.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        Seen { at_ms, load }
+    }
+
+    const ALL: [&str; 4] = ["n1", "n2", "n3", "n4"];
+
+    #[test]
+    fn everyone_heard_and_reaching_everyone_is_online() {
+        let map: HashMap<String, Seen> = ALL
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    seen(1000, &ALL.iter().copied().filter(|p| p != n).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        for n in ALL {
+            assert_eq!(health(n, &ALL, &map, 2000, 4000), ("Online", vec![]));
+        }
+    }
+
+    #[test]
+    fn a_silent_node_is_offline_and_makes_nobody_limited() {
+        let mut map = HashMap::new();
+        map.insert("n1".into(), seen(10_000, &["n2", "n4"]));
+        map.insert("n2".into(), seen(10_000, &["n1", "n4"]));
+        map.insert("n3".into(), seen(1_000, &["n1", "n2", "n4"])); // last heard 9 s ago
+        map.insert("n4".into(), seen(10_000, &["n1", "n2"]));
+        assert_eq!(health("n3", &ALL, &map, 10_000, 4000).0, "Offline");
+        assert_eq!(health("n1", &ALL, &map, 10_000, 4000), ("Online", vec![]));
+        assert_eq!(health("n4", &ALL, &map, 10_000, 4000), ("Online", vec![]));
+    }
+
+    #[test]
+    fn a_node_that_cannot_reach_a_live_peer_is_limited() {
+        let mut map = HashMap::new();
+        map.insert("n1".into(), seen(10_000, &["n2", "n3", "n4"]));
+        map.insert("n2".into(), seen(10_000, &["n1", "n3"])); // cannot reach n4
+        map.insert("n3".into(), seen(10_000, &["n1", "n2", "n4"]));
+        map.insert("n4".into(), seen(10_000, &["n1", "n3"])); // cannot reach n2
+        assert_eq!(
+            health("n2", &ALL, &map, 10_500, 4000),
+            ("Limited", vec!["n4".to_string()])
+        );
+        assert_eq!(
+            health("n4", &ALL, &map, 10_500, 4000),
+            ("Limited", vec!["n2".to_string()])
+        );
+        assert_eq!(health("n1", &ALL, &map, 10_500, 4000), ("Online", vec![]));
+    }
+
+    #[test]
+    fn never_heard_is_offline() {
+        let map = HashMap::new();
+        assert_eq!(health("n1", &ALL, &map, 10_000, 4000).0, "Offline");
     }
 }
