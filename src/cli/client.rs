@@ -51,6 +51,26 @@ impl Target {
     }
 }
 
+/// Has the IR issue an admin certificate named `name`. The key is made here and only its
+/// CSR travels, so the admin's private key never exists anywhere but on this machine.
+pub async fn request_admin_cert(client: &mut AdminClient<Channel>, name: &str) -> Result<(AdminCertFile, i64)> {
+    let key_pem = crate::pki::new_private_key()?;
+    let csr_der = crate::pki::make_csr(key_pem.expose(), name)?;
+    let reply = client
+        .admin_cert_issue(crate::proto::AdminCertIssueRequest {
+            name: name.to_string(),
+            csr_der,
+        })
+        .await?
+        .into_inner();
+    let file = AdminCertFile {
+        cert_pem: reply.cert_pem,
+        ca_pem: reply.ca_cert_pem,
+        key_pem: key_pem.expose().to_string(),
+    };
+    Ok((file, reply.not_after))
+}
+
 /// The file `shir admin-cert issue` writes: the admin certificate, the IR's CA and the
 /// admin's private key, PEM, owner-only.
 pub struct AdminCertFile {

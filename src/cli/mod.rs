@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::datadir::{DEFAULT_DATA_DIR, DataDir};
 use crate::node::{self, provision};
 use crate::proto;
-use client::{AdminCertFile, Target};
+use client::Target;
 
 #[derive(Parser)]
 #[command(
@@ -369,18 +369,8 @@ async fn dispatch(command: Command) -> Result<()> {
             if out.exists() {
                 return Err(anyhow!("{} already exists; choose another --out", out.display()));
             }
-            let reply = target
-                .connect()
-                .await?
-                .admin_cert_issue(proto::AdminCertIssueRequest { name: name.clone() })
-                .await?
-                .into_inner();
-            let file = AdminCertFile {
-                cert_pem: reply.cert_pem,
-                ca_pem: reply.ca_cert_pem,
-                key_pem: reply.key_pem,
-            };
-            let expires = output::rfc3339_secs(reply.not_after).unwrap_or_default();
+            let (file, not_after) = client::request_admin_cert(&mut target.connect().await?, &name).await?;
+            let expires = output::rfc3339_secs(not_after).unwrap_or_default();
             crate::secrets::write_private_file(
                 &out,
                 file.render(&format!("shir admin certificate for '{name}', expires {expires}"))

@@ -158,7 +158,7 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
         }
         "AdminCertIssue" => {
             let req: proto::AdminCertIssueRequest = decode(request)?;
-            issue_admin_cert(node, &req.name).await?.encode_to_vec()
+            issue_admin_cert(node, &req.name, &req.csr_der).await?.encode_to_vec()
         }
         "Put" => {
             let req: proto::PutRequest = decode(request)?;
@@ -270,11 +270,12 @@ async fn remove_node(node: &Node, name: &str) -> Result<proto::NodeRemoveReply, 
     })
 }
 
-async fn issue_admin_cert(node: &Node, name: &str) -> Result<proto::AdminCertIssueReply, Status> {
+async fn issue_admin_cert(node: &Node, name: &str, csr_der: &[u8]) -> Result<proto::AdminCertIssueReply, Status> {
     pki::check_admin_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let ir = node.ir()?;
     let ca = node.ca()?;
-    let (issued, key_pem) = pki::issue_admin_cert(&ca, &ir.id, name).map_err(|e| Status::internal(e.to_string()))?;
+    let issued = pki::sign_admin_csr(&ca, csr_der, &ir.id, name)
+        .map_err(|e| Status::invalid_argument(format!("cannot sign the certificate request: {e}")))?;
     node.propose(Command::RecordAdminCert {
         record: AdminCertRecord {
             name: name.to_string(),
@@ -287,7 +288,6 @@ async fn issue_admin_cert(node: &Node, name: &str) -> Result<proto::AdminCertIss
     tracing::info!(admin = %name, serial = %issued.serial_hex, "admin certificate issued");
     Ok(proto::AdminCertIssueReply {
         cert_pem: issued.cert_pem,
-        key_pem: key_pem.expose().to_string(),
         ca_cert_pem: ir.ca_cert_pem,
         not_after: issued.not_after,
     })

@@ -233,6 +233,17 @@ pub fn issue_node_cert(ca: &Ca, key_pem: &str, ir_id: &str, name: &str, address:
     issued(cert.pem(), cert.der())
 }
 
+/// Issues a client-only certificate for an administrator whose key is in `csr_der`.
+pub fn sign_admin_csr(ca: &Ca, csr_der: &[u8], ir_id: &str, name: &str) -> Result<IssuedCert> {
+    let mut params = leaf_params(ir_id, Role::Admin, name, None)?;
+    ca.clamp_validity(&mut params)?;
+    let public_key = csr_public_key(csr_der)?;
+    let cert = params
+        .signed_by(&public_key, &ca.issuer()?)
+        .map_err(rcgen_err("sign the admin certificate"))?;
+    issued(cert.pem(), cert.der())
+}
+
 /// Issues a client-only certificate for an administrator, with a new key.
 pub fn issue_admin_cert(ca: &Ca, ir_id: &str, name: &str) -> Result<(IssuedCert, SecretString)> {
     let mut params = leaf_params(ir_id, Role::Admin, name, None)?;

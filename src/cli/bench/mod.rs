@@ -15,7 +15,7 @@ use clap::Args;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::client::AdminCertFile;
+use super::client::request_admin_cert;
 use super::local_ir::{LocalIr, check_port_free};
 use crate::pki::tls;
 use crate::proto::{self, admin_client::AdminClient};
@@ -87,17 +87,7 @@ async fn bench(
 
     // Writes go to the dispatcher over its port with an admin certificate: the path a
     // remote client takes, TLS included.
-    let cert_reply = ir
-        .admin(0)
-        .await?
-        .admin_cert_issue(proto::AdminCertIssueRequest { name: "bench".into() })
-        .await?
-        .into_inner();
-    let bundle = AdminCertFile {
-        cert_pem: cert_reply.cert_pem,
-        ca_pem: cert_reply.ca_cert_pem,
-        key_pem: cert_reply.key_pem,
-    };
+    let (bundle, _) = request_admin_cert(&mut ir.admin(0).await?, "bench").await?;
     let client_tls = tls::client_config_mtls(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem)?;
     let duration = Duration::from_secs_f64(args.seconds);
 
