@@ -29,6 +29,12 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// Forgets `nonce` after an admission that did not commit, so the same request may be
+    /// retried (the dispatcher may have changed under it).
+    fn forget(&self, nonce: &[u8]) {
+        self.nonces.lock().expect("nonce lock").remove(nonce);
+    }
+
     /// Records `nonce`; false if it was seen within the proof window.
     fn first_use(&self, nonce: &[u8], now: i64) -> bool {
         let mut seen = self.nonces.lock().expect("nonce lock");
@@ -91,6 +97,14 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
     validate_node_name(&req.name).map_err(Status::invalid_argument)?;
     crate::pki::tls::server_name(&req.address)
         .map_err(|e| Status::invalid_argument(format!("invalid address '{}': {e}", req.address)))?;
+    // The same joiner (same name, address and key) asking again with a fresh proof: its
+    // first request committed but the answer was lost. Answer with that registration.
+    let earlier = node.read_state(|s| s.node_by_name(&req.name).cloned());
+    if let Some(rec) = earlier.filter(|r| r.address == req.address && pki::csr_matches_cert(&req.csr_der, &r.cert_pem))
+    {
+        tracing::info!(name = %req.name, id = rec.id, "join repeated; returning the existing registration");
+        return Ok(join_response(node, ir, rec.id, rec.cert_pem));
+    }
     let node_id = node.read_state(|s| s.check_admission(&req.name, &req.address).map(|()| s.next_node_id));
     let node_id = node_id.map_err(Status::failed_precondition)?;
 
@@ -103,12 +117,20 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
         address: req.address.clone(),
         cert_serial: issued.serial_hex.clone(),
         cert_not_after: issued.not_after,
+        cert_pem: issued.cert_pem.clone(),
         joined_at: now,
     };
-    node.propose(Command::AddNode { node: record }).await?;
+    if let Err(e) = node.propose(Command::AddNode { node: record }).await {
+        node.admission.forget(&req.nonce);
+        return Err(e);
+    }
     node.membership_changed.notify_one();
     tracing::info!(name = %req.name, id = node_id, address = %req.address, slot, "node admitted");
 
+    Ok(join_response(node, ir, node_id, issued.cert_pem))
+}
+
+fn join_response(node: &Node, ir: crate::state::IrInfo, node_id: u64, cert_pem: String) -> proto::JoinResponse {
     let members = node.read_state(|s| {
         s.nodes
             .values()
@@ -119,12 +141,12 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
             })
             .collect()
     });
-    Ok(proto::JoinResponse {
+    proto::JoinResponse {
         node_id,
         ir_name: ir.name,
-        cert_pem: issued.cert_pem,
+        cert_pem,
         ca_cert_pem: ir.ca_cert_pem,
         data_key: node.data_key.expose().to_vec(),
         members,
-    })
+    }
 }

@@ -125,6 +125,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
         address: addrs.advertise.clone(),
         cert_serial: cert.serial_hex.clone(),
         cert_not_after: cert.not_after,
+        cert_pem: cert.cert_pem.clone(),
         joined_at: now,
     };
     let config = NodeConfig {
@@ -176,6 +177,32 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
     Ok(config)
 }
 
+/// A `Join` request for this node, with a new nonce and timestamp and the proof over them.
+fn join_request(key: &AuthKey, name: &str, address: &str, csr_der: &[u8]) -> proto::JoinRequest {
+    let nonce = random_bytes::<16>().to_vec();
+    let timestamp = crate::unix_now();
+    let input = JoinProofInput {
+        ir_id: &key.ir_id,
+        slot: key.slot,
+        name,
+        address,
+        csr_der,
+        timestamp,
+        nonce: &nonce,
+    };
+    let proof = join_proof(key.secret.expose(), &input).to_vec();
+    proto::JoinRequest {
+        ir_id: key.ir_id.clone(),
+        key_slot: key.slot.into(),
+        name: name.to_string(),
+        address: address.to_string(),
+        csr_der: csr_der.to_vec(),
+        timestamp,
+        nonce,
+        proof,
+    }
+}
+
 /// `shir register`: joins the IR named by `auth_key`. The key is checked (checksum) before
 /// anything touches the network; nothing is written unless the IR admits this node.
 pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &str) -> Result<NodeConfig> {
@@ -185,27 +212,6 @@ pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &s
 
     let key_pem = pki::new_private_key()?;
     let csr_der = pki::make_csr(key_pem.expose(), name)?;
-    let nonce = random_bytes::<16>().to_vec();
-    let timestamp = crate::unix_now();
-    let input = JoinProofInput {
-        ir_id: &key.ir_id,
-        slot: key.slot,
-        name,
-        address: &addrs.advertise,
-        csr_der: &csr_der,
-        timestamp,
-        nonce: &nonce,
-    };
-    let request = proto::JoinRequest {
-        ir_id: key.ir_id.clone(),
-        key_slot: key.slot.into(),
-        name: name.to_string(),
-        address: addrs.advertise.clone(),
-        csr_der: csr_der.clone(),
-        timestamp,
-        nonce: nonce.clone(),
-        proof: join_proof(key.secret.expose(), &input).to_vec(),
-    };
     let tls = tls::client_config_join(key.ca_pin)?;
 
     let mut failures = Vec::new();
@@ -218,13 +224,19 @@ pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &s
                 continue;
             }
         };
-        match proto::join_client::JoinClient::new(channel).join(request.clone()).await {
+        // A fresh proof per attempt: if an earlier attempt committed but its answer was
+        // lost, the IR recognises this node by its name, address and key and answers with
+        // that registration; a replayed proof is never needed.
+        let request = join_request(&key, name, &addrs.advertise, &csr_der);
+        match proto::join_client::JoinClient::new(channel).join(request).await {
             Ok(reply) => {
                 admitted = Some(reply.into_inner());
                 break;
             }
-            // Unreachable or leaderless member: another member may do better.
-            Err(s) if s.code() == tonic::Code::Unavailable => failures.push(format!("{endpoint}: {}", s.message())),
+            // Unreachable, leaderless or slow member: another member may do better.
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
+                failures.push(format!("{endpoint}: {}", s.message()))
+            }
             Err(s) => bail!("registration refused: {}", s.message()),
         }
     }

@@ -256,6 +256,21 @@ pub fn issue_admin_cert(ca: &Ca, ir_id: &str, name: &str) -> Result<(IssuedCert,
     Ok((issued(cert.pem(), cert.der())?, key_pem))
 }
 
+/// True if `csr_der` (with a valid self-signature) asks for the key certified by `cert_pem`:
+/// the same joiner asking again.
+pub fn csr_matches_cert(csr_der: &[u8], cert_pem: &str) -> bool {
+    let Ok(der) = cert_der_from_pem(cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(&der) else {
+        return false;
+    };
+    let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der) else {
+        return false;
+    };
+    csr.verify_signature().is_ok() && csr.certification_request_info.subject_pki.raw == cert.public_key().raw
+}
+
 /// Verifies the CSR's self-signature (proof that the requester holds the key) and returns
 /// its public key.
 fn csr_public_key(csr_der: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo> {

@@ -57,6 +57,10 @@ pub struct NodeRecord {
     pub cert_serial: String,
     /// Certificate expiry, Unix seconds.
     pub cert_not_after: i64,
+    /// The certificate itself (public), so a join retried after its reply was lost can be
+    /// answered with the registration that was made.
+    #[serde(default)]
+    pub cert_pem: String,
     pub joined_at: i64,
 }
 
