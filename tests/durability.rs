@@ -13,7 +13,7 @@ use shir::proto::{self, admin_client::AdminClient};
 use shir::transport::client::unix_channel;
 use tonic::transport::Channel;
 
-use common::{DumpLogsOnPanic, Steps, eventually, free_port};
+use common::{Steps, eventually};
 
 const WRITERS: usize = 8;
 const ROUNDS: usize = 4;
@@ -75,13 +75,8 @@ async fn writer(w: usize, sockets: Vec<PathBuf>, up: Arc<Vec<AtomicBool>>, stop:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_during_writes_loses_nothing_acknowledged() {
     let steps = Steps::new();
-    let tmp = common::tempdir();
-    let port = free_port(4);
-    let mut ir = common::local_ir(tmp.path(), port, 4);
-    let _logs = DumpLogsOnPanic::new(&ir);
-
     steps.step("form a four-node IR");
-    ir.form("durability-ir").await.expect("four nodes form an IR");
+    let (_tmp, mut ir, _logs) = common::four_node_ir("durability-ir").await;
 
     steps.step(&format!("start {WRITERS} writers through the nodes' local sockets"));
     let sockets: Vec<PathBuf> = ir.nodes.iter().map(|n| n.dir.socket_path()).collect();

@@ -12,7 +12,7 @@ use shir::auth_key::AuthKey;
 use shir::cli::local_ir::LocalIr;
 use shir::proto;
 
-use common::{DumpLogsOnPanic, Steps, dir_arg, eventually, free_port, status_json};
+use common::{Steps, dir_arg, eventually, status_json};
 
 const IR_NAME: &str = "formation-ir";
 
@@ -111,13 +111,8 @@ async fn put(ir: &LocalIr, via: usize, key: &str, value: &str) -> Result<u64, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_nodes_form_and_fail_over() {
     let steps = Steps::new();
-    let tmp = common::tempdir();
-    let port = free_port(4);
-    let mut ir = common::local_ir(tmp.path(), port, 4);
-    let _logs = DumpLogsOnPanic::new(&ir);
-
     steps.step("form a four-node IR");
-    ir.form(IR_NAME).await.expect("four nodes form an IR");
+    let (_tmp, mut ir, _logs) = common::four_node_ir(IR_NAME).await;
 
     steps.step("shir status --json from every node: same IR, same dispatcher, four Online nodes");
     let mut ids = BTreeSet::new();

@@ -6,37 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use shir::auth_key::{AuthKey, JoinProofInput, join_proof};
+use shir::auth_key::AuthKey;
+use shir::node::provision::join_request as request;
 use shir::pki::{self, tls};
 use shir::proto::{self, join_client::JoinClient};
 use shir::transport::client::tls_channel_checked;
-
-fn request(key: &AuthKey, name: &str, address: &str, csr_der: &[u8]) -> proto::JoinRequest {
-    let nonce: Vec<u8> = rand::random::<[u8; 16]>().to_vec();
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let input = JoinProofInput {
-        ir_id: &key.ir_id,
-        slot: key.slot,
-        name,
-        address,
-        csr_der,
-        timestamp,
-        nonce: &nonce,
-    };
-    proto::JoinRequest {
-        ir_id: key.ir_id.clone(),
-        key_slot: key.slot.into(),
-        name: name.into(),
-        address: address.into(),
-        csr_der: csr_der.to_vec(),
-        timestamp,
-        nonce: nonce.clone(),
-        proof: join_proof(key.secret.expose(), &input).to_vec(),
-    }
-}
 
 async fn join(key: &AuthKey, req: proto::JoinRequest) -> Result<proto::JoinResponse, tonic::Status> {
     let config = tls::client_config_join(key.ca_pin).expect("join TLS config");

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
-use common::{DumpLogsOnPanic, Steps, dir_arg, eventually, free_port};
+use common::{Steps, dir_arg, eventually};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -149,13 +149,8 @@ async fn send_junk(address: String, bytes: Vec<u8>) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_port_admits_only_the_right_certificates() {
     let steps = Steps::new();
-    let tmp = common::tempdir();
-    let port = free_port(4);
-    let mut ir = common::local_ir(tmp.path(), port, 4);
-    let _logs = DumpLogsOnPanic::new(&ir);
-
     steps.step("form a four-node IR");
-    ir.form("tls-ir").await.expect("four nodes form an IR");
+    let (tmp, mut ir, _logs) = common::four_node_ir("tls-ir").await;
     let addr: Vec<String> = ir.nodes.iter().map(|n| n.address.clone()).collect();
     let ca_pem = read(ir.nodes[0].dir.ca_cert_path());
     let ir_id = ir.status(0).await.expect("status").ir_id;

@@ -178,7 +178,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
 }
 
 /// A `Join` request for this node, with a new nonce and timestamp and the proof over them.
-fn join_request(key: &AuthKey, name: &str, address: &str, csr_der: &[u8]) -> proto::JoinRequest {
+pub fn join_request(key: &AuthKey, name: &str, address: &str, csr_der: &[u8]) -> proto::JoinRequest {
     let nonce = random_bytes::<16>().to_vec();
     let timestamp = crate::unix_now();
     let input = JoinProofInput {

@@ -62,6 +62,17 @@ pub fn local_ir(root: &Path, port: u16, count: usize) -> LocalIr {
     ir
 }
 
+/// A formed four-node IR named `ir_name` in a fresh temp dir, with its logs dumped if the
+/// test panics. Bind all three (`let (_tmp, mut ir, _logs) = …`): they drop in reverse, so
+/// the logs are printed before the directory holding them goes.
+pub async fn four_node_ir(ir_name: &str) -> (tempfile::TempDir, LocalIr, DumpLogsOnPanic) {
+    let tmp = tempdir();
+    let mut ir = local_ir(tmp.path(), free_port(4), 4);
+    let logs = DumpLogsOnPanic::new(&ir);
+    ir.form(ir_name).await.expect("four nodes form an IR");
+    (tmp, ir, logs)
+}
+
 /// A fresh temporary directory with a short path (Unix socket paths must stay short).
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
