@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! node.json    who this node is (IR id and name, node id, name, addresses, tuning); written
-//!              last by init/register/restore, so its presence means "a complete node"
+//!              last by init and register, so its presence means "a complete node"
 //! ca.crt       the IR's CA certificate (public)
 //! node.crt     this node's certificate
 //! node.key     this node's private key (0600)
@@ -97,7 +97,7 @@ impl DataDir {
         self.root.join("shir.sock")
     }
 
-    /// True once init, register or restore has completed here.
+    /// True once init or register has completed here.
     pub fn is_provisioned(&self) -> bool {
         self.config_path().exists()
     }

@@ -112,10 +112,7 @@ async fn heartbeat(address: &str, config: Arc<ClientConfig>) -> Result<String, S
 
 async fn raft_call(channel: Channel, method: &str, data: Vec<u8>) -> Result<proto::RaftPayload, tonic::Status> {
     let mut client = RaftClient::new(channel);
-    let payload = proto::RaftPayload {
-        data,
-        error: String::new(),
-    };
+    let payload = proto::RaftPayload { data };
     let call = async {
         match method {
             "AppendEntries" => client.append_entries(payload).await,

@@ -1,6 +1,6 @@
 //! Liveness: every node sends its load to every other node about once a second, and
 //! judges from what it hears which nodes are Online, Offline (silent for the offline
-//! timeout) or Limited (up, but unable to reach some peer that others can reach).
+//! timeout) or Limited (up, but unable to reach some peer that is itself up).
 //!
 //! Heartbeats go to every peer, not only to the dispatcher, so a newly elected dispatcher
 //! already knows everyone's load and can answer `status` at once after a failover.

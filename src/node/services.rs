@@ -71,10 +71,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     let data = network::encode(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftPayload {
-        data,
-        error: String::new(),
-    }))
+    Ok(Response::new(RaftPayload { data }))
 }
 
 #[tonic::async_trait]

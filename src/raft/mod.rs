@@ -11,7 +11,8 @@ use std::sync::Arc;
 pub use types::{Node, NodeId, Raft, TypeConfig};
 
 /// Entries between snapshots. The state is small (kilobytes), so a snapshot is cheap; 2,000
-/// entries bounds the log to well under a megabyte while snapshots stay rare.
+/// entries bounds the log to a few megabytes at most (an entry is a command or a batch of
+/// them, bounded by the proposer) while snapshots stay rare.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 2000;
 
 /// Entries per AppendEntries message.

@@ -94,10 +94,6 @@ pub struct PeerClient {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, E>>;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct WireError(String);
-
 impl PeerClient {
     async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
@@ -106,10 +102,7 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload {
-            data,
-            error: String::new(),
-        });
+        let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let reply = match method {
             Method::Append => self.client.append_entries(request).await,
@@ -119,10 +112,6 @@ impl PeerClient {
         let payload = reply
             .map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?
             .into_inner();
-        if !payload.error.is_empty() {
-            // The callee could not even run the RPC (e.g. it is shutting down).
-            return Err(RPCError::Network(NetworkError::new(&WireError(payload.error))));
-        }
         let result: Result<Resp, E> = decode(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
