@@ -74,7 +74,9 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
     match result {
         // Without a dispatcher, status is still worth having: this node's own view says
         // which nodes it hears from, and `dispatcher` is empty.
-        Err(s) if method == "Status" && s.code() == tonic::Code::Unavailable => {
+        Err(s)
+            if method == "Status" && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) =>
+        {
             Ok(liveness::status_reply(node, None).encode_to_vec())
         }
         other => other,
