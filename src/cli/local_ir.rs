@@ -192,6 +192,14 @@ impl LocalIr {
         self.signal(i, libc::SIGKILL).await
     }
 
+    /// Waits up to `timeout` for node `i`'s process to exit by itself; its exit code if it did.
+    pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let child = self.nodes[i].child.as_mut()?;
+        let status = tokio::time::timeout(timeout, child.wait()).await.ok()?.ok()?;
+        self.nodes[i].child = None;
+        status.code()
+    }
+
     /// Stops every running node (SIGTERM, then SIGKILL after a grace period).
     pub async fn stop_all(&mut self) {
         for i in 0..self.nodes.len() {

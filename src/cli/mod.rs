@@ -201,7 +201,11 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            if e.downcast_ref::<node::Removed>().is_some() {
+                ExitCode::from(node::EXIT_REMOVED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

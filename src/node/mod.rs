@@ -42,6 +42,8 @@ pub struct Node {
     pub membership_changed: tokio::sync::Notify,
     proposer: proposer::Proposer,
     pub cert_not_after: i64,
+    /// Serial of this node's certificate: once it is on the revoked list, this node was removed.
+    pub cert_serial: String,
     pub db: sled::Db,
 }
 
@@ -177,12 +179,47 @@ pub async fn run(dir: DataDir) -> Result<()> {
         ir = %node.config.ir_name,
         "node serving"
     );
-    shutdown_signal().await;
+    let removed = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = removed_from_ir(&node) => true,
+    };
     tracing::info!("shutting down");
     let _ = node.raft.shutdown().await;
     let _ = node.db.flush_async().await;
     let _ = std::fs::remove_file(dir.socket_path());
+    if removed {
+        return Err(Removed {
+            data_dir: dir.root().display().to_string(),
+        }
+        .into());
+    }
     Ok(())
+}
+
+/// `shir run` ends with this when the node was removed from the IR: no peer accepts its
+/// certificate any more, so serving on would only confuse. systemd must not restart it
+/// (see `EXIT_REMOVED`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this node was removed from the integration runtime and its certificate revoked; delete {data_dir} (or register again into an empty data dir) to reuse this machine"
+)]
+pub struct Removed {
+    pub data_dir: String,
+}
+
+/// Exit status of `shir run` for a removed node; the systemd unit lists it in
+/// `RestartPreventExitStatus`.
+pub const EXIT_REMOVED: u8 = 3;
+
+/// Resolves once this node's certificate is on the replicated revoked list.
+async fn removed_from_ir(node: &Node) {
+    loop {
+        if node.read_state(|s| s.is_revoked(&node.cert_serial)) {
+            tracing::error!(node = %node.config.name, "this node was removed from the IR; stopping");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn shutdown_signal() {
@@ -245,7 +282,8 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
         joiners: tls::server_config_join(&chain, key_pem.expose()).context("TLS join setup")?,
         ir_id: config.ir_id.clone(),
     };
-    let cert_not_after = pki::cert_summary(&cert_pem).map(|c| c.not_after).unwrap_or(0);
+    let summary = pki::cert_summary(&cert_pem).context("cannot read this node's certificate")?;
+    let (cert_not_after, cert_serial) = (summary.not_after, summary.serial_hex);
 
     let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -273,6 +311,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
         data_key,
         peers,
         cert_not_after,
+        cert_serial,
         db,
     });
 
