@@ -14,6 +14,28 @@ pub mod transport;
 /// The gRPC contract generated from `proto/shir.proto`.
 pub mod proto {
     tonic::include_proto!("shir.v1");
+
+    /// The join answer carries the IR's data key: never print it.
+    impl std::fmt::Debug for JoinResponse {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("JoinResponse")
+                .field("node_id", &self.node_id)
+                .field("ir_name", &self.ir_name)
+                .field("data_key", &"***")
+                .field("members", &self.members)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// The authentication keys hold their secrets: never print them.
+    impl std::fmt::Debug for KeyShowReply {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("KeyShowReply")
+                .field("key1", &"***")
+                .field("key2", &"***")
+                .finish()
+        }
+    }
 }
 
 /// The version every node reports in its heartbeats.

@@ -46,10 +46,29 @@ async fn a_repeated_join_returns_the_same_registration() {
     let first = join(&key, first_request.clone()).await.expect("first join");
 
     steps.step("the identical request replayed is refused");
-    let err = join(&key, first_request)
+    let err = join(&key, first_request.clone())
         .await
         .expect_err("a replayed proof must be refused");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("already used"), "{err:?}");
+
+    steps.step("and still refused by a dispatcher that restarted (nothing kept in memory)");
+    ir.kill(0).await.expect("kill node1");
+    ir.start(0).await.expect("restart node1");
+    let err = ir
+        .wait_for(
+            "the restarted dispatcher to answer",
+            Duration::from_secs(20),
+            || async {
+                match join(&key, first_request.clone()).await {
+                    Err(e) if e.code() == tonic::Code::Unavailable => None,
+                    other => Some(other),
+                }
+            },
+        )
+        .await
+        .expect("an answer")
+        .expect_err("a replayed proof must be refused after a restart");
     assert!(err.message().contains("already used"), "{err:?}");
 
     steps.step("the same node with a fresh proof gets the same registration");

@@ -91,7 +91,9 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
             now - req.timestamp
         )));
     }
-    if req.nonce.len() < 16 || !node.admission.first_use(&req.nonce, now) {
+    let nonce_hex = hex::encode(&req.nonce);
+    let admitted_with_it = node.read_state(|s| s.nodes.values().any(|n| n.join_nonce == nonce_hex));
+    if req.nonce.len() < 16 || admitted_with_it || !node.admission.first_use(&req.nonce, now) {
         return Err(denied("join proof already used; run the command again for a fresh one"));
     }
     validate_node_name(&req.name).map_err(Status::invalid_argument)?;
@@ -118,6 +120,7 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
         cert_serial: issued.serial_hex.clone(),
         cert_not_after: issued.not_after,
         cert_pem: issued.cert_pem.clone(),
+        join_nonce: nonce_hex,
         joined_at: now,
     };
     if let Err(e) = node.propose(Command::AddNode { node: record }).await {

@@ -126,6 +126,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
         cert_serial: cert.serial_hex.clone(),
         cert_not_after: cert.not_after,
         cert_pem: cert.cert_pem.clone(),
+        join_nonce: String::new(),
         joined_at: now,
     };
     let config = NodeConfig {

@@ -61,6 +61,10 @@ pub struct NodeRecord {
     /// answered with the registration that was made.
     #[serde(default)]
     pub cert_pem: String,
+    /// Hex nonce of the join proof that admitted this node: replicated, so a replay of that
+    /// proof is refused by whichever node is dispatcher, even after a failover.
+    #[serde(default)]
+    pub join_nonce: String,
     pub joined_at: i64,
 }
 
