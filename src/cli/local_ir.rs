@@ -103,40 +103,21 @@ impl LocalIr {
 
     /// `shir init` for node `i` (the IR's first node).
     pub async fn init(&self, i: usize, ir_name: &str) -> Result<()> {
-        let n = &self.nodes[i];
-        let dir = n.dir.root().to_string_lossy().into_owned();
-        self.shir(&[
-            "init",
-            "--data-dir",
-            &dir,
-            "--name",
-            &n.name,
-            "--listen",
-            &n.address,
-            "--ir-name",
-            ir_name,
-        ])
-        .await
-        .map(drop)
+        self.provision(i, "init", &["--ir-name", ir_name]).await
     }
 
     /// `shir register` for node `i` with `key`.
     pub async fn register(&self, i: usize, key: &str) -> Result<()> {
+        self.provision(i, "register", &["--auth-key", key]).await
+    }
+
+    /// `shir init` or `shir register` for node `i`, with its data dir, name and address.
+    async fn provision(&self, i: usize, verb: &str, extra: &[&str]) -> Result<()> {
         let n = &self.nodes[i];
         let dir = n.dir.root().to_string_lossy().into_owned();
-        self.shir(&[
-            "register",
-            "--data-dir",
-            &dir,
-            "--name",
-            &n.name,
-            "--listen",
-            &n.address,
-            "--auth-key",
-            key,
-        ])
-        .await
-        .map(drop)
+        let mut args = vec![verb, "--data-dir", &dir, "--name", &n.name, "--listen", &n.address];
+        args.extend_from_slice(extra);
+        self.shir(&args).await.map(drop)
     }
 
     /// Starts `shir run` for node `i` and waits until its local socket answers.

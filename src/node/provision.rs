@@ -51,6 +51,23 @@ impl Addresses {
     }
 }
 
+impl Addresses {
+    /// The `node.json` of a newly provisioned node at these addresses, with default tuning.
+    fn node_config(&self, ir_id: &str, ir_name: &str, node_id: u64, name: &str) -> NodeConfig {
+        NodeConfig {
+            ir_id: ir_id.to_string(),
+            ir_name: ir_name.to_string(),
+            node_id,
+            name: name.to_string(),
+            listen: self.listen.clone(),
+            advertise: self.advertise.clone(),
+            offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
+            concurrent_jobs_limit: None,
+            snapshot_every_entries: None,
+        }
+    }
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -129,17 +146,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
         join_nonce: String::new(),
         joined_at: now,
     };
-    let config = NodeConfig {
-        ir_id: ir_id.clone(),
-        ir_name: ir_name.to_string(),
-        node_id: 1,
-        name: name.to_string(),
-        listen: addrs.listen.clone(),
-        advertise: addrs.advertise.clone(),
-        offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
-        concurrent_jobs_limit: None,
-        snapshot_every_entries: None,
-    };
+    let config = addrs.node_config(&ir_id, ir_name, 1, name);
 
     // The first entries of the log: a one-node membership and the IR itself. Done here, in
     // process, so that `init` leaves a complete node and `run` has nothing special to do.
@@ -251,17 +258,7 @@ pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &s
     if pki::spki_pin(reply.ca_cert_pem.as_bytes())? != key.ca_pin {
         bail!("the IR answered with a CA that does not match the authentication key's pin; nothing written");
     }
-    let config = NodeConfig {
-        ir_id: key.ir_id.clone(),
-        ir_name: reply.ir_name.clone(),
-        node_id: reply.node_id,
-        name: name.to_string(),
-        listen: addrs.listen.clone(),
-        advertise: addrs.advertise.clone(),
-        offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
-        concurrent_jobs_limit: None,
-        snapshot_every_entries: None,
-    };
+    let config = addrs.node_config(&key.ir_id, &reply.ir_name, reply.node_id, name);
     let data_key =
         DataKey::from_bytes(&reply.data_key).map_err(|e| anyhow!("the IR sent a malformed data key: {e}"))?;
     let created = dir.create()?;
