@@ -36,6 +36,10 @@ enum Command {
     /// Create a new integration runtime with this machine as its first node.
     Init(InitArgs),
     /// Run the node (the host service; foreground, as systemd runs it).
+    #[command(
+        after_help = "Stops on SIGINT or SIGTERM. Exits with status 3 if the node was removed from the IR \
+(`shir node remove`); supervisors should not restart it then."
+    )]
     Run(RunArgs),
     /// Add this machine to an existing integration runtime with an authentication key.
     Register(RegisterArgs),
@@ -85,6 +89,8 @@ struct InitArgs {
 
 #[derive(Args)]
 struct RegisterArgs {
+    /// Directory for this node's identity and database (must be empty or absent; created,
+    /// owner-only, only once the IR has admitted the node).
     #[arg(long, env = "SHIR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     #[command(flatten)]
@@ -98,6 +104,7 @@ struct RegisterArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Directory holding this node's identity and database.
     #[arg(long, env = "SHIR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// On first start only: register with this name (needs --listen and --auth-key).
