@@ -335,10 +335,12 @@ async fn node_port_admits_only_the_right_certificates() {
         assert!(err.message().contains("malformed"), "{method}: {err:?}");
     }
     let channel = connect(&addr[0], node3.clone()).await.expect("node3 connects");
-    let err = raft_call(channel, "AppendEntries", vec![b'x'; 5 << 20])
+    let oversized = shir::raft::network::MAX_MESSAGE + 1;
+    let err = raft_call(channel, "AppendEntries", vec![b'x'; oversized])
         .await
-        .expect_err("a 5 MiB Raft payload");
+        .expect_err("a Raft payload over the limit");
     eprintln!("oversized AppendEntries: {:?}: {}", err.code(), err.message());
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "refused for its size: {err:?}");
     tcp_status(&addr[0], admin.clone()).await.expect("node1 still serves");
     let status = ir
         .wait_all_online(0, Duration::from_secs(20))
@@ -455,10 +457,11 @@ async fn node_port_admits_only_the_right_certificates() {
                 addr[dispatcher]
             ));
         }
-        other => eprintln!(
-            "node4's old connection, ForwardAdmin: {:?}",
-            other.map(|r| r.map(drop).map_err(describe))
-        ),
+        Ok(Err(status)) => {
+            eprintln!("node4's old connection, ForwardAdmin: {}", describe(status.clone()));
+            assert!(status.message().contains("revoked"), "refused as revoked: {status:?}");
+        }
+        Err(_) => breaches.push("ForwardAdmin on node4's old connection timed out instead of being refused".into()),
     }
     assert!(
         breaches.is_empty(),

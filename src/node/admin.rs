@@ -2,8 +2,11 @@
 //! it does. A call that must run on the dispatcher and arrives elsewhere is forwarded over
 //! the node channel as its protobuf bytes, and executed there by the same code.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use openraft::ChangeMembers;
 
 use hmac::{Hmac, Mac};
 use prost::Message;
@@ -12,7 +15,7 @@ use sha2::Sha256;
 use tonic::Status;
 
 use super::services::FORWARD_PATIENCE;
-use super::{Hop, Node, liveness};
+use super::{Calling, FORWARD_TIMEOUT, Hop, Node, liveness};
 use crate::auth_key::AuthKey;
 use crate::pki;
 use crate::proto;
@@ -20,9 +23,11 @@ use crate::secrets::DataKey;
 use crate::state::{AdminCertRecord, Command, Sealed, auth_key_aad};
 use crate::transport::Caller;
 
-/// How long `status` waits for the dispatcher before answering from this node's own view.
-/// Short: during an election an operator wants an answer, not a hang.
-const STATUS_PATIENCE: Duration = Duration::from_millis(1500);
+/// How long `status` keeps trying the dispatcher before answering from this node's own view,
+/// and how long one try may take. Short: during an election an operator wants an answer, not
+/// a hang; a try at a dispatcher that froze gives up in time to try the one elected next.
+const STATUS_PATIENCE: Duration = Duration::from_secs(3);
+const STATUS_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Runs `method` where it belongs and returns the encoded reply.
 pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Caller) -> Result<Vec<u8>, Status> {
@@ -39,14 +44,26 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
         }
         _ => {}
     }
-    let patience = if method == "Status" {
-        STATUS_PATIENCE
-    } else {
-        FORWARD_PATIENCE
+    let calling = match method {
+        "Status" => Calling {
+            patience: STATUS_PATIENCE,
+            attempt: STATUS_ATTEMPT,
+            idempotent: true,
+        },
+        "KeyShow" => Calling {
+            patience: FORWARD_PATIENCE,
+            attempt: FORWARD_TIMEOUT,
+            idempotent: true,
+        },
+        _ => Calling {
+            patience: FORWARD_PATIENCE,
+            attempt: FORWARD_TIMEOUT,
+            idempotent: false,
+        },
     };
     let on_behalf_of = caller.to_string();
     let result = node
-        .at_dispatcher(patience, |hop| {
+        .at_dispatcher(calling, |hop| {
             let request = request.clone();
             let on_behalf_of = on_behalf_of.clone();
             async move {
@@ -83,12 +100,17 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
     }
 }
 
-/// How far a forwarded call's timestamp may be from the dispatcher's clock.
-const FORWARD_MAX_AGE_SECS: i64 = 60;
+/// How far a forwarded call's timestamp may be from the dispatcher's clock: as for joins,
+/// wide enough for clocks that drift or a machine that slept.
+const FORWARD_MAX_AGE_SECS: u64 = 300;
 
-/// HMAC over a forwarded call with the IR's data key, which only full members hold.
+/// HMAC over a forwarded call with a key derived from the IR's data key, which only full
+/// members hold (derived, so the AEAD key itself is used for nothing else).
 fn forward_proof(key: &DataKey, method: &str, request: &[u8], on_behalf_of: &str, timestamp: i64) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    let mut derive = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    derive.update(b"shir-forward-proof-key-v1");
+    let subkey = derive.finalize().into_bytes();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&subkey).expect("HMAC takes any key length");
     let ts = timestamp.to_be_bytes();
     for part in [
         b"shir-forward-v1".as_slice(),
@@ -106,7 +128,6 @@ fn forward_proof(key: &DataKey, method: &str, request: &[u8], on_behalf_of: &str
 /// Refuses a forwarded call that does not come from a full member: a node certificate alone
 /// (without the data key) must not be able to make operator calls.
 pub fn verify_forwarded(node: &Node, call: &proto::ForwardedCall) -> Result<(), Status> {
-    let fresh = (crate::unix_now() - call.timestamp).abs() <= FORWARD_MAX_AGE_SECS;
     let expected = forward_proof(
         &node.data_key,
         &call.method,
@@ -114,15 +135,19 @@ pub fn verify_forwarded(node: &Node, call: &proto::ForwardedCall) -> Result<(), 
         &call.on_behalf_of,
         call.timestamp,
     );
-    let genuine: bool = subtle_eq(&expected, &call.proof);
-    if fresh && genuine {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(
+    if !subtle_eq(&expected, &call.proof) {
+        return Err(Status::permission_denied(
             "forwarded operator call refused: it carries no valid member proof \
              (a node certificate alone cannot make operator calls)",
-        ))
+        ));
     }
+    if crate::unix_now().abs_diff(call.timestamp) > FORWARD_MAX_AGE_SECS {
+        return Err(Status::permission_denied(format!(
+            "forwarded operator call refused: the clocks of this node and the forwarding node differ by \
+             more than {FORWARD_MAX_AGE_SECS} s; check time synchronisation"
+        )));
+    }
+    Ok(())
 }
 
 /// Constant-time comparison, so a forger learns nothing from timing.
@@ -156,6 +181,10 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
         }
         "NodeRemove" => {
             let req: proto::NodeRemoveRequest = decode(request)?;
+            let target = node.read_state(|s| s.node_by_name(&req.name).map(|r| r.id));
+            if target == Some(node.id()) && node.read_state(|s| s.nodes.len()) > 1 {
+                return remove_self(node, request).await;
+            }
             remove_node(node, &req.name).await?.encode_to_vec()
         }
         "AdminCertIssue" => {
@@ -254,6 +283,70 @@ async fn regenerate_key(node: &Node, slot: u32) -> Result<proto::KeyShowReply, S
     node.propose(Command::RegenerateKey { slot, secret: sealed }).await?;
     tracing::info!(slot, "authentication key regenerated");
     show_keys(node)
+}
+
+/// The dispatcher is asked to remove itself. Followers refuse appends signed by a revoked
+/// certificate, so the revocation must be committed by another dispatcher: leave the voters
+/// first (committed while the followers still accept this node), then hand the call to the
+/// dispatcher the others elect. This node stops by itself once it is out (see `node::run`).
+async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
+    let me = BTreeSet::from([node.id()]);
+    node.raft
+        .change_membership(ChangeMembers::RemoveVoters(me), false)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot leave the voters: {e}")))?;
+    tracing::info!("left the voters; handing the removal to the next dispatcher");
+    let peers: Vec<String> = node.read_state(|s| {
+        s.nodes
+            .values()
+            .filter(|n| n.id != node.id())
+            .map(|n| n.address.clone())
+            .collect()
+    });
+    let deadline = Instant::now() + FORWARD_PATIENCE;
+    loop {
+        for address in &peers {
+            let mut cluster = proto::cluster_client::ClusterClient::new(node.peers.channel(address));
+            let probe = proto::HeartbeatRequest {
+                name: node.config.name.clone(),
+                load: None,
+                sent_at_ms: 0,
+            };
+            let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(1), cluster.heartbeat(probe)).await else {
+                continue;
+            };
+            let dispatcher = reply.into_inner().dispatcher;
+            let Some(target) = node.read_state(|s| s.node_by_name(&dispatcher).map(|n| n.address.clone())) else {
+                continue;
+            };
+            if dispatcher == node.config.name {
+                continue;
+            }
+            let timestamp = crate::unix_now();
+            let call = proto::ForwardedCall {
+                method: "NodeRemove".into(),
+                request: request.to_vec(),
+                on_behalf_of: "the departing dispatcher".into(),
+                timestamp,
+                proof: forward_proof(
+                    &node.data_key,
+                    "NodeRemove",
+                    request,
+                    "the departing dispatcher",
+                    timestamp,
+                )
+                .to_vec(),
+            };
+            let mut leader = proto::cluster_client::ClusterClient::new(node.peers.channel(&target));
+            if let Ok(reply) = leader.forward_admin(call).await {
+                return Ok(reply.into_inner().response);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(super::no_dispatcher());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn remove_node(node: &Node, name: &str) -> Result<proto::NodeRemoveReply, Status> {

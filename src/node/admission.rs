@@ -85,10 +85,10 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
         )));
     }
     let now = crate::unix_now();
-    if (now - req.timestamp).abs() > PROOF_MAX_AGE_SECS {
+    if now.abs_diff(req.timestamp) > PROOF_MAX_AGE_SECS as u64 {
         return Err(denied(format!(
             "join proof is stale: its time is {}s from the dispatcher's clock; check the joining machine's clock",
-            now - req.timestamp
+            now.saturating_sub(req.timestamp)
         )));
     }
     let nonce_hex = hex::encode(&req.nonce);

@@ -108,28 +108,30 @@ impl Node {
     }
 
     /// Runs `call` on the dispatcher: here if this node leads, else over the node channel to
-    /// the leader. Retries while there is no leader or the leader changes, for `patience`.
-    pub async fn at_dispatcher<T, F, Fut>(&self, patience: Duration, mut call: F) -> Result<T, Status>
+    /// the leader, each attempt bounded by `calling.attempt`. Retries for `calling.patience`
+    /// while there is no dispatcher, or it changed, or it could not be reached at all; a call
+    /// that may have taken effect is retried only if `calling.idempotent`.
+    pub async fn at_dispatcher<T, F, Fut>(&self, calling: Calling, mut call: F) -> Result<T, Status>
     where
         F: FnMut(Hop) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + patience;
+        let deadline = Instant::now() + calling.patience;
         loop {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id() => call(Hop::Here).await,
-                Some((_, addr)) => tokio::time::timeout(FORWARD_TIMEOUT, call(Hop::There(self.peers.channel(&addr))))
+                Some((_, addr)) => tokio::time::timeout(calling.attempt, call(Hop::There(self.peers.channel(&addr))))
                     .await
                     .unwrap_or_else(|_| {
                         Err(Status::deadline_exceeded(format!(
-                            "the dispatcher did not answer within {} s",
-                            FORWARD_TIMEOUT.as_secs()
+                            "the dispatcher did not answer within {:.1} s",
+                            calling.attempt.as_secs_f64()
                         )))
                     }),
                 None => Err(no_dispatcher()),
             };
             match attempt {
-                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                Err(s) if calling.may_retry(&s) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,
@@ -140,7 +142,36 @@ impl Node {
 
 /// How long a call forwarded to the dispatcher may take: a write's own time limit plus
 /// the hop.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(proposer::WRITE_TIMEOUT.as_secs() + 2);
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(proposer::WRITE_TIMEOUT.as_secs() + 2);
+
+/// How a call goes to the dispatcher: how long to keep trying, how long one attempt may
+/// take, and whether running it twice is harmless.
+#[derive(Clone, Copy)]
+pub struct Calling {
+    pub patience: Duration,
+    pub attempt: Duration,
+    pub idempotent: bool,
+}
+
+impl Calling {
+    /// Whether `failure` leaves the call safe to try again. Our own "no dispatcher" and
+    /// "not the dispatcher" answers mean it did not run; so does a connection that never
+    /// opened. Anything else (a reset, a timeout) may have come after the dispatcher acted,
+    /// so only an idempotent call tries again.
+    fn may_retry(&self, failure: &Status) -> bool {
+        let m = failure.message();
+        let did_not_run = failure.code() == tonic::Code::Unavailable
+            && (m.starts_with(NOT_DISPATCHER)
+                || m.starts_with(NO_DISPATCHER)
+                || m.contains("Connection refused")
+                || m.contains("connecting to"));
+        let transient = matches!(failure.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded);
+        did_not_run || (self.idempotent && transient)
+    }
+}
+
+const NOT_DISPATCHER: &str = "this node is not the dispatcher";
+const NO_DISPATCHER: &str = "there is no dispatcher";
 
 /// How long the dispatcher waits for a majority to confirm it still leads (one heartbeat
 /// round on a healthy IR, milliseconds).
@@ -159,14 +190,14 @@ impl Node {
 }
 
 pub fn not_dispatcher() -> Status {
-    Status::unavailable("this node is not the dispatcher (it changed during the call); retry")
+    Status::unavailable(format!("{NOT_DISPATCHER} (it changed during the call); retry"))
 }
 
 pub fn no_dispatcher() -> Status {
-    Status::unavailable(
-        "there is no dispatcher: fewer than a majority of the IR's nodes can reach each other; \
-         it resumes when enough nodes are back",
-    )
+    Status::unavailable(format!(
+        "{NO_DISPATCHER}: fewer than a majority of the IR's nodes can reach each other; \
+         it resumes when enough nodes are back"
+    ))
 }
 
 /// `shir run`: serves until SIGINT or SIGTERM.
@@ -211,10 +242,32 @@ pub struct Removed {
 /// `RestartPreventExitStatus`.
 pub const EXIT_REMOVED: u8 = 3;
 
-/// Resolves once this node's certificate is on the replicated revoked list.
+/// How long a node that was a member may be out of the Raft membership before it takes
+/// itself for removed. A removed dispatcher leaves the membership before its certificate is
+/// revoked (by the next dispatcher, whose entries it no longer receives); the grace lets it
+/// finish handing over the removal first.
+const OUT_OF_MEMBERSHIP_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves once this node was removed: its certificate is on the replicated revoked list,
+/// or, having been a member, it has been out of the membership for the grace period.
 async fn removed_from_ir(node: &Node) {
+    let mut was_member = false;
+    let mut out_since: Option<std::time::Instant> = None;
     loop {
-        if node.read_state(|s| s.is_revoked(&node.cert_serial)) {
+        let revoked = node.read_state(|s| s.is_revoked(&node.cert_serial));
+        let member = node
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&node.id())
+            .is_some();
+        was_member |= member;
+        out_since = if was_member && !member {
+            out_since.or(Some(std::time::Instant::now()))
+        } else {
+            None
+        };
+        if revoked || out_since.is_some_and(|t| t.elapsed() > OUT_OF_MEMBERSHIP_GRACE) {
             tracing::error!(node = %node.config.name, "this node was removed from the IR; stopping");
             return;
         }

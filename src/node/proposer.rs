@@ -42,14 +42,20 @@ impl Proposer {
         Proposer { queue }
     }
 
-    /// Commits `cmd`; returns its log index once it is applied on this (leader) node.
+    /// Commits `cmd`; returns its log index once it is applied on this (leader) node. The
+    /// time limit covers the whole way, queue included.
     pub async fn propose(&self, cmd: Command) -> Result<u64, Status> {
         let (tx, rx) = oneshot::channel();
-        self.queue
-            .send((cmd, tx))
+        let whole = async {
+            self.queue
+                .send((cmd, tx))
+                .await
+                .map_err(|_| Status::unavailable("the node is shutting down"))?;
+            rx.await.map_err(|_| Status::unavailable("the node is shutting down"))?
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, whole)
             .await
-            .map_err(|_| Status::unavailable("the node is shutting down"))?;
-        rx.await.map_err(|_| Status::unavailable("the node is shutting down"))?
+            .unwrap_or_else(|_| Err(not_committed_in_time()))
     }
 }
 
@@ -109,12 +115,16 @@ async fn write(raft: &Raft, cmd: Command) -> Result<(u64, CommandResult), Status
         Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(super::not_dispatcher()),
         Ok(Err(e)) => Err(Status::unavailable(format!("write not committed: {e}"))),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "write not committed within {} s: the dispatcher cannot reach a majority of nodes; \
-             it may still commit once they are back",
-            WRITE_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(not_committed_in_time()),
     }
+}
+
+fn not_committed_in_time() -> Status {
+    Status::deadline_exceeded(format!(
+        "write not committed within {} s: the dispatcher cannot reach a majority of nodes; \
+         it may still commit once they are back",
+        WRITE_TIMEOUT.as_secs()
+    ))
 }
 
 fn outcome(index: u64, result: CommandResult) -> Result<u64, Status> {

@@ -141,7 +141,12 @@ impl proto::join_server::Join for Services {
     async fn join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
         let join = req.into_inner();
         let node = &self.node;
-        node.at_dispatcher(FORWARD_PATIENCE, |hop| {
+        let calling = super::Calling {
+            patience: FORWARD_PATIENCE,
+            attempt: super::FORWARD_TIMEOUT,
+            idempotent: false,
+        };
+        node.at_dispatcher(calling, |hop| {
             let join = join.clone();
             async move {
                 match hop {

@@ -1,0 +1,70 @@
+//! Removing the dispatcher itself: it leaves the voters while the others still accept it,
+//! the next dispatcher revokes its certificate, the removed node stops with status 3, and
+//! the IR carries on (here from two nodes down to one, the hardest case for quorum).
+
+mod common;
+
+use std::time::Duration;
+
+use shir::proto;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_can_remove_itself() {
+    let steps = common::Steps::new();
+    let tmp = common::tempdir();
+    let mut ir = common::local_ir(tmp.path(), common::free_port(2), 2);
+    let _logs = common::DumpLogsOnPanic::new(&ir);
+
+    steps.step("two nodes");
+    ir.init(0, "remove-ir").await.expect("init");
+    ir.start(0).await.expect("start node1");
+    let key = ir
+        .wait_for("key1", Duration::from_secs(20), || async { ir.key1(0).await.ok() })
+        .await
+        .expect("key1");
+    ir.register(1, &key).await.expect("register node2");
+    ir.start(1).await.expect("start node2");
+    ir.wait_all_online(0, Duration::from_secs(30)).await.expect("online");
+    let dispatcher = ir.dispatcher(0).await.expect("dispatcher");
+    let other = 1 - dispatcher;
+    let name = ir.nodes[dispatcher].name.clone();
+
+    steps.step(&format!("shir node remove {name}, asked on {name} itself"));
+    let out = ir
+        .shir(&[
+            "node",
+            "remove",
+            &name,
+            "--json",
+            "--data-dir",
+            &common::dir_arg(&ir, dispatcher),
+        ])
+        .await
+        .expect("the dispatcher removes itself");
+    assert!(out.contains("revoked_serial"), "{out}");
+
+    steps.step("the removed node stops with status 3");
+    assert_eq!(ir.wait_exit(dispatcher, Duration::from_secs(20)).await, Some(3));
+
+    steps.step("the remaining node is dispatcher of a one-node IR and takes writes");
+    let status = common::eventually("one node, dispatching", Duration::from_secs(20), || async {
+        let s = ir.status(other).await.map_err(|e| e.to_string())?;
+        let names: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+        if names == [ir.nodes[other].name.as_str()] && s.dispatcher == ir.nodes[other].name {
+            Ok(s)
+        } else {
+            Err(format!("dispatcher {:?}, nodes {names:?}", s.dispatcher))
+        }
+    })
+    .await;
+    assert_eq!(status.nodes[0].status, "Online");
+    let mut admin = ir.admin(other).await.expect("admin");
+    admin
+        .put(proto::PutRequest {
+            key: "after".into(),
+            value: "removal".into(),
+        })
+        .await
+        .expect("a write after the removal");
+    ir.stop_all().await;
+}
