@@ -14,6 +14,7 @@ use serde_json::Value;
 use shir::cli::local_ir::LocalIr;
 use shir::pki::{self, Ca, tls::client_config_mtls};
 use shir::proto::{self, admin_client::AdminClient, cluster_client::ClusterClient, raft_client::RaftClient};
+use shir::secrets::member_proof::MemberProof;
 use shir::transport::client::tls_channel_checked;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -110,9 +111,22 @@ async fn heartbeat(address: &str, config: Arc<ClientConfig>) -> Result<String, S
     heartbeat_on(connect(address, config).await?).await
 }
 
-async fn raft_call(channel: Channel, method: &str, data: Vec<u8>) -> Result<proto::RaftPayload, tonic::Status> {
+/// A Raft request, signed with `member` (a holder of the data key) if given.
+async fn raft_call(
+    channel: Channel,
+    method: &str,
+    data: Vec<u8>,
+    member: Option<&MemberProof>,
+) -> Result<proto::RaftPayload, tonic::Status> {
     let mut client = RaftClient::new(channel);
-    let payload = proto::RaftPayload { data };
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let proof = member
+        .map(|m| m.sign(timestamp, &shir::raft::network::proof_parts(method, &data)))
+        .unwrap_or_default();
+    let payload = proto::RaftPayload { data, timestamp, proof };
     let call = async {
         match method {
             "AppendEntries" => client.append_entries(payload).await,
@@ -283,7 +297,7 @@ async fn node_port_admits_only_the_right_certificates() {
         "{err}"
     );
     let channel = connect(&addr[0], admin.clone()).await.expect("connect");
-    let err = raft_call(channel, "Vote", b"{}".to_vec())
+    let err = raft_call(channel, "Vote", b"{}".to_vec(), None)
         .await
         .map(drop)
         .map_err(describe)
@@ -324,11 +338,19 @@ async fn node_port_admits_only_the_right_certificates() {
     drop(idle);
     tcp_status(&addr[1], admin.clone()).await.expect("node2 still serves");
 
-    steps.step("(g) malformed and oversized Raft messages from a node certificate: rejected, still serving");
+    steps.step("(g) Raft messages: a node certificate alone is no Raft peer; malformed and oversized ones are refused");
     let node3 = node_client(&ir, 2);
+    let node3_data_key = shir::secrets::load_data_key(ir.nodes[2].dir.root()).expect("node3's data key");
+    let member = MemberProof::new(&node3_data_key, shir::raft::network::PROOF_PURPOSE);
     for method in ["AppendEntries", "Vote", "InstallSnapshot"] {
         let channel = connect(&addr[0], node3.clone()).await.expect("node3 connects");
-        let err = raft_call(channel, method, b"\x00not json{".to_vec())
+        let err = raft_call(channel, method, b"\x00not json{".to_vec(), None)
+            .await
+            .expect_err("an unsigned Raft message");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{method}: {err:?}");
+        assert!(err.message().contains("member proof"), "{method}: {err:?}");
+        let channel = connect(&addr[0], node3.clone()).await.expect("node3 connects");
+        let err = raft_call(channel, method, b"\x00not json{".to_vec(), Some(&member))
             .await
             .expect_err("malformed Raft payload");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{method}: {err:?}");
@@ -336,7 +358,7 @@ async fn node_port_admits_only_the_right_certificates() {
     }
     let channel = connect(&addr[0], node3.clone()).await.expect("node3 connects");
     let oversized = shir::raft::network::MAX_MESSAGE + 1;
-    let err = raft_call(channel, "AppendEntries", vec![b'x'; oversized])
+    let err = raft_call(channel, "AppendEntries", vec![b'x'; oversized], Some(&member))
         .await
         .expect_err("a Raft payload over the limit");
     eprintln!("oversized AppendEntries: {:?}: {}", err.code(), err.message());

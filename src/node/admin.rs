@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use openraft::ChangeMembers;
 
-use hmac::{Hmac, Mac};
 use prost::Message;
 use rand::RngCore;
-use sha2::Sha256;
 use tonic::Status;
 
 use super::services::FORWARD_PATIENCE;
@@ -20,6 +18,7 @@ use crate::auth_key::AuthKey;
 use crate::pki;
 use crate::proto;
 use crate::secrets::DataKey;
+use crate::secrets::member_proof::{MemberProof, ProofError};
 use crate::state::{AdminCertRecord, Command, Sealed, auth_key_aad};
 use crate::transport::Caller;
 
@@ -71,7 +70,7 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
                     Hop::Here => execute(node, method, &request).await,
                     Hop::There(channel) => {
                         let timestamp = crate::unix_now();
-                        let proof = forward_proof(&node.data_key, method, &request, &on_behalf_of, timestamp).to_vec();
+                        let proof = forward_proof(&node.data_key, method, &request, &on_behalf_of, timestamp);
                         let call = proto::ForwardedCall {
                             method: method.to_string(),
                             request,
@@ -100,59 +99,30 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
     }
 }
 
-/// How far a forwarded call's timestamp may be from the dispatcher's clock: as for joins,
-/// wide enough for clocks that drift or a machine that slept.
-const FORWARD_MAX_AGE_SECS: u64 = 300;
+/// The purpose string of forwarded-call proofs.
+const FORWARD_PROOF: &str = "forward";
 
-/// HMAC over a forwarded call with a key derived from the IR's data key, which only full
-/// members hold (derived, so the AEAD key itself is used for nothing else).
-fn forward_proof(key: &DataKey, method: &str, request: &[u8], on_behalf_of: &str, timestamp: i64) -> [u8; 32] {
-    let mut derive = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
-    derive.update(b"shir-forward-proof-key-v1");
-    let subkey = derive.finalize().into_bytes();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&subkey).expect("HMAC takes any key length");
-    let ts = timestamp.to_be_bytes();
-    for part in [
-        b"shir-forward-v1".as_slice(),
-        method.as_bytes(),
-        request,
-        on_behalf_of.as_bytes(),
-        &ts,
-    ] {
-        mac.update(&(part.len() as u64).to_be_bytes());
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
+/// Proof that a forwarded call comes from a full member (holder of the data key).
+fn forward_proof(key: &DataKey, method: &str, request: &[u8], on_behalf_of: &str, timestamp: i64) -> Vec<u8> {
+    MemberProof::new(key, FORWARD_PROOF).sign(timestamp, &[method.as_bytes(), request, on_behalf_of.as_bytes()])
 }
 
 /// Refuses a forwarded call that does not come from a full member: a node certificate alone
 /// (without the data key) must not be able to make operator calls.
 pub fn verify_forwarded(node: &Node, call: &proto::ForwardedCall) -> Result<(), Status> {
-    let expected = forward_proof(
-        &node.data_key,
-        &call.method,
-        &call.request,
-        &call.on_behalf_of,
-        call.timestamp,
-    );
-    if !subtle_eq(&expected, &call.proof) {
-        return Err(Status::permission_denied(
+    let parts = [call.method.as_bytes(), &call.request[..], call.on_behalf_of.as_bytes()];
+    match MemberProof::new(&node.data_key, FORWARD_PROOF).verify(crate::unix_now(), call.timestamp, &parts, &call.proof)
+    {
+        Ok(()) => Ok(()),
+        Err(ProofError::NotAMember) => Err(Status::permission_denied(
             "forwarded operator call refused: it carries no valid member proof \
              (a node certificate alone cannot make operator calls)",
-        ));
-    }
-    if crate::unix_now().abs_diff(call.timestamp) > FORWARD_MAX_AGE_SECS {
-        return Err(Status::permission_denied(format!(
+        )),
+        Err(ProofError::ClockSkew) => Err(Status::permission_denied(
             "forwarded operator call refused: the clocks of this node and the forwarding node differ by \
-             more than {FORWARD_MAX_AGE_SECS} s; check time synchronisation"
-        )));
+             more than 5 minutes; check time synchronisation",
+        )),
     }
-    Ok(())
-}
-
-/// Constant-time comparison, so a forger learns nothing from timing.
-fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {

@@ -41,6 +41,8 @@ pub struct Node {
     /// Wakes the membership loop at once after a join or removal.
     pub membership_changed: tokio::sync::Notify,
     proposer: proposer::Proposer,
+    /// Verifies that Raft requests come from members (holders of the data key).
+    pub raft_proof: Arc<crate::secrets::member_proof::MemberProof>,
     pub cert_not_after: i64,
     /// Serial of this node's certificate: once it is on the revoked list, this node was removed.
     pub cert_serial: String,
@@ -315,10 +317,17 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
 
     let client_tls = tls::client_config_mtls(&ca_cert_pem, &cert_pem, key_pem.expose()).context("TLS client setup")?;
     let peers = Peers::new(client_tls);
+    let raft_proof = Arc::new(crate::secrets::member_proof::MemberProof::new(
+        &data_key,
+        crate::raft::network::PROOF_PURPOSE,
+    ));
     let raft = Raft::new(
         config.node_id,
         raftmod::config(&config.ir_id, config.snapshot_every_entries),
-        NetworkFactory { peers: peers.clone() },
+        NetworkFactory {
+            peers: peers.clone(),
+            proof: raft_proof.clone(),
+        },
         log_store,
         state_machine,
     )
@@ -358,6 +367,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
         admission: admission::Admission::default(),
         membership_changed: tokio::sync::Notify::new(),
         proposer: proposer::Proposer::spawn(raft.clone()),
+        raft_proof,
         config,
         raft,
         state,

@@ -18,6 +18,7 @@ use crate::proto;
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::store::SledStore;
 use crate::raft::{self as raftmod, Raft};
+use crate::secrets::member_proof::MemberProof;
 use crate::secrets::{self, DataKey};
 use crate::state::{
     AuthKeySlot, Command, IrInfo, IrState, NodeRecord, Sealed, auth_key_aad, ca_key_aad, validate_node_name,
@@ -159,6 +160,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
             raftmod::config(&ir_id, None),
             NetworkFactory {
                 peers: Peers::new(client_tls),
+                proof: Arc::new(MemberProof::new(&data_key, crate::raft::network::PROOF_PURPOSE)),
             },
             log_store,
             state_machine,

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{Hop, Node, admin, admission, not_dispatcher};
 use crate::proto::{self, RaftPayload};
 use crate::raft::network;
+use crate::secrets::member_proof::ProofError;
 use crate::transport::{Caller, caller_of};
 
 /// How long a forwarded call waits for a dispatcher to exist (an election takes well under
@@ -71,27 +72,51 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     let data = network::encode(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftPayload { data }))
+    // Replies are not signed: the caller chose this peer and verified it in the TLS handshake.
+    Ok(Response::new(RaftPayload {
+        data,
+        ..Default::default()
+    }))
 }
 
 #[tonic::async_trait]
 impl proto::raft_server::Raft for Services {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.require_node(&req, "Raft")?;
-        let rpc = decode(&req.get_ref().data)?;
+        let rpc = decode(self.raft_request(&req, "AppendEntries")?)?;
         encode(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.require_node(&req, "Raft")?;
-        let rpc = decode(&req.get_ref().data)?;
+        let rpc = decode(self.raft_request(&req, "Vote")?)?;
         encode(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.require_node(&req, "Raft")?;
-        let rpc = decode(&req.get_ref().data)?;
+        let rpc = decode(self.raft_request(&req, "InstallSnapshot")?)?;
         encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+}
+
+impl Services {
+    /// The bytes of a Raft request from a member: a node certificate, and a proof that the
+    /// sender holds the data key, which the certificate alone does not give.
+    fn raft_request<'a>(&self, req: &'a Request<RaftPayload>, method: &str) -> Result<&'a [u8], Status> {
+        self.require_node(req, "Raft")?;
+        let payload = req.get_ref();
+        let parts = network::proof_parts(method, &payload.data);
+        match self
+            .node
+            .raft_proof
+            .verify(crate::unix_now(), payload.timestamp, &parts, &payload.proof)
+        {
+            Ok(()) => Ok(&payload.data),
+            Err(ProofError::NotAMember) => Err(Status::permission_denied(
+                "Raft message refused: it carries no valid member proof (a node certificate alone is not a Raft peer)",
+            )),
+            Err(ProofError::ClockSkew) => Err(Status::permission_denied(
+                "Raft message refused: the clocks of the two nodes differ by more than 5 minutes; check time synchronisation",
+            )),
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use super::types::{Node, NodeId, TypeConfig};
 use crate::proto::RaftPayload;
 use crate::proto::raft_client::RaftClient;
+use crate::secrets::member_proof::MemberProof;
 use crate::transport::client::tls_channel;
 
 /// Channels to peers, one per address, shared by Raft replication and the node's own
@@ -72,6 +73,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
 
 pub struct NetworkFactory {
     pub peers: Peers,
+    /// Signs every request as coming from a member (see `secrets::member_proof`).
+    pub proof: Arc<MemberProof>,
+}
+
+/// The purpose string of Raft message proofs.
+pub const PROOF_PURPOSE: &str = "raft";
+
+/// The parts a Raft request's proof covers: the method, so a vote cannot be replayed as an
+/// append, and the bytes.
+pub fn proof_parts<'a>(method: &'a str, data: &'a [u8]) -> [&'a [u8]; 2] {
+    [method.as_bytes(), data]
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -80,6 +92,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         PeerClient {
             target,
+            proof: self.proof.clone(),
             client: RaftClient::new(self.peers.channel(&node.addr))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
@@ -89,6 +102,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
 pub struct PeerClient {
     target: NodeId,
+    proof: Arc<MemberProof>,
     client: RaftClient<Channel>,
 }
 
@@ -102,7 +116,9 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
+        let timestamp = crate::unix_now();
+        let proof = self.proof.sign(timestamp, &proof_parts(method.name(), &data));
+        let mut request = tonic::Request::new(RaftPayload { data, timestamp, proof });
         request.set_timeout(option.hard_ttl());
         let reply = match method {
             Method::Append => self.client.append_entries(request).await,
@@ -122,6 +138,17 @@ enum Method {
     Append,
     Vote,
     Snapshot,
+}
+
+impl Method {
+    /// The gRPC method name, which the proof covers.
+    fn name(self) -> &'static str {
+        match self {
+            Method::Append => "AppendEntries",
+            Method::Vote => "Vote",
+            Method::Snapshot => "InstallSnapshot",
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
