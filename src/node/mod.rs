@@ -70,7 +70,9 @@ impl Node {
 
     /// The current leader's id and address, as far as this node knows.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: every operator call and write asks this.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, addr))
