@@ -113,7 +113,17 @@ impl AuthKey {
     pub fn generate_secret() -> SecretBytes {
         SecretBytes::random(SECRET_LEN)
     }
+}
 
+/// A fresh secret for key slot `slot` of IR `ir_id`, sealed with the data key as it is kept
+/// in the replicated state; the plaintext is zeroized before this returns.
+pub fn new_sealed_secret(data_key: &crate::secrets::DataKey, ir_id: &str, slot: u8) -> crate::state::Sealed {
+    let secret = AuthKey::generate_secret();
+    let aad = crate::state::auth_key_aad(ir_id, slot);
+    crate::state::Sealed(crate::secrets::seal(data_key, aad.as_bytes(), secret.expose()))
+}
+
+impl AuthKey {
     /// The text form handed to operators: `SHIR1@` + base64url(payload + checksum).
     pub fn encode(&self) -> String {
         let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(256));

@@ -80,10 +80,6 @@ impl LocalIr {
         &self.root
     }
 
-    pub fn exe(&self) -> &Path {
-        &self.exe
-    }
-
     /// Runs a one-shot `shir` subcommand; its stdout on success, its error line on failure.
     pub async fn shir(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.exe)

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use openraft::ChangeMembers;
 
 use prost::Message;
-use rand::RngCore;
 use tonic::Status;
 
 use super::services::FORWARD_PATIENCE;
@@ -19,7 +18,7 @@ use crate::pki;
 use crate::proto;
 use crate::secrets::DataKey;
 use crate::secrets::member_proof::{MemberProof, ProofError};
-use crate::state::{AdminCertRecord, Command, Sealed, auth_key_aad};
+use crate::state::{AdminCertRecord, Command, auth_key_aad};
 use crate::transport::Caller;
 
 /// How long `status` keeps trying the dispatcher before answering from this node's own view,
@@ -242,14 +241,7 @@ async fn regenerate_key(node: &Node, slot: u32) -> Result<proto::KeyShowReply, S
         }
     };
     let ir = node.ir()?;
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let sealed = Sealed(crate::secrets::seal(
-        &node.data_key,
-        auth_key_aad(&ir.id, slot).as_bytes(),
-        &secret,
-    ));
-    zeroize::Zeroize::zeroize(&mut secret);
+    let sealed = crate::auth_key::new_sealed_secret(&node.data_key, &ir.id, slot);
     node.propose(Command::RegenerateKey { slot, secret: sealed }).await?;
     tracing::info!(slot, "authentication key regenerated");
     show_keys(node)

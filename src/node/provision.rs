@@ -20,9 +20,7 @@ use crate::raft::store::SledStore;
 use crate::raft::{self as raftmod, Raft};
 use crate::secrets::member_proof::MemberProof;
 use crate::secrets::{self, DataKey};
-use crate::state::{
-    AuthKeySlot, Command, IrInfo, IrState, NodeRecord, Sealed, auth_key_aad, ca_key_aad, validate_node_name,
-};
+use crate::state::{AuthKeySlot, Command, IrInfo, IrState, NodeRecord, Sealed, ca_key_aad, validate_node_name};
 use crate::transport::client::tls_channel_checked;
 
 /// Where a node listens and what address it gives others.
@@ -116,14 +114,9 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
     let now = crate::unix_now();
 
     let auth_keys = (1..=2u8)
-        .map(|slot| {
-            let mut secret = random_bytes::<32>();
-            let sealed = secrets::seal(&data_key, auth_key_aad(&ir_id, slot).as_bytes(), &secret);
-            zeroize::Zeroize::zeroize(&mut secret);
-            AuthKeySlot {
-                generation: 1,
-                secret: Sealed(sealed),
-            }
+        .map(|slot| AuthKeySlot {
+            generation: 1,
+            secret: crate::auth_key::new_sealed_secret(&data_key, &ir_id, slot),
         })
         .collect();
     let ir = IrInfo {
