@@ -3,6 +3,7 @@
 
 pub mod auth_key;
 pub mod cli;
+pub mod connectors;
 pub mod datadir;
 pub mod node;
 pub mod pki;

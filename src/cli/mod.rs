@@ -2,6 +2,7 @@
 //! table or a line for people and `--json` for scripts, and on failure one line on stderr
 //! and a non-zero exit.
 
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod demo;
@@ -54,6 +55,9 @@ enum Command {
     /// Issue certificates for remote administration over port 8060.
     #[command(subcommand)]
     AdminCert(AdminCertCommand),
+    /// Back up this node's identity and the IR's keys, or restore a node from such a backup.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Start a four-node runtime on this machine (127.0.0.1-4), kill its dispatcher, and show the failover.
     Demo(demo::DemoArgs),
     /// Measure dispatcher failover time and committed writes per second on a local four-node runtime.
@@ -404,6 +408,7 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Backup(c) => backup::run(c).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }
