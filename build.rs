@@ -8,7 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         // Messages that carry a secret get a hand-written Debug that hides it (src/lib.rs).
-        .skip_debug([".shir.v1.JoinResponse", ".shir.v1.KeyShowReply"])
+        .skip_debug([
+            ".shir.v1.JoinResponse",
+            ".shir.v1.KeyShowReply",
+            ".shir.v1.LinkedServiceSpec",
+            ".shir.v1.ProxySetRequest",
+        ])
         .compile_protos(&["proto/shir.proto", "proto/etcd_kv.proto"], &["proto"])?;
     Ok(())
 }

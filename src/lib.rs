@@ -37,6 +37,31 @@ pub mod proto {
                 .finish()
         }
     }
+
+    /// A definition as an operator gives it: the secret values are plaintext here.
+    impl std::fmt::Debug for LinkedServiceSpec {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let secrets: std::collections::BTreeMap<&str, &str> =
+                self.secrets.keys().map(|k| (k.as_str(), "***")).collect();
+            f.debug_struct("LinkedServiceSpec")
+                .field("type", &self.r#type)
+                .field("fields", &self.fields)
+                .field("secrets", &secrets)
+                .finish()
+        }
+    }
+
+    /// The proxy password is plaintext here.
+    impl std::fmt::Debug for ProxySetRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ProxySetRequest")
+                .field("address", &self.address)
+                .field("port", &self.port)
+                .field("user", &self.user)
+                .field("password", &if self.password.is_empty() { "" } else { "***" })
+                .finish()
+        }
+    }
 }
 
 /// The version every node reports in its heartbeats.

@@ -82,13 +82,27 @@ impl LocalIr {
 
     /// Runs a one-shot `shir` subcommand; its stdout on success, its error line on failure.
     pub async fn shir(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.exe)
+        self.shir_with_input(args, None).await
+    }
+
+    /// `shir` with `args` and `input` on its standard input (for `--password-stdin`).
+    pub async fn shir_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        let mut child = Command::new(&self.exe)
             .args(args)
             .envs(self.env.iter().cloned())
-            .stdin(Stdio::null())
-            .output()
-            .await
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt as _;
+            stdin
+                .write_all(text.as_bytes())
+                .await
+                .context("cannot write to shir's stdin")?;
+        }
+        let out = child.wait_with_output().await.context("shir did not finish")?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod linked_service;
 pub mod local_ir;
 pub mod output;
 
@@ -55,6 +56,15 @@ enum Command {
     /// Issue certificates for remote administration over port 8060.
     #[command(subcommand)]
     AdminCert(AdminCertCommand),
+    /// Define connections to stores (PostgreSQL, file shares, HTTP) with encrypted credentials.
+    #[command(subcommand)]
+    LinkedService(linked_service::LinkedServiceCommand),
+    /// Encrypt a credential with the IR's data key for use on another machine.
+    #[command(subcommand)]
+    Credential(linked_service::CredentialCommand),
+    /// IR-wide settings (the HTTP proxy).
+    #[command(subcommand)]
+    Settings(linked_service::SettingsCommand),
     /// Back up this node's identity and the IR's keys, or restore a node from such a backup.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -254,7 +264,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn print_json(value: &serde_json::Value) {
+pub(crate) fn print_json(value: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(value).expect("JSON renders"));
 }
 
@@ -408,6 +418,9 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::LinkedService(c) => linked_service::run(c).await,
+        Command::Credential(c) => linked_service::run_credential(c).await,
+        Command::Settings(c) => linked_service::run_settings(c).await,
         Command::Backup(c) => backup::run(c).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(a) => bench::run(a).await,

@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::Status;
 
 use super::services::FORWARD_PATIENCE;
-use super::{Calling, FORWARD_TIMEOUT, Hop, Node, liveness};
+use super::{Calling, FORWARD_TIMEOUT, Hop, Node, linked_services, liveness};
 use crate::auth_key::AuthKey;
 use crate::pki;
 use crate::proto;
@@ -29,18 +29,8 @@ const STATUS_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Runs `method` where it belongs and returns the encoded reply.
 pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Caller) -> Result<Vec<u8>, Status> {
-    match method {
-        "LocalView" => return Ok(local_view(node).encode_to_vec()),
-        "Get" => {
-            let req: proto::GetRequest = decode(&request)?;
-            let value = node.read_state(|s| s.kv.get(&req.key).cloned());
-            return Ok(proto::GetReply {
-                found: value.is_some(),
-                value: value.unwrap_or_default(),
-            }
-            .encode_to_vec());
-        }
-        _ => {}
+    if let Some(reply) = answer_here(node, method, &request, caller).await {
+        return reply;
     }
     let calling = match method {
         "Status" => Calling {
@@ -59,33 +49,7 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
             idempotent: false,
         },
     };
-    let on_behalf_of = caller.to_string();
-    let result = node
-        .at_dispatcher(calling, |hop| {
-            let request = request.clone();
-            let on_behalf_of = on_behalf_of.clone();
-            async move {
-                match hop {
-                    Hop::Here => execute(node, method, &request).await,
-                    Hop::There(channel) => {
-                        let timestamp = crate::unix_now();
-                        let proof = forward_proof(&node.data_key, method, &request, &on_behalf_of, timestamp);
-                        let call = proto::ForwardedCall {
-                            method: method.to_string(),
-                            request,
-                            on_behalf_of,
-                            timestamp,
-                            proof,
-                        };
-                        proto::cluster_client::ClusterClient::new(channel)
-                            .forward_admin(call)
-                            .await
-                            .map(|r| r.into_inner().response)
-                    }
-                }
-            }
-        })
-        .await;
+    let result = on_dispatcher(node, calling, method, &request, &caller.to_string()).await;
     match result {
         // Without a dispatcher, status is still worth having: this node's own view says
         // which nodes it hears from, and `dispatcher` is empty.
@@ -96,6 +60,118 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
         }
         other => other,
     }
+}
+
+/// Calls answered by the node called, from its own state: views of this node, and reads
+/// and connection tests that must work from wherever the operator asks (after catching up
+/// with the dispatcher, so they see every write acknowledged before them). `None` for calls
+/// that run on the dispatcher.
+async fn answer_here(
+    node: &Arc<Node>,
+    method: &str,
+    request: &[u8],
+    caller: &Caller,
+) -> Option<Result<Vec<u8>, Status>> {
+    let reply = match method {
+        "LocalView" => Ok(local_view(node).encode_to_vec()),
+        "Get" => decode::<proto::GetRequest>(request).map(|req| {
+            let value = node.read_state(|s| s.kv.get(&req.key).cloned());
+            proto::GetReply {
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+            }
+            .encode_to_vec()
+        }),
+        "LinkedServiceList" => {
+            let stale = !read_index(node, caller).await;
+            Ok(linked_services::list(node, stale).encode_to_vec())
+        }
+        "LinkedServiceShow" => match decode::<proto::LinkedServiceShowRequest>(request) {
+            Ok(req) => {
+                let stale = !read_index(node, caller).await;
+                linked_services::show(node, &req.name, stale).map(|r| r.encode_to_vec())
+            }
+            Err(e) => Err(e),
+        },
+        "LinkedServiceTest" => match decode::<proto::LinkedServiceTestRequest>(request) {
+            Ok(req) => {
+                let stale = !read_index(node, caller).await;
+                linked_services::test(node, &req.name, stale)
+                    .await
+                    .map(|r| r.encode_to_vec())
+            }
+            Err(e) => Err(e),
+        },
+        "ProxyShow" => {
+            let stale = !read_index(node, caller).await;
+            Ok(linked_services::proxy_show(node, stale).encode_to_vec())
+        }
+        // Sealing needs only the data key, which every node holds.
+        "CredentialEncrypt" => decode::<proto::CredentialEncryptRequest>(request)
+            .and_then(|req| linked_services::encrypt_credential(node, req))
+            .map(|r| r.encode_to_vec()),
+        _ => return None,
+    };
+    Some(reply)
+}
+
+/// How long a read waits for the dispatcher's read index, and then for this node to apply
+/// up to it, before answering from what it has (marked stale).
+const READ_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Brings this node up to everything the dispatcher had applied when asked, once the
+/// dispatcher has confirmed with a majority that it still leads (a read index). Every write
+/// acknowledged before the read began is then in this node's state. False if that could
+/// not be done in time (no dispatcher): the caller answers from its own view, marked stale.
+async fn read_index(node: &Arc<Node>, caller: &Caller) -> bool {
+    let calling = Calling {
+        patience: READ_PATIENCE,
+        attempt: STATUS_ATTEMPT,
+        idempotent: true,
+    };
+    let index = match on_dispatcher(node, calling, "ReadIndex", &[], &caller.to_string()).await {
+        Ok(bytes) => match proto::ReadIndexReply::decode(bytes.as_slice()) {
+            Ok(reply) => reply.applied_index,
+            Err(_) => return false,
+        },
+        Err(_) => return false,
+    };
+    node.raft
+        .wait(Some(READ_PATIENCE))
+        .applied_index_at_least(Some(index), "read index")
+        .await
+        .is_ok()
+}
+
+/// Runs `method` on the dispatcher: here, or forwarded with this node's member proof.
+async fn on_dispatcher(
+    node: &Arc<Node>,
+    calling: Calling,
+    method: &str,
+    request: &[u8],
+    on_behalf_of: &str,
+) -> Result<Vec<u8>, Status> {
+    node.at_dispatcher(calling, |hop| async move {
+        match hop {
+            Hop::Here => execute(node, method, request).await,
+            Hop::There(channel) => {
+                let timestamp = crate::unix_now();
+                let proof = forward_proof(&node.data_key, method, request, on_behalf_of, timestamp);
+                let call = proto::ForwardedCall {
+                    method: method.to_string(),
+                    request: request.to_vec(),
+                    on_behalf_of: on_behalf_of.to_string(),
+                    timestamp,
+                    proof,
+                };
+                proto::cluster_client::ClusterClient::new(channel)
+                    .forward_admin(call)
+                    .await
+                    .map(|r| r.into_inner().response)
+            }
+        }
+    })
+    .await
 }
 
 /// The purpose string of forwarded-call proofs.
@@ -177,6 +253,20 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
                 .await?;
             proto::PutReply { log_index }.encode_to_vec()
         }
+        "ReadIndex" => {
+            if !node.confirm_leadership().await {
+                return Err(super::no_dispatcher());
+            }
+            let applied_index = node.metrics().last_applied.map(|l| l.index).unwrap_or(0);
+            proto::ReadIndexReply { applied_index }.encode_to_vec()
+        }
+        "LinkedServiceCreate" => linked_services::create(node, decode(request)?).await?.encode_to_vec(),
+        "LinkedServiceUpdate" => linked_services::update(node, decode(request)?).await?.encode_to_vec(),
+        "LinkedServiceDelete" => linked_services::delete(node, decode(request)?).await?.encode_to_vec(),
+        "ProxySet" => linked_services::proxy_set(node, decode(request)?)
+            .await?
+            .encode_to_vec(),
+        "ProxyClear" => linked_services::proxy_clear(node).await?.encode_to_vec(),
         other => return Err(Status::unimplemented(format!("unknown admin call '{other}'"))),
     };
     Ok(reply)

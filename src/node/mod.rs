@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod linked_services;
 pub mod liveness;
 pub mod membership;
 pub mod proposer;

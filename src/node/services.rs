@@ -246,4 +246,55 @@ impl proto::admin_server::Admin for Services {
     ) -> Result<Response<proto::LocalViewReply>, Status> {
         self.admin_call("LocalView", req).await
     }
+    async fn linked_service_create(
+        &self,
+        req: Request<proto::LinkedServiceCreateRequest>,
+    ) -> Result<Response<proto::LinkedServiceInfo>, Status> {
+        self.admin_call("LinkedServiceCreate", req).await
+    }
+    async fn linked_service_update(
+        &self,
+        req: Request<proto::LinkedServiceUpdateRequest>,
+    ) -> Result<Response<proto::LinkedServiceInfo>, Status> {
+        self.admin_call("LinkedServiceUpdate", req).await
+    }
+    async fn linked_service_delete(
+        &self,
+        req: Request<proto::LinkedServiceDeleteRequest>,
+    ) -> Result<Response<proto::LinkedServiceDeleteReply>, Status> {
+        self.admin_call("LinkedServiceDelete", req).await
+    }
+    async fn linked_service_list(
+        &self,
+        req: Request<proto::LinkedServiceListRequest>,
+    ) -> Result<Response<proto::LinkedServiceListReply>, Status> {
+        self.admin_call("LinkedServiceList", req).await
+    }
+    async fn linked_service_show(
+        &self,
+        req: Request<proto::LinkedServiceShowRequest>,
+    ) -> Result<Response<proto::LinkedServiceInfo>, Status> {
+        self.admin_call("LinkedServiceShow", req).await
+    }
+    async fn linked_service_test(
+        &self,
+        req: Request<proto::LinkedServiceTestRequest>,
+    ) -> Result<Response<proto::LinkedServiceTestReply>, Status> {
+        self.admin_call("LinkedServiceTest", req).await
+    }
+    async fn credential_encrypt(
+        &self,
+        req: Request<proto::CredentialEncryptRequest>,
+    ) -> Result<Response<proto::CredentialEncryptReply>, Status> {
+        self.admin_call("CredentialEncrypt", req).await
+    }
+    async fn proxy_set(&self, req: Request<proto::ProxySetRequest>) -> Result<Response<proto::ProxyInfo>, Status> {
+        self.admin_call("ProxySet", req).await
+    }
+    async fn proxy_show(&self, req: Request<proto::ProxyShowRequest>) -> Result<Response<proto::ProxyInfo>, Status> {
+        self.admin_call("ProxyShow", req).await
+    }
+    async fn proxy_clear(&self, req: Request<proto::ProxyClearRequest>) -> Result<Response<proto::ProxyInfo>, Status> {
+        self.admin_call("ProxyClear", req).await
+    }
 }

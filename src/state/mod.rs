@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub mod linked_service;
+
+pub use linked_service::{LinkedService, ProxySettings};
+
 /// Raft node ids. Never reused: a removed node's id stays retired.
 pub type NodeId = u64;
 
@@ -88,6 +92,14 @@ pub struct IrState {
     pub admin_certs: BTreeMap<String, AdminCertRecord>,
     /// Small key/value space used by `shir bench` to measure committed writes.
     pub kv: BTreeMap<String, String>,
+    /// Linked services by name; secret fields sealed with the data key.
+    #[serde(default)]
+    pub linked_services: BTreeMap<String, LinkedService>,
+    #[serde(default)]
+    pub proxy: Option<ProxySettings>,
+    /// Bumped by every proxy change, clearing included, so a version never repeats.
+    #[serde(default)]
+    pub proxy_version: u64,
 }
 
 /// A log entry's payload: one change to the replicated state.
@@ -118,6 +130,21 @@ pub enum Command {
     Put {
         key: String,
         value: String,
+    },
+    /// Create (`previous_version` 0) or update a linked service; secret fields arrive sealed.
+    PutLinkedService {
+        service: LinkedService,
+        previous_version: u64,
+    },
+    /// Delete the linked service `name` if it is still the one with `id`.
+    DeleteLinkedService {
+        name: String,
+        id: String,
+    },
+    /// Set (`Some`) or clear (`None`) the IR's proxy; `version` is the new proxy version.
+    SetProxy {
+        proxy: Option<ProxySettings>,
+        version: u64,
     },
     /// Several commands proposed together (group commit); applied in order, each as if alone.
     Batch(Vec<Command>),
@@ -208,6 +235,12 @@ impl IrState {
                 self.kv.insert(key.clone(), value.clone());
                 CommandResult::Ok
             }
+            Command::PutLinkedService {
+                service,
+                previous_version,
+            } => self.put_linked_service(service, *previous_version),
+            Command::DeleteLinkedService { name, id } => self.delete_linked_service(name, id),
+            Command::SetProxy { proxy, version } => self.set_proxy(proxy, *version),
             Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
         }
     }

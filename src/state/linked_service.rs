@@ -1,0 +1,227 @@
+//! Linked services and IR-wide settings as the replicated state holds them: plain fields as
+//! text, secret fields sealed with the IR's data key. The dispatcher seals before proposing,
+//! so the Raft log, snapshots and sled only ever see ciphertext.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CommandResult, IrState, Sealed};
+use crate::connectors::ServiceType;
+
+/// Longest value a plain or secret field may have: definitions travel to every node in
+/// every snapshot, and no host name, path, URL or password needs more.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+/// A linked service: a named, typed connection definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedService {
+    /// Random, chosen at creation; a service deleted and created again under the same name
+    /// gets a new id, so its old sealed values cannot be swapped in.
+    pub id: String,
+    pub name: String,
+    pub kind: ServiceType,
+    pub fields: BTreeMap<String, String>,
+    /// Each sealed with [`linked_service_aad`] of this id and version.
+    pub secrets: BTreeMap<String, Sealed>,
+    /// 1 at creation, +1 with every update.
+    pub version: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The IR's HTTP proxy (ADF's "custom proxy"), used by connectors that speak HTTP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxySettings {
+    pub address: String,
+    pub port: u16,
+    pub user: Option<String>,
+    /// Sealed with [`proxy_aad`] of this version.
+    pub password: Option<Sealed>,
+    pub version: u64,
+}
+
+/// Associated data of a linked service's secret field: the IR, the object's id and version
+/// and the field. A sealed value moved to another service, field or version does not open.
+pub fn linked_service_aad(ir_id: &str, id: &str, version: u64, field: &str) -> String {
+    format!("{ir_id}/linked-service/{id}/v{version}/{field}")
+}
+
+/// Associated data of the proxy password.
+pub fn proxy_aad(ir_id: &str, version: u64) -> String {
+    format!("{ir_id}/proxy/v{version}/password")
+}
+
+/// Associated data of a blob made by `shir credential encrypt`: it opens only in this IR.
+pub fn encrypted_credential_aad(ir_id: &str) -> String {
+    format!("{ir_id}/encrypted-credential")
+}
+
+/// Linked-service names appear in job definitions, tables and URLs: 1–80 letters, digits,
+/// '_', '-' or '.', starting with a letter or digit.
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 80
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid linked-service name '{name}': use 1-80 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        ))
+    }
+}
+
+impl IrState {
+    /// Creates (`previous_version` 0) or replaces (`previous_version` = the version the
+    /// dispatcher read) a linked service. Refused if another write got there first.
+    pub(super) fn put_linked_service(&mut self, service: &LinkedService, previous_version: u64) -> CommandResult {
+        let current = self.linked_services.get(&service.name);
+        match (previous_version, current) {
+            (0, Some(_)) => {
+                return CommandResult::Rejected(format!("a linked service named '{}' already exists", service.name));
+            }
+            (0, None) => {}
+            (_, None) => {
+                return CommandResult::Rejected(format!("linked service '{}' was deleted meanwhile", service.name));
+            }
+            (previous, Some(current)) if current.id != service.id || current.version != previous => {
+                return CommandResult::Rejected(format!(
+                    "linked service '{}' was changed meanwhile (now version {}); run the update again",
+                    service.name, current.version
+                ));
+            }
+            _ => {}
+        }
+        if service.version != previous_version + 1 {
+            return CommandResult::Rejected(format!(
+                "version {} does not follow version {previous_version}",
+                service.version
+            ));
+        }
+        self.linked_services.insert(service.name.clone(), service.clone());
+        CommandResult::Ok
+    }
+
+    pub(super) fn delete_linked_service(&mut self, name: &str, id: &str) -> CommandResult {
+        match self.linked_services.get(name) {
+            Some(s) if s.id == id => {
+                self.linked_services.remove(name);
+                CommandResult::Ok
+            }
+            Some(_) => CommandResult::Rejected(format!("linked service '{name}' was replaced meanwhile")),
+            None => CommandResult::Rejected(format!("no linked service named '{name}'")),
+        }
+    }
+
+    pub(super) fn set_proxy(&mut self, proxy: &Option<ProxySettings>, version: u64) -> CommandResult {
+        if version != self.proxy_version + 1 {
+            return CommandResult::Rejected("the proxy settings were changed meanwhile; run the command again".into());
+        }
+        if let Some(p) = proxy
+            && p.version != version
+        {
+            return CommandResult::Rejected("proxy settings carry the wrong version".into());
+        }
+        self.proxy = proxy.clone();
+        self.proxy_version = version;
+        CommandResult::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+
+    fn service(version: u64, id: &str) -> LinkedService {
+        LinkedService {
+            id: id.into(),
+            name: "warehouse".into(),
+            kind: ServiceType::Postgres,
+            fields: BTreeMap::from([("host".into(), "db".into())]),
+            secrets: BTreeMap::from([("password".into(), Sealed("c2VhbGVk".into()))]),
+            version,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    fn put(state: &mut IrState, s: LinkedService, previous_version: u64) -> CommandResult {
+        state.apply(&Command::PutLinkedService {
+            service: s,
+            previous_version,
+        })
+    }
+
+    #[test]
+    fn versions_follow_each_other_and_stale_writes_are_refused() {
+        let mut state = IrState::default();
+        assert_eq!(put(&mut state, service(1, "a"), 0), CommandResult::Ok);
+        assert!(
+            matches!(put(&mut state, service(1, "a"), 0), CommandResult::Rejected(m) if m.contains("already exists"))
+        );
+        assert_eq!(put(&mut state, service(2, "a"), 1), CommandResult::Ok);
+        // A second writer that read version 1 loses.
+        assert!(
+            matches!(put(&mut state, service(2, "a"), 1), CommandResult::Rejected(m) if m.contains("now version 2"))
+        );
+        // Skipping a version is refused.
+        assert!(matches!(
+            put(&mut state, service(4, "a"), 2),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(state.linked_services["warehouse"].version, 2);
+    }
+
+    #[test]
+    fn a_recreated_service_is_not_the_old_one() {
+        let mut state = IrState::default();
+        put(&mut state, service(1, "a"), 0);
+        let deleted = state.apply(&Command::DeleteLinkedService {
+            name: "warehouse".into(),
+            id: "a".into(),
+        });
+        assert_eq!(deleted, CommandResult::Ok);
+        put(&mut state, service(1, "b"), 0);
+        // An update prepared against the deleted service (id "a") must not apply to "b".
+        assert!(matches!(
+            put(&mut state, service(2, "a"), 1),
+            CommandResult::Rejected(_)
+        ));
+        let stale_delete = state.apply(&Command::DeleteLinkedService {
+            name: "warehouse".into(),
+            id: "a".into(),
+        });
+        assert!(matches!(stale_delete, CommandResult::Rejected(_)));
+    }
+
+    #[test]
+    fn proxy_versions_only_grow() {
+        let mut state = IrState::default();
+        let proxy = |version| ProxySettings {
+            address: "proxy".into(),
+            port: 3128,
+            user: None,
+            password: None,
+            version,
+        };
+        let set = |state: &mut IrState, p: Option<ProxySettings>, version| {
+            state.apply(&Command::SetProxy { proxy: p, version })
+        };
+        assert_eq!(set(&mut state, Some(proxy(1)), 1), CommandResult::Ok);
+        assert_eq!(set(&mut state, None, 2), CommandResult::Ok);
+        assert!(state.proxy.is_none());
+        assert!(matches!(set(&mut state, Some(proxy(1)), 1), CommandResult::Rejected(_)));
+        assert_eq!(set(&mut state, Some(proxy(3)), 3), CommandResult::Ok);
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(validate_service_name("warehouse_01.eu-west").is_ok());
+        for bad in ["", "-x", "a b", "ü", &"x".repeat(81)] {
+            assert!(validate_service_name(bad).is_err(), "{bad}");
+        }
+    }
+}
