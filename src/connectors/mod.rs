@@ -6,8 +6,14 @@
 //! which are required and which are secret ([`schema`]), checks a definition against that
 //! ([`validate`]), and tries a connection from the node that runs it ([`probe`]).
 
+mod filesystem;
+mod http;
+mod postgres;
+
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,13 +44,10 @@ impl ServiceType {
 
     /// Parses a type name as operators write it; the error lists the known types.
     pub fn parse(text: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str() == text)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Self::ALL.iter().map(|t| t.as_str()).collect();
-                format!("unknown linked-service type '{text}' (known: {})", known.join(", "))
-            })
+        Self::ALL.into_iter().find(|t| t.as_str() == text).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|t| t.as_str()).collect();
+            format!("unknown linked-service type '{text}' (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -96,24 +99,462 @@ pub struct ProxyConfig {
     pub password: Option<SecretString>,
 }
 
+impl ServiceSpec {
+    /// An empty definition of a type, to fill with [`with`](Self::with) and
+    /// [`with_secret`](Self::with_secret).
+    pub fn new(kind: ServiceType) -> Self {
+        Self {
+            kind,
+            fields: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a plain field.
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.fields.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Sets a secret field.
+    pub fn with_secret(mut self, name: &str, value: impl Into<SecretString>) -> Self {
+        self.secrets.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// A plain field's value, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+
+    /// A secret field's value, if given.
+    pub fn get_secret(&self, name: &str) -> Option<&SecretString> {
+        self.secrets.get(name)
+    }
+}
+
+/// How long a probe may take in all (name resolution, connecting, logging in, the first
+/// answer): long enough for a slow VPN or a cold DNS cache, short enough that an operator
+/// waiting on a connection test learns that nothing answers rather than waiting on TCP's
+/// own timeouts, which run to minutes.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The fields a type has.
 pub fn schema(kind: ServiceType) -> &'static [FieldSpec] {
-    let _ = kind;
-    &[]
+    match kind {
+        ServiceType::Postgres => postgres::FIELDS,
+        ServiceType::Filesystem => filesystem::FIELDS,
+        ServiceType::Http => http::FIELDS,
+    }
 }
 
 /// Checks a definition against its type's schema: every required field present, no unknown
 /// field, secret values only in secret fields, ports, paths and URLs well formed. The error
 /// is one line naming the field; it never contains a secret value.
 pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
-    let _ = spec;
-    Ok(())
+    let kind = spec.kind;
+    let fields = schema(kind);
+    let find = |name: &str| fields.iter().find(|f| f.name == name);
+
+    for name in spec.fields.keys().chain(spec.secrets.keys()) {
+        if find(name).is_none() {
+            let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
+            return Err(format!(
+                "{kind} linked service: unknown field '{name}' (its fields: {})",
+                known.join(", ")
+            ));
+        }
+    }
+
+    // Misplaced values first: a password typed as a plain field would otherwise be
+    // replicated and shown in clear, so it is refused before anything looks at its value.
+    for name in spec.fields.keys() {
+        if find(name).is_some_and(|f| f.secret) {
+            return Err(format!(
+                "{kind} linked service: field '{name}' is secret: give it as a secret, not as a plain field"
+            ));
+        }
+    }
+    for name in spec.secrets.keys() {
+        if find(name).is_some_and(|f| !f.secret) {
+            return Err(format!(
+                "{kind} linked service: field '{name}' is not secret: give it as a plain field"
+            ));
+        }
+    }
+
+    for field in fields {
+        let given = if field.secret {
+            spec.secrets.get(field.name).map(|s| s.expose().is_empty())
+        } else {
+            spec.fields.get(field.name).map(|v| v.trim().is_empty())
+        };
+        match given {
+            None if field.required => {
+                return Err(format!(
+                    "{kind} linked service: field '{}' is required ({})",
+                    field.name, field.about
+                ));
+            }
+            Some(true) => {
+                return Err(format!(
+                    "{kind} linked service: field '{}' is empty (leave it out if it is optional)",
+                    field.name
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    for (name, value) in &spec.fields {
+        let Some(field) = find(name) else { continue };
+        // Every plain field is one line: a line break in a host or user name could smuggle a
+        // header into an HTTP request or a second line into a log.
+        if value.chars().any(char::is_control) {
+            return Err(format!(
+                "{kind} linked service: field '{name}' contains a control character"
+            ));
+        }
+        check_kind(field, value).map_err(|why| format!("{kind} linked service: field '{name}' {why}"))?;
+    }
+
+    match kind {
+        ServiceType::Http => http::check(spec),
+        ServiceType::Postgres | ServiceType::Filesystem => Ok(()),
+    }
+}
+
+/// The value check of a field kind; the error completes "field 'x' …".
+fn check_kind(field: &FieldSpec, value: &str) -> Result<(), String> {
+    match field.kind {
+        FieldKind::Text => Ok(()),
+        FieldKind::Port => match parse_port(value) {
+            Some(_) => Ok(()),
+            None => Err(format!("is not a port number (1-65535): '{value}'")),
+        },
+        FieldKind::Path if Path::new(value).is_absolute() => Ok(()),
+        FieldKind::Path => Err(format!("must be an absolute path: '{value}'")),
+        // The URL itself is not repeated: it may carry a token in its query.
+        FieldKind::Url => http::Url::parse(value).map(|_| ()),
+    }
+}
+
+/// A port as operators write it: decimal digits only (no sign, no spaces), 1–65535.
+fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
 /// Connects to the store from this node and does the cheapest thing that proves the
 /// definition works (log in, list the root, one request). Returns what was checked, or one
 /// line saying why it failed; neither ever contains a secret value.
+///
+/// The definition is validated first. The whole probe is bounded by [`PROBE_TIMEOUT`].
+/// `proxy` is used by the types that speak HTTP and ignored by the others.
 pub async fn probe(spec: &ServiceSpec, proxy: Option<&ProxyConfig>) -> Result<String, String> {
-    let _ = (spec, proxy);
-    Err("not implemented".into())
+    probe_within(spec, proxy, PROBE_TIMEOUT).await
+}
+
+async fn probe_within(spec: &ServiceSpec, proxy: Option<&ProxyConfig>, limit: Duration) -> Result<String, String> {
+    validate(spec)?;
+    let work = async {
+        match spec.kind {
+            ServiceType::Postgres => postgres::probe(spec, limit).await,
+            ServiceType::Filesystem => filesystem::probe(spec).await,
+            ServiceType::Http => http::probe(spec, proxy, None).await,
+        }
+    };
+    let outcome = match tokio::time::timeout(limit, work).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!(
+            "gave up after {}: no answer from {}",
+            show_duration(limit),
+            target(spec, proxy)
+        )),
+    };
+
+    // The probes never format a secret into a message; this is the second line of defence,
+    // for text that comes from elsewhere (a server's error, an OS error).
+    let secrets: Vec<&str> = spec
+        .secrets
+        .values()
+        .chain(proxy.and_then(|p| p.password.as_ref()))
+        .map(SecretString::expose)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let clean = |text: String| redact(&one_line(&text), &secrets);
+    outcome.map(clean).map_err(clean)
+}
+
+/// What a probe talks to, for the timeout message.
+fn target(spec: &ServiceSpec, proxy: Option<&ProxyConfig>) -> String {
+    match spec.kind {
+        ServiceType::Postgres => postgres::target(spec),
+        ServiceType::Filesystem => filesystem::target(spec),
+        ServiceType::Http => http::target(spec, proxy),
+    }
+}
+
+fn show_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// Folds a multi-line message (PostgreSQL's DETAIL and HINT lines, say) into one line.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets {
+        if out.contains(secret) {
+            out = out.replace(secret, "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "S3cr3t-never-shown";
+
+    fn postgres() -> ServiceSpec {
+        ServiceSpec::new(ServiceType::Postgres)
+            .with("host", "db1.example")
+            .with("port", "5433")
+            .with("database", "sales")
+            .with("user", "etl")
+            .with_secret("password", SECRET)
+    }
+
+    fn http() -> ServiceSpec {
+        ServiceSpec::new(ServiceType::Http)
+            .with("url", "https://api.example/v1/ping")
+            .with("user", "etl")
+            .with_secret("password", SECRET)
+    }
+
+    /// Validates a definition that must fail; checks the error is one line, names `field`
+    /// and holds no secret value.
+    fn refused(spec: &ServiceSpec, field: &str) -> String {
+        let err = validate(spec).expect_err("the definition should be refused");
+        assert!(
+            err.contains(&format!("'{field}'")),
+            "error does not name field {field}: {err}"
+        );
+        assert!(!err.contains('\n'), "error is not one line: {err}");
+        assert!(!err.contains(SECRET), "error shows a secret: {err}");
+        err
+    }
+
+    #[test]
+    fn schema_lists_each_types_fields() {
+        let names = |kind| schema(kind).iter().map(|f| f.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(ServiceType::Postgres),
+            ["host", "port", "database", "user", "password"]
+        );
+        assert_eq!(names(ServiceType::Filesystem), ["root"]);
+        assert_eq!(names(ServiceType::Http), ["url", "user", "password"]);
+        for kind in ServiceType::ALL {
+            for field in schema(kind) {
+                assert_eq!(field.secret, field.name == "password", "{kind}.{}", field.name);
+            }
+        }
+    }
+
+    #[test]
+    fn validate_accepts_complete_and_minimal_definitions() {
+        validate(&postgres()).unwrap();
+        validate(&http()).unwrap();
+        validate(&ServiceSpec::new(ServiceType::Filesystem).with("root", "/data/in")).unwrap();
+        let minimal = ServiceSpec::new(ServiceType::Postgres)
+            .with("host", "db1")
+            .with("database", "sales")
+            .with("user", "etl");
+        validate(&minimal).unwrap();
+        validate(&ServiceSpec::new(ServiceType::Http).with("url", "http://[::1]:8080")).unwrap();
+        validate(&ServiceSpec::new(ServiceType::Http).with("url", "HTTP://host?q=1")).unwrap();
+    }
+
+    #[test]
+    fn validate_requires_required_fields_non_empty() {
+        let mut spec = postgres();
+        spec.fields.remove("host");
+        let err = refused(&spec, "host");
+        assert!(err.contains("required"), "{err}");
+        refused(&postgres().with("database", "  "), "database");
+        refused(&ServiceSpec::new(ServiceType::Filesystem), "root");
+        refused(&ServiceSpec::new(ServiceType::Http), "url");
+        // An optional field that is given must still have a value.
+        refused(&postgres().with("port", ""), "port");
+        refused(&postgres().with_secret("password", ""), "password");
+    }
+
+    #[test]
+    fn validate_rejects_unknown_fields_and_lists_the_types_fields() {
+        let err = refused(&postgres().with("hots", "db2"), "hots");
+        assert!(err.contains("host, port, database, user, password"), "{err}");
+        let err = refused(&postgres().with_secret("token", SECRET), "token");
+        assert!(err.contains("host, port, database, user, password"), "{err}");
+        let err = refused(
+            &ServiceSpec::new(ServiceType::Filesystem)
+                .with("root", "/x")
+                .with("host", "a"),
+            "host",
+        );
+        assert!(err.contains("(its fields: root)"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_secret_given_as_plain_field() {
+        let mut spec = postgres();
+        spec.secrets.clear();
+        let spec = spec.with("password", SECRET);
+        let err = refused(&spec, "password");
+        assert!(err.contains("is secret"), "{err}");
+        let mut spec = http();
+        spec.secrets.clear();
+        refused(&spec.with("password", SECRET), "password");
+    }
+
+    #[test]
+    fn validate_rejects_plain_field_given_as_secret() {
+        let mut spec = postgres();
+        spec.fields.remove("user");
+        let err = refused(&spec.with_secret("user", SECRET), "user");
+        assert!(err.contains("not secret"), "{err}");
+        // Both ways at once: still refused, still without the value.
+        refused(&postgres().with_secret("host", SECRET), "host");
+    }
+
+    #[test]
+    fn validate_checks_ports() {
+        for good in ["1", "5432", "65535", "0080"] {
+            validate(&postgres().with("port", good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["0", "65536", "99999999999", "-1", "+5432", " 5432", "5432x", "x"] {
+            let err = refused(&postgres().with("port", bad), "port");
+            assert!(err.contains("1-65535"), "{bad}: {err}");
+        }
+        assert_eq!(parse_port("443"), Some(443));
+        assert_eq!(parse_port("0"), None);
+    }
+
+    #[test]
+    fn validate_checks_paths_are_absolute() {
+        let fs = |root: &str| ServiceSpec::new(ServiceType::Filesystem).with("root", root);
+        validate(&fs("/")).unwrap();
+        validate(&fs("/mnt/share/in")).unwrap();
+        for bad in ["data/in", "./in", "~/in"] {
+            let err = refused(&fs(bad), "root");
+            assert!(err.contains("absolute"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn validate_checks_urls() {
+        for (bad, why) in [
+            ("ftp://host/", "http:// or https://"),
+            ("host.example/path", "http:// or https://"),
+            ("http://", "no host"),
+            ("http:///path", "no host"),
+            ("http://:8080/", "no host"),
+            ("http://host:0/", "port"),
+            ("http://host:70000/", "port"),
+            ("http://host:80x/", "port"),
+            ("http://[::1/", "'['"),
+            ("http://[zz::1]/", "IPv6"),
+            ("http://host/a b", "spaces"),
+            ("http://hôst/", "non-ASCII"),
+        ] {
+            let err = refused(&http().with("url", bad), "url");
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn validate_refuses_credentials_inside_a_url_without_repeating_them() {
+        let err = refused(&http().with("url", format!("https://etl:{SECRET}@api.example/")), "url");
+        assert!(err.contains("'user' and 'password'"), "{err}");
+        // A URL's query may hold a token: errors about a URL never repeat it.
+        let err = refused(
+            &http().with("url", format!("https://api.example:0/?sig={SECRET}")),
+            "url",
+        );
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_control_characters_in_plain_fields() {
+        let err = refused(&postgres().with("host", "db1\r\nX-Injected: yes"), "host");
+        assert!(err.contains("control character"), "{err}");
+        refused(&http().with("user", "etl\n"), "user");
+    }
+
+    #[test]
+    fn validate_http_basic_credentials_rules() {
+        let err = refused(&http().with("user", "dom:etl"), "user");
+        assert!(err.contains("':'"), "{err}");
+        let mut spec = http();
+        spec.fields.remove("user");
+        refused(&spec, "password");
+        let mut spec = http();
+        spec.secrets.clear();
+        validate(&spec).unwrap();
+    }
+
+    #[test]
+    fn validate_errors_never_contain_secret_values() {
+        // Every way to get a definition wrong, each with the secret somewhere in it.
+        let mut no_user = postgres();
+        no_user.fields.remove("user");
+        let cases = [
+            no_user,
+            postgres().with("port", "0"),
+            postgres().with("bogus", "x"),
+            postgres().with_secret("bogus", SECRET),
+            postgres().with_secret("user", SECRET),
+            postgres().with("password", SECRET),
+            http().with("url", format!("https://u:{SECRET}@h/")),
+            http().with("url", format!("gopher://h/{SECRET}")),
+            http().with("url", format!("http://h:1{SECRET}/")),
+            http().with("url", format!("http://h/{SECRET} x")),
+            http().with("user", "a:b"),
+        ];
+        for spec in &cases {
+            let err = validate(spec).expect_err("should be refused");
+            assert!(!err.contains(SECRET), "{err}");
+            assert!(!err.contains("S3cr3t"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_validates_before_connecting() {
+        let err = probe(&postgres().with("port", "0"), None).await.unwrap_err();
+        assert!(err.contains("'port'"), "{err}");
+    }
+
+    #[test]
+    fn messages_are_folded_to_one_line_and_redacted() {
+        assert_eq!(
+            one_line("db error: FATAL: no\nDETAIL: why\r\n\nHINT: fix"),
+            "db error: FATAL: no; DETAIL: why; HINT: fix"
+        );
+        assert_eq!(redact("user a pw hunter2!", &["hunter2"]), "user a pw ***!");
+        assert_eq!(show_duration(Duration::from_secs(10)), "10 s");
+        assert_eq!(show_duration(Duration::from_millis(250)), "250 ms");
+    }
 }

@@ -1,0 +1,282 @@
+//! PostgreSQL linked services: their fields and the connection probe (log in, ask the
+//! server its version).
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use super::{FieldKind, FieldSpec, ServiceSpec, one_line, parse_port};
+
+/// PostgreSQL's own default, as libpq uses it.
+pub(super) const DEFAULT_PORT: u16 = 5432;
+
+pub(super) const FIELDS: &[FieldSpec] = &[
+    FieldSpec {
+        name: "host",
+        required: true,
+        secret: false,
+        kind: FieldKind::Text,
+        about: "host name or IP address of the PostgreSQL server",
+    },
+    FieldSpec {
+        name: "port",
+        required: false,
+        secret: false,
+        kind: FieldKind::Port,
+        about: "TCP port of the server (default 5432)",
+    },
+    FieldSpec {
+        name: "database",
+        required: true,
+        secret: false,
+        kind: FieldKind::Text,
+        about: "database to connect to",
+    },
+    FieldSpec {
+        name: "user",
+        required: true,
+        secret: false,
+        kind: FieldKind::Text,
+        about: "role to log in as",
+    },
+    FieldSpec {
+        name: "password",
+        required: false,
+        secret: true,
+        kind: FieldKind::Text,
+        about: "password of the role",
+    },
+];
+
+fn port(spec: &ServiceSpec) -> u16 {
+    spec.get("port").and_then(parse_port).unwrap_or(DEFAULT_PORT)
+}
+
+fn address(spec: &ServiceSpec) -> String {
+    let host = spec.get("host").unwrap_or_default();
+    if host.contains(':') {
+        format!("[{host}]:{}", port(spec))
+    } else {
+        format!("{host}:{}", port(spec))
+    }
+}
+
+pub(super) fn target(spec: &ServiceSpec) -> String {
+    format!("PostgreSQL at {}", address(spec))
+}
+
+/// Logs in and asks for the server's version, user and database: a login alone proves the
+/// password, and the query proves the session is usable (not, say, refused for too many
+/// connections after authentication).
+pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String, String> {
+    let user = spec.get("user").unwrap_or_default();
+    let database = spec.get("database").unwrap_or_default();
+    let at = address(spec);
+
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(spec.get("host").unwrap_or_default())
+        .port(port(spec))
+        .dbname(database)
+        .user(user)
+        .application_name("shir linked-service probe")
+        .connect_timeout(limit);
+    if let Some(password) = spec.get_secret("password") {
+        // tokio-postgres keeps its own copy of the password in the Config, not zeroized;
+        // it lives only as long as this function.
+        config.password(password.expose());
+    }
+
+    // TLS to PostgreSQL is not supported yet, so the connection is plain TCP. With the
+    // server's default scram-sha-256 authentication the password itself never crosses the
+    // wire; a server configured for `password` authentication would receive it in clear.
+    let failed = |what: &str, e: tokio_postgres::Error| {
+        format!(
+            "{what} PostgreSQL at {at} as {user} to database {database}: {}",
+            one_line(&crate::error_chain(&e))
+        )
+    };
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| failed("cannot connect to", e))?;
+    // The connection object drives the socket; it finishes on its own once `client` is dropped.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_user::text, current_database()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| failed("logged in, but a query failed on", e))?;
+    let version: String = row.get(0);
+    let who: String = row.get(1);
+    let db: String = row.get(2);
+    Ok(format!(
+        "connected to PostgreSQL {version} as {who} to database {db} at {at}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::config::Host;
+
+    use super::super::{ServiceType, probe as probe_spec};
+    use super::*;
+
+    /// The server named by `SHIR_TEST_PG`, or `None` (and a note) when it is not set.
+    fn test_server() -> Option<tokio_postgres::Config> {
+        match std::env::var("SHIR_TEST_PG") {
+            Ok(text) if !text.trim().is_empty() => {
+                Some(text.parse().expect("SHIR_TEST_PG is a libpq connection string"))
+            }
+            _ => {
+                println!("skipped: SHIR_TEST_PG is not set (run .ci/postgres)");
+                None
+            }
+        }
+    }
+
+    /// A login role made for one test, with a random name and password, dropped by
+    /// [`TestRole::drop_role`].
+    struct TestRole {
+        admin: tokio_postgres::Client,
+        name: String,
+        password: String,
+        host: String,
+        port: u16,
+    }
+
+    impl TestRole {
+        async fn create(server: &tokio_postgres::Config) -> TestRole {
+            let (admin, connection) = server.connect(NoTls).await.expect("connect with SHIR_TEST_PG");
+            tokio::spawn(connection);
+            let name = format!("shir_probe_{:016x}", rand::random::<u64>());
+            let password = format!("pw-{:032x}", rand::random::<u128>());
+            // Both are hex made just above: nothing to quote.
+            admin
+                .batch_execute(&format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"))
+                .await
+                .expect("create a test role (SHIR_TEST_PG's role needs CREATEROLE)");
+            let host = match server.get_hosts().first() {
+                Some(Host::Tcp(host)) => host.clone(),
+                Some(Host::Unix(path)) => path.display().to_string(),
+                None => "localhost".to_owned(),
+            };
+            let port = server.get_ports().first().copied().unwrap_or(DEFAULT_PORT);
+            TestRole {
+                admin,
+                name,
+                password,
+                host,
+                port,
+            }
+        }
+
+        fn spec(&self, database: &str, password: &str) -> ServiceSpec {
+            ServiceSpec::new(ServiceType::Postgres)
+                .with("host", &self.host)
+                .with("port", self.port.to_string())
+                .with("database", database)
+                .with("user", &self.name)
+                .with_secret("password", password)
+        }
+
+        async fn drop_role(self) {
+            self.admin
+                .batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name))
+                .await
+                .expect("drop the test role");
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_probe_with_the_right_password_connects() {
+        let Some(server) = test_server() else { return };
+        let role = TestRole::create(&server).await;
+        let outcome = probe_spec(&role.spec("postgres", &role.password), None).await;
+        let (name, at) = (role.name.clone(), format!("{}:{}", role.host, role.port));
+        role.drop_role().await;
+
+        let ok = outcome.unwrap();
+        println!("{ok}");
+        assert!(ok.starts_with("connected to PostgreSQL "), "{ok}");
+        assert!(
+            ok.ends_with(&format!(" as {name} to database postgres at {at}")),
+            "{ok}"
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_probe_with_a_wrong_password_fails_without_showing_it() {
+        let Some(server) = test_server() else { return };
+        let role = TestRole::create(&server).await;
+        let wrong = format!("wrong-{:016x}", rand::random::<u64>());
+        let outcome = probe_spec(&role.spec("postgres", &wrong), None).await;
+        let mut no_password = role.spec("postgres", "x");
+        no_password.secrets.clear();
+        let without = probe_spec(&no_password, None).await;
+        let right = role.password.clone();
+        let name = role.name.clone();
+        role.drop_role().await;
+
+        let err = outcome.unwrap_err();
+        println!("{err}");
+        assert!(
+            err.contains(&format!("password authentication failed for user \"{name}\"")),
+            "{err}"
+        );
+        assert!(!err.contains(&wrong) && !err.contains(&right), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = without.unwrap_err();
+        println!("{err}");
+        assert!(err.contains("password missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn postgres_probe_of_an_unknown_database_fails() {
+        let Some(server) = test_server() else { return };
+        let role = TestRole::create(&server).await;
+        let database = format!("no_such_db_{:08x}", rand::random::<u32>());
+        let outcome = probe_spec(&role.spec(&database, &role.password), None).await;
+        let password = role.password.clone();
+        role.drop_role().await;
+
+        let err = outcome.unwrap_err();
+        println!("{err}");
+        assert!(
+            err.contains(&format!("database \"{database}\" does not exist")),
+            "{err}"
+        );
+        assert!(!err.contains(&password), "{err}");
+    }
+
+    #[tokio::test]
+    async fn postgres_probe_of_a_closed_port_fails() {
+        // Needs no server: a port bound and let go has nothing listening.
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = ServiceSpec::new(ServiceType::Postgres)
+            .with("host", "127.0.0.1")
+            .with("port", port.to_string())
+            .with("database", "sales")
+            .with("user", "etl")
+            .with_secret("password", "closed-port-secret");
+        let err = probe_spec(&spec, None).await.unwrap_err();
+        println!("{err}");
+        assert!(
+            err.starts_with(&format!(
+                "cannot connect to PostgreSQL at 127.0.0.1:{port} as etl to database sales: "
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("closed-port-secret"), "{err}");
+    }
+}
