@@ -133,6 +133,10 @@ mod tests {
             Ok(text) if !text.trim().is_empty() => {
                 Some(text.parse().expect("SHIR_TEST_PG is a libpq connection string"))
             }
+            // CI starts a server (.ci/run calls .ci/postgres): there, a missing one is a failure.
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but SHIR_TEST_PG is not set: .ci/run must start PostgreSQL with .ci/postgres")
+            }
             _ => {
                 println!("skipped: SHIR_TEST_PG is not set (run .ci/postgres)");
                 None

@@ -179,3 +179,54 @@ impl Drop for DumpLogsOnPanic {
         }
     }
 }
+
+/// The PostgreSQL server tests may use, from `SHIR_TEST_PG` (libpq `key=value` form, a role
+/// that may create roles), as its fields; `None` (with the reason printed) when it is unset,
+/// so tests that need it skip. `.ci/postgres` starts one and prints the variable.
+pub fn test_postgres() -> Option<std::collections::BTreeMap<String, String>> {
+    let Ok(conn) = std::env::var("SHIR_TEST_PG") else {
+        // CI starts a server (.ci/run calls .ci/postgres): there, a missing one is a failure.
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but SHIR_TEST_PG is not set: .ci/run must start PostgreSQL with .ci/postgres"
+        );
+        eprintln!("skipped the PostgreSQL part: SHIR_TEST_PG is not set (run .ci/postgres)");
+        return None;
+    };
+    Some(
+        conn.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect(),
+    )
+}
+
+/// An HTTP proxy on 127.0.0.1 that answers every request `200 OK` and records the request
+/// heads it received, so a test can see what a connector sent through it.
+pub async fn recording_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                record.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
