@@ -74,7 +74,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// Removes what a failed provisioning wrote, leaving the directory as it was before.
-fn undo(dir: &DataDir, created: bool) {
+pub(crate) fn undo(dir: &DataDir, created: bool) {
     if created {
         let _ = std::fs::remove_dir_all(dir.root());
     } else if let Ok(entries) = std::fs::read_dir(dir.root()) {

@@ -5,6 +5,7 @@
 //! that data key on disk wrapped by a node-local key ([`store_data_key`]), the way the
 //! runtimes shir replaces lean on DPAPI.
 
+pub mod backup;
 pub mod member_proof;
 mod store;
 
