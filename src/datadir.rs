@@ -10,6 +10,7 @@
 //! data.key     the IR's data key, sealed with local.key
 //! db/          sled: Raft log, vote, state machine, snapshot
 //! shir.sock    owner-only Unix socket for local administration
+//! restored     present from `shir backup restore` until the node has caught up (no voting)
 //! ```
 
 use std::fs;
@@ -93,6 +94,11 @@ impl DataDir {
     pub fn db_path(&self) -> PathBuf {
         self.root.join("db")
     }
+    /// Present while a node restored from a backup has not yet caught up (node::restored).
+    pub fn restored_marker_path(&self) -> PathBuf {
+        self.root.join("restored")
+    }
+
     pub fn socket_path(&self) -> PathBuf {
         self.root.join("shir.sock")
     }

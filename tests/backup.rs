@@ -232,9 +232,52 @@ async fn restored_member_rejoins_as_itself_and_catches_up() {
     }
     assert!(!restored_dir.join("db").exists(), "restore must not make a database");
 
-    steps.step("start the restored node2");
+    steps.step("lose the dispatcher too, then start the restored node2 beside the last node");
+    // node2 lost its log and its vote record. Were it to vote now, it and the remaining
+    // node could elect a leader that lacks writes committed by the lost majority.
+    let dispatcher = ir.dispatcher(0).await.expect("a dispatcher");
+    let other = 2 - dispatcher; // the one of node1 (0) and node3 (2) that stays up
+    ir.kill(dispatcher).await.expect("kill the dispatcher");
     ir.nodes[1].dir = DataDir::new(&restored_dir);
     ir.start(1).await.expect("restored node2 starts");
+    let ids = [
+        node2_id.as_u64().unwrap(),
+        ir.local_view(other).await.expect("view").node_id,
+    ];
+    let watch_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < watch_until {
+        for i in [1, other] {
+            if let Ok(v) = ir.local_view(i).await {
+                assert!(
+                    !ids.contains(&v.leader_id),
+                    "a leader was elected by the restored node's vote: {v:?}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&ir.nodes[1].log).unwrap_or_default();
+    assert!(
+        log.contains("not voting until"),
+        "node2 should say it does not vote yet:\n{log}"
+    );
+    assert!(
+        restored_dir.join("restored").exists(),
+        "the restore marker is still there"
+    );
+
+    steps.step("the lost dispatcher returns: a leader, node2 catches up and votes again");
+    ir.start(dispatcher).await.expect("restart the old dispatcher");
+    eventually("the restore marker to go", Duration::from_secs(30), || async {
+        if restored_dir.join("restored").exists() {
+            Err("node2 has not caught up yet".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(&ir.nodes[1].log).unwrap_or_default();
+    assert!(log.contains("voting again"), "{log}");
 
     steps.step("it is the same member: same id, Online voter, no new node");
     let status = ir

@@ -190,13 +190,22 @@ fn restore(file: &Path, password: &PasswordSource, dir: &DataDir) -> Result<(Nod
     // Everything is known good; only now is anything written, node.json last.
     dir.ensure_empty()?;
     let created = dir.create()?;
-    if let Err(e) = dir.write_identity(
-        &config,
-        &contents.ca_cert_pem,
-        &contents.cert_pem,
-        &contents.key_pem,
-        &contents.data_key,
-    ) {
+    // Written before node.json: a node that starts from this dir must know it lost its
+    // Raft log and vote record (see node::restored).
+    let marked = std::fs::write(
+        dir.restored_marker_path(),
+        b"restored from a backup; removed once caught up\n",
+    )
+    .with_context(|| format!("cannot write {}", dir.restored_marker_path().display()));
+    if let Err(e) = marked.and_then(|()| {
+        dir.write_identity(
+            &config,
+            &contents.ca_cert_pem,
+            &contents.cert_pem,
+            &contents.key_pem,
+            &contents.data_key,
+        )
+    }) {
         crate::node::provision::undo(dir, created);
         return Err(e);
     }

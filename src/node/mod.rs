@@ -8,6 +8,7 @@ pub mod liveness;
 pub mod membership;
 pub mod proposer;
 pub mod provision;
+pub mod restored;
 pub mod services;
 pub mod sysload;
 
@@ -48,6 +49,8 @@ pub struct Node {
     /// Serial of this node's certificate: once it is on the revoked list, this node was removed.
     pub cert_serial: String,
     pub db: sled::Db,
+    /// Refuses votes while a node restored from a backup catches up.
+    pub restore_guard: restored::RestoreGuard,
 }
 
 /// Where a call that must run on the dispatcher goes.
@@ -379,6 +382,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
         cert_not_after,
         cert_serial,
         db,
+        restore_guard: restored::RestoreGuard::load(dir),
     });
 
     let (members_in, joiners_in) = accept_node_port(listener, port_tls);
@@ -407,5 +411,6 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
     }
     tokio::spawn(liveness::heartbeat_loop(node.clone()));
     tokio::spawn(membership::reconcile_loop(node.clone()));
+    tokio::spawn(restored::watch(node.clone()));
     Ok(node)
 }

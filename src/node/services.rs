@@ -82,12 +82,21 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl proto::raft_server::Raft for Services {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(self.raft_request(&req, "AppendEntries")?)?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
+            decode(self.raft_request(&req, "AppendEntries")?)?;
+        self.node
+            .restore_guard
+            .saw_leader_commit(rpc.leader_commit.map(|l| l.index));
         encode(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(self.raft_request(&req, "Vote")?)?;
+        if self.node.restore_guard.refuses_votes() {
+            return Err(Status::unavailable(
+                "this node was restored from a backup and does not vote until it has caught up",
+            ));
+        }
         encode(&self.node.raft.vote(rpc).await)
     }
 
