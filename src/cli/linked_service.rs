@@ -25,6 +25,7 @@ filesystem  --root (an absolute path on every node)\n  http        --url [--user
 Example: echo \"$PW\" | shir linked-service create warehouse --type postgres --host db --database sales --user etl --password-stdin"
     )]
     Create {
+        /// Name of the linked service.
         name: String,
         /// postgres, filesystem or http (not needed with --encrypted-credential).
         #[arg(long = "type", value_name = "TYPE", required_unless_present = "encrypted_credential")]
@@ -36,11 +37,13 @@ Example: echo \"$PW\" | shir linked-service create warehouse --type postgres --h
         encrypted_credential: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Change fields of a linked service (the others keep their values); its version goes up by one.
     Update {
+        /// Name of the linked service.
         name: String,
         #[command(flatten)]
         fields: FieldArgs,
@@ -52,6 +55,7 @@ Example: echo \"$PW\" | shir linked-service create warehouse --type postgres --h
         encrypted_credential: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -65,25 +69,31 @@ Example: echo \"$PW\" | shir linked-service create warehouse --type postgres --h
     },
     /// Show one linked service; secret fields print as ***.
     Show {
+        /// Name of the linked service.
         name: String,
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Connect to the store from the node this command talks to, with the credentials as it decrypts them.
     Test {
+        /// Name of the linked service.
         name: String,
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Delete a linked service.
     Delete {
+        /// Name of the linked service.
         name: String,
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -108,6 +118,7 @@ the blob can then be stored or passed on without exposing it."
         out: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -137,6 +148,7 @@ pub enum ProxyCommand {
         password_stdin: bool,
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -144,6 +156,7 @@ pub enum ProxyCommand {
     Show {
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -151,6 +164,7 @@ pub enum ProxyCommand {
     Clear {
         #[command(flatten)]
         target: Target,
+        /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
