@@ -178,7 +178,7 @@ async fn linked_service_passwords_never_appear_in_clear() {
                 "--type",
                 "http",
                 "--url",
-                "http://x.invalid/",
+                "https://x.invalid/",
                 "--user",
                 "u",
                 "--password-stdin",

@@ -173,6 +173,21 @@ async fn linked_services_replicate_validate_and_survive_failover() {
         ),
         (vec!["create", "x", "--type", "http", "--url", "ftp://host/"], "url"),
         (
+            vec![
+                "create",
+                "x",
+                "--type",
+                "postgres",
+                "--host",
+                "db:5432",
+                "--database",
+                "d",
+                "--user",
+                "u",
+            ],
+            "without a port",
+        ),
+        (
             vec!["create", "x", "--type", "postgres", "--set", "password=x"],
             "--password-stdin",
         ),
@@ -333,6 +348,29 @@ async fn linked_services_replicate_validate_and_survive_failover() {
         )
         .await,
         "not by this one",
+    );
+    same_everywhere(&ir, &expected).await;
+
+    steps.step("a stored password does not follow the service to another server");
+    refused(
+        shir_on(
+            &ir,
+            0,
+            &["linked-service", "update", "warehouse", "--host", "127.0.0.9"],
+            None,
+        )
+        .await,
+        "give it again",
+    );
+    refused(
+        shir_on(
+            &ir,
+            0,
+            &["linked-service", "update", "warehouse", "--set", "user=mallory"],
+            None,
+        )
+        .await,
+        "give it again",
     );
     same_everywhere(&ir, &expected).await;
 

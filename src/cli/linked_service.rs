@@ -21,7 +21,8 @@ pub enum LinkedServiceCommand {
     /// Define a connection to a store; secret fields are encrypted before they are replicated.
     #[command(
         after_help = "Types and their fields:\n  postgres    --host, --database, --user [--port 5432] [--password-stdin]\n  \
-filesystem  --root (an absolute path on every node)\n  http        --url [--user] [--password-stdin] (uses `shir settings proxy`)\n\n\
+filesystem  --root (an absolute path on every node)\n  http        --url [--user] [--password-stdin] (uses `shir settings proxy`; a password needs an https:// URL, \
+or --set insecure_http=true)\n\n\
 Example: echo \"$PW\" | shir linked-service create warehouse --type postgres --host db --database sales --user etl --password-stdin"
     )]
     Create {
@@ -42,6 +43,11 @@ Example: echo \"$PW\" | shir linked-service create warehouse --type postgres --h
         json: bool,
     },
     /// Change fields of a linked service (the others keep their values); its version goes up by one.
+    #[command(
+        after_help = "Fields by type as for `create` (see `shir linked-service create --help`).\n\
+Changing where a password goes (postgres host, port or user; http url or user) needs the password again \
+(--password-stdin) or --unset password, so that a stored password never follows a service to a new server."
+    )]
     Update {
         /// Name of the linked service.
         name: String,
@@ -133,11 +139,13 @@ pub enum SettingsCommand {
 
 #[derive(Subcommand)]
 pub enum ProxyCommand {
-    /// Set the proxy (replaces any previous one); the password is encrypted before it is replicated.
+    /// Set the proxy, replacing the previous one whole (give --user and --password-stdin again to keep
+    /// authentication); the password is encrypted before it is replicated.
     Set {
         /// Proxy host name or IP address.
         #[arg(long)]
         address: String,
+        /// Proxy port (1-65535).
         #[arg(long)]
         port: u32,
         /// User for proxy authentication (Basic).
@@ -318,6 +326,8 @@ fn service_json(s: &proto::LinkedServiceInfo) -> Value {
         "secret_fields": s.secret_fields,
         "created_at": rfc3339_secs(s.created_at),
         "updated_at": rfc3339_secs(s.updated_at),
+        "answered_by": s.answered_by,
+        "stale": s.stale,
     })
 }
 
@@ -477,7 +487,7 @@ pub async fn run(command: LinkedServiceCommand) -> Result<()> {
             if json {
                 print_json(&json!({
                     "name": r.name, "node": r.node, "version": r.version, "decrypted": r.decrypted,
-                    "ok": r.ok, "message": r.message, "elapsed_ms": r.elapsed_ms,
+                    "ok": r.ok, "message": r.message, "elapsed_ms": r.elapsed_ms, "stale": r.stale,
                 }));
             } else if r.ok {
                 println!(
@@ -575,7 +585,7 @@ pub async fn run_credential(command: CredentialCommand) -> Result<()> {
 
 fn proxy_json(p: &proto::ProxyInfo) -> Value {
     if !p.configured {
-        return json!({"configured": false, "version": p.version});
+        return json!({"configured": false, "version": p.version, "answered_by": p.answered_by, "stale": p.stale});
     }
     json!({
         "configured": true,
@@ -584,6 +594,8 @@ fn proxy_json(p: &proto::ProxyInfo) -> Value {
         "user": (!p.user.is_empty()).then_some(&p.user),
         "password": p.password_set.then_some("***"),
         "version": p.version,
+        "answered_by": p.answered_by,
+        "stale": p.stale,
     })
 }
 

@@ -44,6 +44,13 @@ pub(super) const FIELDS: &[FieldSpec] = &[
         kind: FieldKind::Text,
         about: "password for HTTP Basic authentication",
     },
+    FieldSpec {
+        name: "insecure_http",
+        required: false,
+        secret: false,
+        kind: FieldKind::Text,
+        about: "true to allow sending the password over plain http:// (it crosses the network in clear)",
+    },
 ];
 
 /// The most of a response head read before giving up: real heads are a few hundred bytes;
@@ -62,6 +69,28 @@ pub(super) fn check(spec: &ServiceSpec) -> Result<(), String> {
     }
     if spec.get_secret("password").is_some() && spec.get("user").is_none() {
         return Err("http linked service: field 'password' is given without field 'user'".into());
+    }
+    // Basic authentication over plain HTTP is the password in clear on the wire (and in
+    // every proxy on the way).
+    let insecure = match spec.get("insecure_http") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(format!(
+                "http linked service: field 'insecure_http' is true or false, not '{other}'"
+            ));
+        }
+    };
+    if spec.get_secret("password").is_some()
+        && !insecure
+        && let Some(url) = spec.get("url")
+        && !Url::parse(url)?.https
+    {
+        return Err(
+            "http linked service: a password is sent only over https:// (over http:// it crosses the \
+                    network in clear); use an https:// URL, or set insecure_http=true to accept that"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -472,10 +501,33 @@ mod tests {
     const PROXY_PASSWORD: &str = "proxy-pass-9c2a";
 
     fn service(url: &str) -> ServiceSpec {
-        ServiceSpec::new(ServiceType::Http)
+        let spec = ServiceSpec::new(ServiceType::Http)
             .with("url", url)
             .with("user", "etl")
-            .with_secret("password", SERVICE_PASSWORD)
+            .with_secret("password", SERVICE_PASSWORD);
+        // The test servers speak plain HTTP; Basic authentication over it needs the opt-in.
+        if url.starts_with("http://") {
+            spec.with("insecure_http", "true")
+        } else {
+            spec
+        }
+    }
+
+    #[test]
+    fn a_password_over_plain_http_needs_the_opt_in() {
+        let plain = ServiceSpec::new(ServiceType::Http)
+            .with("url", "http://intranet/")
+            .with("user", "etl")
+            .with_secret("password", SERVICE_PASSWORD);
+        let err = super::super::validate(&plain).unwrap_err();
+        assert!(err.contains("https://") && !err.contains(SERVICE_PASSWORD), "{err}");
+        assert!(super::super::validate(&plain.clone().with("insecure_http", "true")).is_ok());
+        assert!(super::super::validate(&plain.clone().with("insecure_http", "yes")).is_err());
+        let tls = ServiceSpec::new(ServiceType::Http)
+            .with("url", "https://intranet/")
+            .with("user", "etl")
+            .with_secret("password", SERVICE_PASSWORD);
+        assert!(super::super::validate(&tls).is_ok());
     }
 
     fn proxy_at(addr: SocketAddr, user: Option<&str>) -> ProxyConfig {

@@ -61,6 +61,8 @@ impl fmt::Display for ServiceType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldKind {
     Text,
+    /// A host name or an IP address, without a port.
+    Host,
     /// 1–65535.
     Port,
     /// An absolute path.
@@ -228,6 +230,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
 fn check_kind(field: &FieldSpec, value: &str) -> Result<(), String> {
     match field.kind {
         FieldKind::Text => Ok(()),
+        FieldKind::Host => check_host(value),
         FieldKind::Port => match parse_port(value) {
             Some(_) => Ok(()),
             None => Err(format!("is not a port number (1-65535): '{value}'")),
@@ -236,6 +239,43 @@ fn check_kind(field: &FieldSpec, value: &str) -> Result<(), String> {
         FieldKind::Path => Err(format!("must be an absolute path: '{value}'")),
         // The URL itself is not repeated: it may carry a token in its query.
         FieldKind::Url => http::Url::parse(value).map(|_| ()),
+    }
+}
+
+/// A host name or IP address as a connector dials it: no port (that has its own field),
+/// no spaces; IPv6 literals with or without brackets. The error completes "field 'x' …".
+pub fn check_host(value: &str) -> Result<(), String> {
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    if value.contains(':') {
+        return Err(format!(
+            "must be a host name or IP address without a port (give the port separately): '{value}'"
+        ));
+    }
+    let name_ok = !value.is_empty()
+        && value.len() <= 253
+        && !value.starts_with(['-', '.'])
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+    if name_ok {
+        Ok(())
+    } else {
+        Err(format!("is not a host name or IP address: '{value}'"))
+    }
+}
+
+/// The plain fields that decide where a type's secrets are sent. Changing one of them
+/// must come with the secrets again: otherwise whoever may edit a linked service could
+/// point it at a server of their own and have a connection test hand it the password.
+pub fn fields_secrets_go_to(kind: ServiceType) -> &'static [&'static str] {
+    match kind {
+        ServiceType::Postgres => &["host", "port", "user"],
+        ServiceType::Http => &["url", "user"],
+        ServiceType::Filesystem => &[],
     }
 }
 
@@ -367,7 +407,7 @@ mod tests {
             ["host", "port", "database", "user", "password"]
         );
         assert_eq!(names(ServiceType::Filesystem), ["root"]);
-        assert_eq!(names(ServiceType::Http), ["url", "user", "password"]);
+        assert_eq!(names(ServiceType::Http), ["url", "user", "password", "insecure_http"]);
         for kind in ServiceType::ALL {
             for field in schema(kind) {
                 assert_eq!(field.secret, field.name == "password", "{kind}.{}", field.name);
@@ -556,5 +596,21 @@ mod tests {
         assert_eq!(redact("user a pw hunter2!", &["hunter2"]), "user a pw ***!");
         assert_eq!(show_duration(Duration::from_secs(10)), "10 s");
         assert_eq!(show_duration(Duration::from_millis(250)), "250 ms");
+    }
+
+    #[test]
+    fn hosts_carry_no_port() {
+        for good in ["db1", "db1.corp.local", "10.0.0.5", "::1", "[fe80::1]", "my_host"] {
+            assert!(check_host(good).is_ok(), "{good}");
+        }
+        for bad in ["db:5432", "proxy:3128", "", "-", "a b", ".x", "x/y"] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+        assert!(check_host("db:5432").unwrap_err().contains("without a port"));
+        let spec = ServiceSpec::new(ServiceType::Postgres)
+            .with("host", "db:5432")
+            .with("database", "d")
+            .with("user", "u");
+        assert!(validate(&spec).unwrap_err().contains("'host'"));
     }
 }

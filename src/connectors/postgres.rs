@@ -15,7 +15,7 @@ pub(super) const FIELDS: &[FieldSpec] = &[
         name: "host",
         required: true,
         secret: false,
-        kind: FieldKind::Text,
+        kind: FieldKind::Host,
         about: "host name or IP address of the PostgreSQL server",
     },
     FieldSpec {
@@ -87,17 +87,24 @@ pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String,
         config.password(password.expose());
     }
 
-    // TLS to PostgreSQL is not supported yet, so the connection is plain TCP. With the
-    // server's default scram-sha-256 authentication the password itself never crosses the
-    // wire; a server configured for `password` authentication would receive it in clear.
+    // TLS to PostgreSQL is not supported yet, so the connection is plain TCP. The stream is
+    // wrapped so that the password is only ever used in a SCRAM exchange, which never puts
+    // it on the wire: a server (or whoever answers in its place) asking for it in clear or
+    // as MD5 gets nothing.
     let failed = |what: &str, e: tokio_postgres::Error| {
         format!(
             "{what} PostgreSQL at {at} as {user} to database {database}: {}",
             one_line(&crate::error_chain(&e))
         )
     };
+    let host = spec.get("host").unwrap_or_default();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let tcp = tokio::net::TcpStream::connect((host, port(spec)))
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL at {at} as {user} to database {database}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
     let (client, connection) = config
-        .connect(NoTls)
+        .connect_raw(ScramOnly::new(tcp), NoTls)
         .await
         .map_err(|e| failed("cannot connect to", e))?;
     // The connection object drives the socket; it finishes on its own once `client` is dropped.
@@ -118,6 +125,92 @@ pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String,
     Ok(format!(
         "connected to PostgreSQL {version} as {who} to database {db} at {at}"
     ))
+}
+
+/// A client stream that refuses a server's request for the password in clear
+/// (`AuthenticationCleartextPassword`, code 3) or as MD5 (code 5), before tokio-postgres
+/// could answer it. It reads the first message the server sends (type `R`, length, code);
+/// everything after passes through untouched.
+struct ScramOnly<S> {
+    inner: S,
+    /// The first 9 bytes from the server, as far as they have arrived.
+    head: [u8; 9],
+    seen: usize,
+}
+
+impl<S> ScramOnly<S> {
+    fn new(inner: S) -> Self {
+        ScramOnly {
+            inner,
+            head: [0; 9],
+            seen: 0,
+        }
+    }
+}
+
+/// Authentication request codes that would hand the server the password (or an MD5 of it
+/// replayable against that server).
+const CLEARTEXT_PASSWORD: u32 = 3;
+const MD5_PASSWORD: u32 = 5;
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ScramOnly<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled
+            && self.seen < self.head.len()
+        {
+            let new = &buf.filled()[before..];
+            let take = new.len().min(self.head.len() - self.seen);
+            let at = self.seen;
+            self.head[at..at + take].copy_from_slice(&new[..take]);
+            self.seen += take;
+            if self.seen == self.head.len() && self.head[0] == b'R' {
+                let code = u32::from_be_bytes([self.head[5], self.head[6], self.head[7], self.head[8]]);
+                if code == CLEARTEXT_PASSWORD || code == MD5_PASSWORD {
+                    let how = if code == CLEARTEXT_PASSWORD {
+                        "in clear"
+                    } else {
+                        "as MD5"
+                    };
+                    return std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!(
+                            "the server asked for the password {how}; shir gives passwords only to \
+                             scram-sha-256 authentication (set password_encryption and pg_hba.conf to scram-sha-256)"
+                        ),
+                    )));
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ScramOnly<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -282,5 +375,57 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("closed-port-secret"), "{err}");
+    }
+
+    /// A server that asks for the password in clear (or as MD5) must get nothing: the
+    /// stand-in for someone who answers in the database's place. Returns what the client
+    /// sent after its startup message.
+    async fn impostor(auth_request: Vec<u8>) -> (String, Vec<u8>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let len = stream.read_u32().await.unwrap() as usize;
+            let mut startup = vec![0u8; len - 4];
+            stream.read_exact(&mut startup).await.unwrap();
+            stream.write_all(&auth_request).await.unwrap();
+            let mut after = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut after)).await;
+            after
+        });
+        let spec = ServiceSpec::new(ServiceType::Postgres)
+            .with("host", "127.0.0.1")
+            .with("port", port.to_string())
+            .with("database", "sales")
+            .with("user", "etl")
+            .with_secret("password", "Impostor-Bait-pw");
+        let err = probe_spec(&spec, None)
+            .await
+            .expect_err("an impostor must not get a login");
+        (err, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn postgres_probe_never_sends_the_password_in_clear_or_as_md5() {
+        let cleartext = [b"R".as_slice(), &8u32.to_be_bytes(), &3u32.to_be_bytes()].concat();
+        let (err, sent) = impostor(cleartext).await;
+        assert!(err.contains("asked for the password in clear"), "{err}");
+        assert!(
+            !String::from_utf8_lossy(&sent).contains("Impostor-Bait-pw"),
+            "password sent: {sent:?}"
+        );
+        assert!(
+            sent.is_empty() || sent[0] != b'p',
+            "a password message was sent: {sent:?}"
+        );
+
+        let md5 = [b"R".as_slice(), &12u32.to_be_bytes(), &5u32.to_be_bytes(), b"salt"].concat();
+        let (err, sent) = impostor(md5).await;
+        assert!(err.contains("as MD5"), "{err}");
+        assert!(
+            sent.is_empty() || sent[0] != b'p',
+            "a password message was sent: {sent:?}"
+        );
     }
 }

@@ -116,6 +116,33 @@ fn lookup(node: &Node, name: &str) -> Result<LinkedService, Status> {
         .ok_or_else(|| Status::not_found(format!("no linked service named '{name}'")))
 }
 
+/// A dispatcher elected a moment ago may not have applied all its predecessor committed;
+/// a write decided on such a state (a "no such service", a "proxy already clear") would be
+/// wrong. Confirming leadership waits until this node has applied everything committed.
+async fn up_to_date(node: &Node) -> Result<(), Status> {
+    if node.confirm_leadership().await {
+        Ok(())
+    } else {
+        Err(super::no_dispatcher())
+    }
+}
+
+/// `lookup` for a read that may be answering from a state no dispatcher confirmed: then a
+/// "no such service" must say it may only be this node that does not know it yet.
+fn lookup_read(node: &Node, name: &str, stale: bool) -> Result<LinkedService, Status> {
+    lookup(node, name).map_err(|e| {
+        if stale {
+            Status::not_found(format!(
+                "{} on node '{}', which could not confirm with a dispatcher that it is up to date",
+                e.message(),
+                node.config.name
+            ))
+        } else {
+            e
+        }
+    })
+}
+
 fn new_id() -> String {
     hex::encode(SecretBytes::random(16).expose())
 }
@@ -123,6 +150,7 @@ fn new_id() -> String {
 // ------------------------------------------------------------------ writes (dispatcher)
 
 pub async fn create(node: &Node, req: proto::LinkedServiceCreateRequest) -> Result<proto::LinkedServiceInfo, Status> {
+    up_to_date(node).await?;
     validate_service_name(&req.name).map_err(invalid)?;
     let ir = node.ir()?;
     let spec = match (req.spec, req.encrypted_credential.trim()) {
@@ -161,14 +189,15 @@ pub async fn create(node: &Node, req: proto::LinkedServiceCreateRequest) -> Resu
 }
 
 pub async fn update(node: &Node, req: proto::LinkedServiceUpdateRequest) -> Result<proto::LinkedServiceInfo, Status> {
+    up_to_date(node).await?;
     let ir = node.ir()?;
     let current = lookup(node, &req.name)?;
-    let mut spec = unseal_service(node, &ir.id, &current)?;
     let blob = req.encrypted_credential.trim();
-    if !blob.is_empty() {
+    let spec = if !blob.is_empty() {
         if req.changes.is_some() || !req.unset.is_empty() {
             return Err(invalid("give field changes or an encrypted credential, not both"));
         }
+        // Replaces everything: the current secrets are not needed (nor must they open).
         let replacement = open_credential(node, &ir.id, blob)?;
         if replacement.kind != current.kind {
             return Err(invalid(format!(
@@ -176,7 +205,7 @@ pub async fn update(node: &Node, req: proto::LinkedServiceUpdateRequest) -> Resu
                 req.name, current.kind, replacement.kind
             )));
         }
-        spec = replacement;
+        replacement
     } else {
         let changes = req.changes.unwrap_or_default();
         if changes.fields.is_empty() && changes.secrets.is_empty() && req.unset.is_empty() {
@@ -190,6 +219,33 @@ pub async fn update(node: &Node, req: proto::LinkedServiceUpdateRequest) -> Resu
                 req.name, current.kind
             )));
         }
+        // A kept secret must not follow the service to a new server: whoever may edit the
+        // service could otherwise point it at their own and read the password off a test.
+        let moved: Vec<&str> = connectors::fields_secrets_go_to(current.kind)
+            .iter()
+            .copied()
+            .filter(|f| {
+                req.unset.iter().any(|u| u == f)
+                    || changes
+                        .fields
+                        .get(*f)
+                        .is_some_and(|v| current.fields.get(*f) != Some(v))
+            })
+            .collect();
+        let kept: Vec<&String> = current
+            .secrets
+            .keys()
+            .filter(|k| !changes.secrets.contains_key(*k) && !req.unset.contains(k))
+            .collect();
+        if !moved.is_empty() && !kept.is_empty() {
+            return Err(invalid(format!(
+                "changing {} of '{}' sends its {} somewhere new: give it again (--password-stdin) or --unset it",
+                moved.join(", "),
+                req.name,
+                kept.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mut spec = unseal_service(node, &ir.id, &current)?;
         for field in &req.unset {
             if changes.fields.contains_key(field) || changes.secrets.contains_key(field) {
                 return Err(invalid(format!("field '{field}' is both set and unset")));
@@ -202,7 +258,8 @@ pub async fn update(node: &Node, req: proto::LinkedServiceUpdateRequest) -> Resu
         spec.fields.extend(changes.fields);
         spec.secrets
             .extend(changes.secrets.into_iter().map(|(k, v)| (k, SecretString::new(v))));
-    }
+        spec
+    };
     check(&spec)?;
     let version = current.version + 1;
     let service = LinkedService {
@@ -225,6 +282,7 @@ pub async fn delete(
     node: &Node,
     req: proto::LinkedServiceDeleteRequest,
 ) -> Result<proto::LinkedServiceDeleteReply, Status> {
+    up_to_date(node).await?;
     let current = lookup(node, &req.name)?;
     node.propose(Command::DeleteLinkedService {
         name: current.name.clone(),
@@ -239,18 +297,10 @@ pub async fn delete(
 }
 
 pub async fn proxy_set(node: &Node, req: proto::ProxySetRequest) -> Result<proto::ProxyInfo, Status> {
+    up_to_date(node).await?;
     let ir = node.ir()?;
     let address = req.address.trim();
-    let host_ok = !address.is_empty()
-        && address.len() <= 253
-        && address
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c));
-    if !host_ok {
-        return Err(invalid(format!(
-            "invalid proxy address '{address}': give a host name or IP address"
-        )));
-    }
+    connectors::check_host(address).map_err(|why| invalid(format!("proxy address {why}")))?;
     let port = u16::try_from(req.port)
         .ok()
         .filter(|p| *p != 0)
@@ -288,6 +338,7 @@ pub async fn proxy_set(node: &Node, req: proto::ProxySetRequest) -> Result<proto
 }
 
 pub async fn proxy_clear(node: &Node) -> Result<proto::ProxyInfo, Status> {
+    up_to_date(node).await?;
     let (configured, version) = node.read_state(|s| (s.proxy.is_some(), s.proxy_version));
     if !configured {
         return Ok(proxy_info(node, None, version, false));
@@ -314,7 +365,7 @@ pub fn list(node: &Node, stale: bool) -> proto::LinkedServiceListReply {
 }
 
 pub fn show(node: &Node, name: &str, stale: bool) -> Result<proto::LinkedServiceInfo, Status> {
-    Ok(info(node, &lookup(node, name)?, stale))
+    Ok(info(node, &lookup_read(node, name, stale)?, stale))
 }
 
 pub fn proxy_show(node: &Node, stale: bool) -> proto::ProxyInfo {
@@ -366,7 +417,7 @@ fn proxy_config(node: &Node, ir_id: &str) -> Result<Option<ProxyConfig>, Status>
 /// Connects to the store from this node with the credentials as this node decrypts them.
 pub async fn test(node: &Node, name: &str, stale: bool) -> Result<proto::LinkedServiceTestReply, Status> {
     let ir = node.ir()?;
-    let service = lookup(node, name)?;
+    let service = lookup_read(node, name, stale)?;
     let mut reply = proto::LinkedServiceTestReply {
         name: service.name.clone(),
         node: node.config.name.clone(),
