@@ -4,6 +4,7 @@
 pub mod auth_key;
 pub mod cli;
 pub mod connectors;
+pub mod copy;
 pub mod datadir;
 pub mod node;
 pub mod pki;

@@ -1,0 +1,209 @@
+//! The data plane: what a worker does with one attempt of a copy job.
+//!
+//! A copy reads its source and writes the sink's *staging* location ([`stage`]); nothing is
+//! visible at the target yet. The control plane then asks the Raft log whether this attempt
+//! is still the current one, and only then makes the output visible ([`Staged::publish`]):
+//! files by an atomic rename, PostgreSQL by committing a transaction that also records the
+//! job id, so a second publish of the same job (another attempt) is a no-op. A staged
+//! output that must not be published is thrown away ([`Staged::discard`]).
+//!
+//! Tabular data travels as Arrow record batches between a source reader (CSV, JSON Lines,
+//! Parquet, a PostgreSQL table or query) and a sink writer; binary copies move files as
+//! they are.
+
+pub mod files;
+pub mod postgres;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::connectors::{ServiceSpec, ServiceType};
+
+/// Where inside a linked service a job reads or writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Location {
+    /// Filesystem: a path relative to the service's root; for a source it may hold a glob
+    /// (`*`, `?`, `**`) or name a directory (all files under it, recursively).
+    Path(String),
+    /// PostgreSQL: a table.
+    Table { schema: String, table: String },
+    /// PostgreSQL source: a query.
+    Query(String),
+}
+
+/// How files are read or written (filesystem only; PostgreSQL ignores it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Format {
+    Csv(CsvOptions),
+    JsonLines,
+    Parquet,
+    /// Files as they are: no parsing, sizes and modification times preserved.
+    Binary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvOptions {
+    /// First line holds column names (read: taken as names; write: written).
+    pub header: bool,
+    pub delimiter: u8,
+    pub quote: u8,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            header: true,
+            delimiter: b',',
+            quote: b'"',
+        }
+    }
+}
+
+/// One end of a copy as a worker sees it: the linked service's definition with its secrets
+/// unsealed for this run, and the place within it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The linked service's name, for messages.
+    pub service_name: String,
+    pub service: ServiceSpec,
+    pub location: Location,
+    pub format: Format,
+}
+
+/// Which attempt of which job this is: staging names and PostgreSQL's idempotency record
+/// carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptId {
+    pub job_id: String,
+    pub attempt: u32,
+}
+
+/// Rows, bytes and files moved so far; read by the progress reporter while the copy runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    pub files: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(&self, rows: u64, bytes: u64, files: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.files.fetch_add(files, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.rows.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.files.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Why a copy failed: one line for `job show` (never a secret), and whether trying again
+/// could help (a refused connection) or not (a malformed row, a missing table).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CopyError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl CopyError {
+    /// Bad input or definition: the same attempt would fail the same way.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        CopyError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// Might pass on another try or another node (network, server restarting, disk full).
+    pub fn transient(message: impl Into<String>) -> Self {
+        CopyError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// The data consistency check of a copy (ADF's `validateDataConsistency`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consistency {
+    /// Tabular copies: rows read from the source and rows written to the sink.
+    pub rows_read: u64,
+    pub rows_written: u64,
+    /// Binary copies: bytes and a SHA-256 over the files' contents (in path order), of the
+    /// source as read and of the staged output as written.
+    pub source_sha256: Option<String>,
+    pub sink_sha256: Option<String>,
+    /// Whether the two sides agree.
+    pub verified: bool,
+}
+
+/// Output written to staging and not yet visible: publish it or discard it.
+pub struct Staged {
+    pub rows: u64,
+    pub bytes: u64,
+    pub files: u64,
+    pub check: Consistency,
+    output: Box<dyn StagedOutput>,
+}
+
+impl Staged {
+    pub fn new(rows: u64, bytes: u64, files: u64, check: Consistency, output: Box<dyn StagedOutput>) -> Self {
+        Staged {
+            rows,
+            bytes,
+            files,
+            check,
+            output,
+        }
+    }
+
+    /// Makes the output visible at the target. Idempotent per job: if another attempt of
+    /// the same job already published, this one leaves the target as it is.
+    pub async fn publish(self) -> Result<(), CopyError> {
+        self.output.publish().await
+    }
+
+    /// Removes the staged output; the target is untouched.
+    pub async fn discard(self) {
+        self.output.discard().await
+    }
+}
+
+/// A sink's staged output.
+pub trait StagedOutput: Send {
+    fn publish(self: Box<Self>) -> BoxFuture<'static, Result<(), CopyError>>;
+    fn discard(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Record batches from a tabular source.
+pub type Batches = BoxStream<'static, Result<arrow::record_batch::RecordBatch, CopyError>>;
+
+/// Reads `source` and writes it to `sink`'s staging location.
+pub async fn stage(attempt: &AttemptId, source: &Endpoint, sink: &Endpoint, counters: &Counters) -> Result<Staged, CopyError> {
+    let binary = matches!(source.format, Format::Binary) || matches!(sink.format, Format::Binary);
+    if binary {
+        if source.service.kind != ServiceType::Filesystem || sink.service.kind != ServiceType::Filesystem {
+            return Err(CopyError::fatal("a binary copy needs filesystem linked services on both sides"));
+        }
+        return files::copy_binary(attempt, source, sink, counters).await;
+    }
+    let batches = match source.service.kind {
+        ServiceType::Filesystem => files::read_table(source, counters).await?,
+        ServiceType::Postgres => postgres::read_table(source, counters).await?,
+        ServiceType::Http => return Err(CopyError::fatal("an http linked service cannot be a copy source yet")),
+    };
+    match sink.service.kind {
+        ServiceType::Filesystem => files::write_table(attempt, sink, batches, counters).await,
+        ServiceType::Postgres => postgres::write_table(attempt, sink, batches, counters).await,
+        ServiceType::Http => Err(CopyError::fatal("an http linked service cannot be a copy sink")),
+    }
+}
