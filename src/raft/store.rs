@@ -570,7 +570,19 @@ mod tests {
 
     /// Opens a node's store at `path`; the sled Db closes once everything returned is dropped.
     fn open(path: &std::path::Path) -> (LogStore, StateMachineStore, Arc<RwLock<IrState>>) {
-        let db = sled::open(path).unwrap();
+        // sled's flusher thread lets go of the previous handle's file lock a moment after the
+        // handle is dropped; a restarted process never sees that, a test reopening at once can.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(path) {
+                Ok(db) => break db,
+                Err(e) if e.to_string().contains("could not acquire lock") && tries < 250 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        };
         let shared = Arc::new(RwLock::new(IrState::default()));
         let (log, sm) = SledStore::open(&db, shared.clone()).unwrap();
         (log, sm, shared)
