@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub mod jobs;
 pub mod linked_service;
 
 pub use linked_service::{LinkedService, ProxySettings};
@@ -100,6 +101,15 @@ pub struct IrState {
     /// Bumped by every proxy change, clearing included, so a version never repeats.
     #[serde(default)]
     pub proxy_version: u64,
+    /// Copy jobs by id, queued, running and the latest finished ones.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, jobs::Job>,
+    /// Submissions so far; gives each job its place in the queue.
+    #[serde(default)]
+    pub job_seq: u64,
+    /// `node set-limit` overrides of the nodes' concurrent-jobs limits.
+    #[serde(default)]
+    pub node_limits: BTreeMap<NodeId, u32>,
 }
 
 /// A log entry's payload: one change to the replicated state.
@@ -145,6 +155,43 @@ pub enum Command {
     SetProxy {
         proxy: Option<ProxySettings>,
         version: u64,
+    },
+    /// A new copy job, queued; its place in the queue is given when applied.
+    SubmitJob {
+        job: jobs::Job,
+    },
+    /// Placements decided by the dispatcher.
+    AssignJobs {
+        assignments: Vec<jobs::Assignment>,
+        now_ms: i64,
+    },
+    /// The current attempt of a job may make its output visible.
+    BeginPublish {
+        job_id: String,
+        attempt: u32,
+        node: NodeId,
+    },
+    /// The end of an attempt, as its worker reports it.
+    FinishJob {
+        job_id: String,
+        attempt: u32,
+        node: NodeId,
+        outcome: jobs::Outcome,
+        now_ms: i64,
+    },
+    /// `node` went Offline: its running jobs go back to the queue.
+    RequeueNode {
+        node: NodeId,
+        now_ms: i64,
+    },
+    CancelJob {
+        job_id: String,
+        now_ms: i64,
+    },
+    /// Set (`Some`) or clear a node's concurrent-jobs limit.
+    SetNodeLimit {
+        node: NodeId,
+        limit: Option<u32>,
     },
     /// Several commands proposed together (group commit); applied in order, each as if alone.
     Batch(Vec<Command>),
@@ -241,6 +288,25 @@ impl IrState {
             } => self.put_linked_service(service, *previous_version),
             Command::DeleteLinkedService { name, id } => self.delete_linked_service(name, id),
             Command::SetProxy { proxy, version } => self.set_proxy(proxy, *version),
+            Command::SubmitJob { job } => self.submit_job(job),
+            Command::AssignJobs { assignments, now_ms } => self.assign_jobs(assignments, *now_ms),
+            Command::BeginPublish { job_id, attempt, node } => self.begin_publish(job_id, *attempt, *node),
+            Command::FinishJob {
+                job_id,
+                attempt,
+                node,
+                outcome,
+                now_ms,
+            } => self.finish_job(job_id, *attempt, *node, outcome, *now_ms),
+            Command::RequeueNode { node, now_ms } => self.requeue_node(*node, *now_ms),
+            Command::CancelJob { job_id, now_ms } => self.cancel_job(job_id, *now_ms),
+            Command::SetNodeLimit { node, limit } => {
+                match limit {
+                    Some(l) => self.node_limits.insert(*node, *l),
+                    None => self.node_limits.remove(node),
+                };
+                CommandResult::Ok
+            }
             Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
         }
     }

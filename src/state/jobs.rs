@@ -1,0 +1,518 @@
+//! Copy jobs in the replicated state: the queue, assignments, outcomes, and the fencing
+//! that makes a late report from an old attempt harmless.
+//!
+//! A job's `attempt` counts assignments. Every report a worker makes carries the attempt
+//! it runs; a report whose attempt (or node) is not the job's current one is refused, so a
+//! worker that was paused or cut off and comes back cannot change a job that has moved on.
+//! Output becomes visible only after `BeginPublish` for the current attempt is committed.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CommandResult, IrState, NodeId};
+use crate::copy::{Consistency, Format, Location};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "Queued",
+            JobState::Running => "Running",
+            JobState::Succeeded => "Succeeded",
+            JobState::Failed => "Failed",
+            JobState::Cancelled => "Cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// One end of a job as submitted: a linked service by name and a place in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    pub service: String,
+    pub location: Location,
+    pub format: Format,
+}
+
+/// How often a job may run and how long it waits between tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. Attempts that end because their node went
+    /// Offline count too: a job that kills its nodes must not go round forever.
+    pub max_attempts: u32,
+    pub interval_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// Three tries, five seconds apart: enough to ride out a node failover or a database
+    /// restart, few enough that a job that cannot succeed fails within a minute.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub source: DatasetRef,
+    pub sink: DatasetRef,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    /// Submission order: the queue is served first in, first out.
+    pub seq: u64,
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// The node running (or that last ran) the current attempt.
+    pub node: Option<NodeId>,
+    /// Assignments so far; 0 while never assigned.
+    pub attempt: u32,
+    /// The current attempt was allowed to make its output visible.
+    pub publishing: bool,
+    pub cancel_requested: bool,
+    pub rows: u64,
+    pub bytes: u64,
+    pub files: u64,
+    pub check: Option<Consistency>,
+    pub error: Option<String>,
+    pub submitted_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// A retried job waits until then before it is assigned again.
+    pub not_before_ms: i64,
+}
+
+/// What a worker reports at the end of an attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Succeeded {
+        rows: u64,
+        bytes: u64,
+        files: u64,
+        check: Consistency,
+    },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    Cancelled,
+}
+
+/// One placement decided by the dispatcher; `limit` is the node's limit it was decided with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub job_id: String,
+    pub node: NodeId,
+    pub attempt: u32,
+    pub limit: u32,
+}
+
+/// Finished jobs kept for `job list`/`job show`; older ones are dropped so the state (and
+/// every snapshot) stays bounded.
+pub const FINISHED_JOBS_KEPT: usize = 10_000;
+
+impl IrState {
+    /// Jobs running (assigned, not finished) on `node`.
+    pub fn running_on(&self, node: NodeId) -> u32 {
+        self.jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.node == Some(node))
+            .count() as u32
+    }
+
+    pub fn queued_jobs(&self) -> usize {
+        self.jobs.values().filter(|j| j.state == JobState::Queued).count()
+    }
+
+    pub(super) fn submit_job(&mut self, job: &Job) -> CommandResult {
+        if self.jobs.contains_key(&job.id) {
+            return CommandResult::Rejected(format!("job {} exists already", job.id));
+        }
+        let mut job = job.clone();
+        self.job_seq += 1;
+        job.seq = self.job_seq;
+        self.jobs.insert(job.id.clone(), job);
+        self.prune_finished_jobs();
+        CommandResult::Ok
+    }
+
+    pub(super) fn assign_jobs(&mut self, assignments: &[Assignment], now_ms: i64) -> CommandResult {
+        let mut results = Vec::with_capacity(assignments.len());
+        for a in assignments {
+            let running = self.running_on(a.node);
+            let known = self.nodes.contains_key(&a.node);
+            let result = match self.jobs.get_mut(&a.job_id) {
+                None => CommandResult::Rejected(format!("no job {}", a.job_id)),
+                Some(_) if !known => CommandResult::Rejected(format!("no node {}", a.node)),
+                Some(_) if running >= a.limit => {
+                    CommandResult::Rejected(format!("node {} is at its limit of {}", a.node, a.limit))
+                }
+                Some(j) if j.state != JobState::Queued || a.attempt != j.attempt + 1 => {
+                    CommandResult::Rejected(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
+                }
+                Some(j) => {
+                    j.state = JobState::Running;
+                    j.node = Some(a.node);
+                    j.attempt = a.attempt;
+                    j.publishing = false;
+                    j.started_at_ms.get_or_insert(now_ms);
+                    CommandResult::Ok
+                }
+            };
+            results.push(result);
+        }
+        CommandResult::Batch(results)
+    }
+
+    /// The job's current attempt on `node`, or why a report about it is refused.
+    fn current<'a>(&'a mut self, job_id: &str, attempt: u32, node: NodeId) -> Result<&'a mut Job, CommandResult> {
+        match self.jobs.get_mut(job_id) {
+            None => Err(CommandResult::Rejected(format!("no job {job_id}"))),
+            Some(j) if j.state != JobState::Running || j.attempt != attempt || j.node != Some(node) => {
+                Err(CommandResult::Rejected(format!(
+                    "stale report: job {job_id} attempt {attempt} is not running on that node (now attempt {}, {})",
+                    j.attempt,
+                    j.state.as_str()
+                )))
+            }
+            Some(j) => Ok(j),
+        }
+    }
+
+    pub(super) fn begin_publish(&mut self, job_id: &str, attempt: u32, node: NodeId) -> CommandResult {
+        match self.current(job_id, attempt, node) {
+            Ok(j) => {
+                j.publishing = true;
+                CommandResult::Ok
+            }
+            Err(refused) => refused,
+        }
+    }
+
+    pub(super) fn finish_job(
+        &mut self,
+        job_id: &str,
+        attempt: u32,
+        node: NodeId,
+        outcome: &Outcome,
+        now_ms: i64,
+    ) -> CommandResult {
+        let j = match self.current(job_id, attempt, node) {
+            Ok(j) => j,
+            Err(refused) => return refused,
+        };
+        match outcome {
+            Outcome::Succeeded {
+                rows,
+                bytes,
+                files,
+                check,
+            } => {
+                if !j.publishing {
+                    return CommandResult::Rejected(format!("job {job_id} attempt {attempt} never began publishing"));
+                }
+                (j.rows, j.bytes, j.files) = (*rows, *bytes, *files);
+                j.check = Some(check.clone());
+                j.error = None;
+                j.state = JobState::Succeeded;
+            }
+            Outcome::Failed { error, retryable } => {
+                j.error = Some(error.clone());
+                if *retryable && !j.cancel_requested && j.attempt < j.spec.retry.max_attempts {
+                    j.state = JobState::Queued;
+                    j.not_before_ms = now_ms + j.spec.retry.interval_ms as i64;
+                } else {
+                    j.state = JobState::Failed;
+                }
+            }
+            Outcome::Cancelled => j.state = JobState::Cancelled,
+        }
+        if j.state.is_final() {
+            j.finished_at_ms = Some(now_ms);
+        }
+        j.publishing = false;
+        CommandResult::Ok
+    }
+
+    /// A node went Offline: its running jobs go back to the queue (or fail, once they have
+    /// used their attempts; or end cancelled, if that was asked for).
+    pub(super) fn requeue_node(&mut self, node: NodeId, now_ms: i64) -> CommandResult {
+        for j in self.jobs.values_mut() {
+            if j.state != JobState::Running || j.node != Some(node) {
+                continue;
+            }
+            j.publishing = false;
+            if j.cancel_requested {
+                j.state = JobState::Cancelled;
+                j.finished_at_ms = Some(now_ms);
+            } else if j.attempt >= j.spec.retry.max_attempts {
+                j.state = JobState::Failed;
+                j.error = Some(format!(
+                    "its node went offline during attempt {}, the last of {}",
+                    j.attempt, j.spec.retry.max_attempts
+                ));
+                j.finished_at_ms = Some(now_ms);
+            } else {
+                j.state = JobState::Queued;
+                j.not_before_ms = now_ms;
+            }
+        }
+        CommandResult::Ok
+    }
+
+    pub(super) fn cancel_job(&mut self, job_id: &str, now_ms: i64) -> CommandResult {
+        match self.jobs.get_mut(job_id) {
+            None => CommandResult::Rejected(format!("no job {job_id}")),
+            Some(j) if j.state.is_final() => {
+                CommandResult::Rejected(format!("job {job_id} has already ended ({})", j.state.as_str()))
+            }
+            Some(j) if j.publishing => CommandResult::Rejected(format!(
+                "job {job_id} is publishing its output; it is too late to cancel it"
+            )),
+            Some(j) if j.state == JobState::Queued => {
+                j.state = JobState::Cancelled;
+                j.cancel_requested = true;
+                j.finished_at_ms = Some(now_ms);
+                CommandResult::Ok
+            }
+            Some(j) => {
+                // Running: its worker sees the request and stops; it reports Cancelled.
+                j.cancel_requested = true;
+                CommandResult::Ok
+            }
+        }
+    }
+
+    fn prune_finished_jobs(&mut self) {
+        let finished = self.jobs.values().filter(|j| j.state.is_final()).count();
+        if finished <= FINISHED_JOBS_KEPT {
+            return;
+        }
+        let mut old: Vec<(u64, String)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final())
+            .map(|j| (j.seq, j.id.clone()))
+            .collect();
+        old.sort();
+        for (_, id) in old.into_iter().take(finished - FINISHED_JOBS_KEPT) {
+            self.jobs.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::CsvOptions;
+    use crate::state::{Command, NodeRecord};
+
+    fn state_with_nodes() -> IrState {
+        let mut s = IrState::default();
+        for id in [1, 2] {
+            s.nodes.insert(
+                id,
+                NodeRecord {
+                    id,
+                    name: format!("node{id}"),
+                    address: format!("127.0.0.{id}:8060"),
+                    cert_serial: String::new(),
+                    cert_not_after: 0,
+                    cert_pem: String::new(),
+                    join_nonce: String::new(),
+                    joined_at: 0,
+                },
+            );
+        }
+        s
+    }
+
+    fn job(id: &str, max_attempts: u32) -> Job {
+        let ds = |p: &str| DatasetRef {
+            service: "share".into(),
+            location: Location::Path(p.into()),
+            format: Format::Csv(CsvOptions::default()),
+        };
+        Job {
+            id: id.into(),
+            seq: 0,
+            spec: JobSpec {
+                name: String::new(),
+                source: ds("in.csv"),
+                sink: ds("out.csv"),
+                retry: RetryPolicy {
+                    max_attempts,
+                    interval_ms: 1000,
+                },
+            },
+            state: JobState::Queued,
+            node: None,
+            attempt: 0,
+            publishing: false,
+            cancel_requested: false,
+            rows: 0,
+            bytes: 0,
+            files: 0,
+            check: None,
+            error: None,
+            submitted_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            not_before_ms: 0,
+        }
+    }
+
+    fn assign(s: &mut IrState, id: &str, node: NodeId, attempt: u32, limit: u32) -> CommandResult {
+        let a = Assignment {
+            job_id: id.into(),
+            node,
+            attempt,
+            limit,
+        };
+        match s.apply(&Command::AssignJobs {
+            assignments: vec![a],
+            now_ms: 1,
+        }) {
+            CommandResult::Batch(mut r) => r.remove(0),
+            other => other,
+        }
+    }
+
+    fn finish(s: &mut IrState, id: &str, attempt: u32, node: NodeId, outcome: Outcome) -> CommandResult {
+        s.apply(&Command::FinishJob {
+            job_id: id.into(),
+            attempt,
+            node,
+            outcome,
+            now_ms: 10,
+        })
+    }
+
+    fn success() -> Outcome {
+        Outcome::Succeeded {
+            rows: 3,
+            bytes: 30,
+            files: 1,
+            check: Consistency::default(),
+        }
+    }
+
+    #[test]
+    fn a_late_report_from_an_old_attempt_is_refused() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 3) });
+        assert_eq!(assign(&mut s, "j1", 1, 1, 4), CommandResult::Ok);
+        // node1 goes silent; its job is requeued and runs again on node2 as attempt 2.
+        s.apply(&Command::RequeueNode { node: 1, now_ms: 5 });
+        assert_eq!(assign(&mut s, "j1", 2, 2, 4), CommandResult::Ok);
+        // node1 comes back and reports on attempt 1: refused, whatever it says.
+        let begin = s.apply(&Command::BeginPublish {
+            job_id: "j1".into(),
+            attempt: 1,
+            node: 1,
+        });
+        assert!(matches!(begin, CommandResult::Rejected(m) if m.contains("stale")));
+        assert!(matches!(finish(&mut s, "j1", 1, 1, success()), CommandResult::Rejected(_)));
+        // Attempt 2 on node2 publishes and succeeds.
+        let begin = s.apply(&Command::BeginPublish {
+            job_id: "j1".into(),
+            attempt: 2,
+            node: 2,
+        });
+        assert_eq!(begin, CommandResult::Ok);
+        assert_eq!(finish(&mut s, "j1", 2, 2, success()), CommandResult::Ok);
+        assert_eq!(s.jobs["j1"].state, JobState::Succeeded);
+        // Even a report with the right attempt but from another node is refused.
+        assert!(matches!(finish(&mut s, "j1", 2, 1, success()), CommandResult::Rejected(_)));
+    }
+
+    #[test]
+    fn success_needs_a_publish_permission_first() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 3) });
+        assign(&mut s, "j1", 1, 1, 4);
+        assert!(matches!(finish(&mut s, "j1", 1, 1, success()), CommandResult::Rejected(_)));
+    }
+
+    #[test]
+    fn no_node_goes_over_its_limit() {
+        let mut s = state_with_nodes();
+        for i in 0..3 {
+            s.apply(&Command::SubmitJob {
+                job: job(&format!("j{i}"), 3),
+            });
+        }
+        assert_eq!(assign(&mut s, "j0", 1, 1, 2), CommandResult::Ok);
+        assert_eq!(assign(&mut s, "j1", 1, 1, 2), CommandResult::Ok);
+        assert!(matches!(assign(&mut s, "j2", 1, 1, 2), CommandResult::Rejected(m) if m.contains("limit")));
+        assert_eq!(s.running_on(1), 2);
+        assert_eq!(s.queued_jobs(), 1);
+    }
+
+    #[test]
+    fn retries_until_the_policy_runs_out() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 2) });
+        let failed = || Outcome::Failed {
+            error: "connection refused".into(),
+            retryable: true,
+        };
+        assign(&mut s, "j1", 1, 1, 4);
+        finish(&mut s, "j1", 1, 1, failed());
+        assert_eq!(s.jobs["j1"].state, JobState::Queued);
+        assert_eq!(s.jobs["j1"].not_before_ms, 10 + 1000);
+        assign(&mut s, "j1", 2, 2, 4);
+        finish(&mut s, "j1", 2, 2, failed());
+        assert_eq!(s.jobs["j1"].state, JobState::Failed);
+        // A fatal error does not retry at all.
+        s.apply(&Command::SubmitJob { job: job("j2", 3) });
+        assign(&mut s, "j2", 1, 1, 4);
+        let fatal = Outcome::Failed {
+            error: "line 7: bad row".into(),
+            retryable: false,
+        };
+        finish(&mut s, "j2", 1, 1, fatal);
+        assert_eq!(s.jobs["j2"].state, JobState::Failed);
+    }
+
+    #[test]
+    fn cancelling() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("q", 3) });
+        s.apply(&Command::SubmitJob { job: job("r", 3) });
+        s.apply(&Command::CancelJob {
+            job_id: "q".into(),
+            now_ms: 2,
+        });
+        assert_eq!(s.jobs["q"].state, JobState::Cancelled);
+        assign(&mut s, "r", 1, 1, 4);
+        s.apply(&Command::CancelJob {
+            job_id: "r".into(),
+            now_ms: 2,
+        });
+        assert!(s.jobs["r"].cancel_requested);
+        assert_eq!(finish(&mut s, "r", 1, 1, Outcome::Cancelled), CommandResult::Ok);
+        assert_eq!(s.jobs["r"].state, JobState::Cancelled);
+        let again = s.apply(&Command::CancelJob {
+            job_id: "r".into(),
+            now_ms: 3,
+        });
+        assert!(matches!(again, CommandResult::Rejected(m) if m.contains("already ended")));
+    }
+}
