@@ -6,12 +6,14 @@ pub mod cli;
 pub mod connectors;
 pub mod copy;
 pub mod datadir;
+pub mod dispatch;
 pub mod node;
 pub mod pki;
 pub mod raft;
 pub mod secrets;
 pub mod state;
 pub mod transport;
+pub mod worker;
 
 /// The gRPC contract generated from `proto/shir.proto`.
 pub mod proto {

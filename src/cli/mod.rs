@@ -6,6 +6,7 @@ pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod job;
 pub mod linked_service;
 pub mod local_ir;
 pub mod output;
@@ -65,6 +66,9 @@ enum Command {
     /// IR-wide settings (the HTTP proxy).
     #[command(subcommand)]
     Settings(linked_service::SettingsCommand),
+    /// Copy jobs: submit, list, show, wait for, cancel.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Back up this node's identity and the IR's keys, or restore a node from such a backup.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -180,6 +184,15 @@ enum KeySlot {
 
 #[derive(Subcommand)]
 enum NodeCommand {
+    /// Set how many jobs a node runs at once (0: back to its default from cores and memory).
+    SetLimit {
+        name: String,
+        limit: u32,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a node from the IR and revoke its certificate.
     Remove {
         name: String,
@@ -224,6 +237,8 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&e));
             if e.downcast_ref::<node::Removed>().is_some() {
                 ExitCode::from(node::EXIT_REMOVED)
+            } else if let Some(w) = e.downcast_ref::<job::WaitOutcome>() {
+                ExitCode::from(w.exit)
             } else {
                 ExitCode::FAILURE
             }
@@ -373,6 +388,12 @@ async fn dispatch(command: Command) -> Result<()> {
             print_keys(&keys, json);
             Ok(())
         }
+        Command::Node(NodeCommand::SetLimit {
+            name,
+            limit,
+            target,
+            json,
+        }) => job::set_limit(name, limit, target, json).await,
         Command::Node(NodeCommand::Remove { name, target, json }) => {
             let reply = target
                 .connect()
@@ -418,6 +439,7 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Job(c) => job::run(c).await,
         Command::LinkedService(c) => linked_service::run(c).await,
         Command::Credential(c) => linked_service::run_credential(c).await,
         Command::Settings(c) => linked_service::run_settings(c).await,

@@ -88,6 +88,7 @@ pub fn status_json(s: &proto::StatusReply) -> Value {
         "dispatcher": if s.dispatcher.is_empty() { None } else { Some(&s.dispatcher) },
         "term": s.term,
         "answered_by": s.answered_by,
+        "queued_jobs": s.queued_jobs,
         "nodes": nodes,
     })
 }
@@ -140,10 +141,11 @@ pub fn status_text(s: &proto::StatusReply) -> String {
         })
         .collect();
     format!(
-        "Integration runtime  {} ({})\nDispatcher           {}\n\n{}",
+        "Integration runtime  {} ({})\nDispatcher           {}\nQueued jobs          {}\n\n{}",
         s.ir_name,
         s.ir_id,
         dispatcher,
+        s.queued_jobs,
         table(
             &[
                 "NAME",

@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::Status;
 
 use super::services::FORWARD_PATIENCE;
-use super::{Calling, FORWARD_TIMEOUT, Hop, Node, linked_services, liveness};
+use super::{Calling, FORWARD_TIMEOUT, Hop, Node, jobs_admin, linked_services, liveness};
 use crate::auth_key::AuthKey;
 use crate::pki;
 use crate::proto;
@@ -38,7 +38,7 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
             attempt: STATUS_ATTEMPT,
             idempotent: true,
         },
-        "KeyShow" => Calling {
+        "KeyShow" | "JobList" | "JobShow" => Calling {
             patience: FORWARD_PATIENCE,
             attempt: FORWARD_TIMEOUT,
             idempotent: true,
@@ -267,6 +267,11 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
             .await?
             .encode_to_vec(),
         "ProxyClear" => linked_services::proxy_clear(node).await?.encode_to_vec(),
+        "JobSubmit" => jobs_admin::submit(node, decode(request)?).await?.encode_to_vec(),
+        "JobList" => jobs_admin::list(node, decode(request)?).await?.encode_to_vec(),
+        "JobShow" => jobs_admin::show(node, decode(request)?).await?.encode_to_vec(),
+        "JobCancel" => jobs_admin::cancel(node, decode(request)?).await?.encode_to_vec(),
+        "NodeSetLimit" => jobs_admin::set_limit(node, decode(request)?).await?.encode_to_vec(),
         other => return Err(Status::unimplemented(format!("unknown admin call '{other}'"))),
     };
     Ok(reply)

@@ -75,7 +75,7 @@ fn seal_secrets(node: &Node, ir_id: &str, id: &str, version: u64, spec: &Service
 }
 
 /// The plaintext definition of a stored service, for a connector or a re-seal.
-fn unseal_service(node: &Node, ir_id: &str, service: &LinkedService) -> Result<ServiceSpec, Status> {
+pub(crate) fn unseal_service(node: &Node, ir_id: &str, service: &LinkedService) -> Result<ServiceSpec, Status> {
     let mut secrets = BTreeMap::new();
     for (field, sealed) in &service.secrets {
         let aad = linked_service_aad(ir_id, &service.id, service.version, field);

@@ -52,6 +52,24 @@ impl Liveness {
         self.seen.lock().expect("liveness lock").insert(name.to_string(), seen);
     }
 
+    /// Every member's health (Online, Limited, Offline) and last load, as heard here.
+    pub fn view(&self, node: &Node) -> Vec<(crate::raft::NodeId, &'static str, NodeLoad)> {
+        let now = crate::unix_now_ms();
+        let timeout = node.config.offline_timeout_ms as i64;
+        let members: Vec<(crate::raft::NodeId, String)> =
+            node.read_state(|s| s.nodes.values().map(|n| (n.id, n.name.clone())).collect());
+        let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
+        let seen = self.seen.lock().expect("liveness lock");
+        members
+            .iter()
+            .map(|(id, name)| {
+                let (status, _) = health(name, &names, &seen, now, timeout);
+                let load = seen.get(name).map(|s| s.load.clone()).unwrap_or_default();
+                (*id, status, load)
+            })
+            .collect()
+    }
+
     fn own_load(&self, node: &Node) -> NodeLoad {
         let now = sysload::cpu_sample();
         let cpu_percent = {
@@ -61,11 +79,8 @@ impl Liveness {
             pct
         };
         NodeLoad {
-            running_jobs: 0,
-            concurrent_jobs_limit: node
-                .config
-                .concurrent_jobs_limit
-                .unwrap_or_else(sysload::default_jobs_limit),
+            running_jobs: node.read_state(|s| s.running_on(node.id())),
+            concurrent_jobs_limit: node.jobs_limit(),
             cpu_percent,
             available_memory_mb: sysload::available_memory_mb(),
             version: crate::VERSION.to_string(),
@@ -192,8 +207,14 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
                 }
                 .to_string(),
                 version: load.version.clone(),
-                running_jobs: load.running_jobs,
-                concurrent_jobs_limit: load.concurrent_jobs_limit,
+                // Running jobs from the replicated state (exact on the dispatcher); the limit
+                // as set with `node set-limit`, else as the node reports its default.
+                running_jobs: state.running_on(n.id),
+                concurrent_jobs_limit: state
+                    .node_limits
+                    .get(&n.id)
+                    .copied()
+                    .unwrap_or(load.concurrent_jobs_limit),
                 cpu_percent: load.cpu_percent,
                 available_memory_mb: load.available_memory_mb,
                 last_heartbeat_ms: heard.map(|s| s.at_ms).unwrap_or(0),
@@ -217,6 +238,7 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
         nodes,
         term: m.current_term,
         answered_by: node.config.name.clone(),
+        queued_jobs: state.queued_jobs() as u32,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod jobs_admin;
 pub mod linked_services;
 pub mod liveness;
 pub mod membership;
@@ -51,6 +52,10 @@ pub struct Node {
     pub db: sled::Db,
     /// Refuses votes while a node restored from a backup catches up.
     pub restore_guard: restored::RestoreGuard,
+    /// Running attempts' progress as their workers report it (used on the dispatcher).
+    pub progress: crate::dispatch::ProgressBoard,
+    /// Wakes the dispatch loop at once (a job submitted or finished).
+    pub dispatch_wake: tokio::sync::Notify,
 }
 
 /// Where a call that must run on the dispatcher goes.
@@ -80,6 +85,14 @@ impl Node {
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, addr))
+    }
+
+    /// Jobs this node runs at once: `node set-limit` if set, else node.json, else from its
+    /// cores and memory.
+    pub fn jobs_limit(&self) -> u32 {
+        self.read_state(|s| s.node_limits.get(&self.id()).copied())
+            .or(self.config.concurrent_jobs_limit)
+            .unwrap_or_else(sysload::default_jobs_limit)
     }
 
     pub fn read_state<R>(&self, f: impl FnOnce(&IrState) -> R) -> R {
@@ -383,6 +396,8 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
         cert_serial,
         db,
         restore_guard: restored::RestoreGuard::load(dir),
+        progress: crate::dispatch::ProgressBoard::default(),
+        dispatch_wake: tokio::sync::Notify::new(),
     });
 
     let (members_in, joiners_in) = accept_node_port(listener, port_tls);
@@ -412,5 +427,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
     tokio::spawn(liveness::heartbeat_loop(node.clone()));
     tokio::spawn(membership::reconcile_loop(node.clone()));
     tokio::spawn(restored::watch(node.clone()));
+    tokio::spawn(crate::dispatch::dispatch_loop(node.clone()));
+    tokio::spawn(crate::worker::worker_loop(node.clone()));
     Ok(node)
 }

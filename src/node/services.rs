@@ -161,6 +161,24 @@ impl proto::cluster_server::Cluster for Services {
         Ok(Response::new(proto::ForwardedReply { response }))
     }
 
+    async fn job_report(
+        &self,
+        req: Request<proto::JobReportRequest>,
+    ) -> Result<Response<proto::JobReportReply>, Status> {
+        let name = self.require_node(&req, "JobReport")?;
+        if !self.node.is_leader() {
+            return Err(not_dispatcher());
+        }
+        // The attempt is checked against the node the certificate names, never a field.
+        let from = self
+            .node
+            .read_state(|s| s.node_by_name(&name).map(|n| n.id))
+            .ok_or_else(|| Status::permission_denied(format!("{name} is not a member")))?;
+        crate::dispatch::report(&self.node, from, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn forward_join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
         self.require_node(&req, "ForwardJoin")?;
         if !self.node.is_leader() {
@@ -305,5 +323,26 @@ impl proto::admin_server::Admin for Services {
     }
     async fn proxy_clear(&self, req: Request<proto::ProxyClearRequest>) -> Result<Response<proto::ProxyInfo>, Status> {
         self.admin_call("ProxyClear", req).await
+    }
+    async fn job_submit(
+        &self,
+        req: Request<proto::JobSubmitRequest>,
+    ) -> Result<Response<proto::JobSubmitReply>, Status> {
+        self.admin_call("JobSubmit", req).await
+    }
+    async fn job_list(&self, req: Request<proto::JobListRequest>) -> Result<Response<proto::JobListReply>, Status> {
+        self.admin_call("JobList", req).await
+    }
+    async fn job_show(&self, req: Request<proto::JobShowRequest>) -> Result<Response<proto::JobInfo>, Status> {
+        self.admin_call("JobShow", req).await
+    }
+    async fn job_cancel(&self, req: Request<proto::JobCancelRequest>) -> Result<Response<proto::JobInfo>, Status> {
+        self.admin_call("JobCancel", req).await
+    }
+    async fn node_set_limit(
+        &self,
+        req: Request<proto::NodeSetLimitRequest>,
+    ) -> Result<Response<proto::NodeSetLimitReply>, Status> {
+        self.admin_call("NodeSetLimit", req).await
     }
 }

@@ -428,7 +428,10 @@ mod tests {
             node: 1,
         });
         assert!(matches!(begin, CommandResult::Rejected(m) if m.contains("stale")));
-        assert!(matches!(finish(&mut s, "j1", 1, 1, success()), CommandResult::Rejected(_)));
+        assert!(matches!(
+            finish(&mut s, "j1", 1, 1, success()),
+            CommandResult::Rejected(_)
+        ));
         // Attempt 2 on node2 publishes and succeeds.
         let begin = s.apply(&Command::BeginPublish {
             job_id: "j1".into(),
@@ -439,7 +442,10 @@ mod tests {
         assert_eq!(finish(&mut s, "j1", 2, 2, success()), CommandResult::Ok);
         assert_eq!(s.jobs["j1"].state, JobState::Succeeded);
         // Even a report with the right attempt but from another node is refused.
-        assert!(matches!(finish(&mut s, "j1", 2, 1, success()), CommandResult::Rejected(_)));
+        assert!(matches!(
+            finish(&mut s, "j1", 2, 1, success()),
+            CommandResult::Rejected(_)
+        ));
     }
 
     #[test]
@@ -447,7 +453,10 @@ mod tests {
         let mut s = state_with_nodes();
         s.apply(&Command::SubmitJob { job: job("j1", 3) });
         assign(&mut s, "j1", 1, 1, 4);
-        assert!(matches!(finish(&mut s, "j1", 1, 1, success()), CommandResult::Rejected(_)));
+        assert!(matches!(
+            finish(&mut s, "j1", 1, 1, success()),
+            CommandResult::Rejected(_)
+        ));
     }
 
     #[test]

@@ -105,6 +105,19 @@ impl IrState {
     }
 
     pub(super) fn delete_linked_service(&mut self, name: &str, id: &str) -> CommandResult {
+        let users: Vec<&str> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_final() && (j.spec.source.service == name || j.spec.sink.service == name))
+            .map(|j| j.id.as_str())
+            .collect();
+        if !users.is_empty() {
+            return CommandResult::Rejected(format!(
+                "linked service '{name}' is used by {} queued or running job(s) ({}); cancel them or let them finish first",
+                users.len(),
+                users.join(", ")
+            ));
+        }
         match self.linked_services.get(name) {
             Some(s) if s.id == id => {
                 self.linked_services.remove(name);

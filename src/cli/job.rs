@@ -1,0 +1,424 @@
+//! `shir job`: submit copy jobs, follow them, cancel them; `shir node set-limit`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use super::client::Target;
+use super::output::{rfc3339_ms, table};
+use super::print_json;
+use crate::proto;
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Queue a copy job; prints its id once it is committed (it survives any single node failure).
+    #[command(
+        after_help = "Datasets are LINKED_SERVICE:PATH (filesystem; PATH under the service's root, may hold a glob \
+or name a folder), LINKED_SERVICE:SCHEMA.TABLE or LINKED_SERVICE:\"QUERY\" (postgres).\n\nExamples:\n  \
+shir job submit --source share:/exports/*.csv --sink warehouse:public.orders\n  \
+shir job submit --source warehouse:\"select * from orders\" --sink share:/lake/orders.parquet\n  \
+shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
+    )]
+    Submit {
+        /// Where to read: LINKED_SERVICE:PATH, :SCHEMA.TABLE or :"QUERY".
+        #[arg(long)]
+        source: String,
+        /// Where to write: LINKED_SERVICE:PATH or :SCHEMA.TABLE.
+        #[arg(long)]
+        sink: String,
+        /// csv, jsonl or parquet (default: from the file extension).
+        #[arg(long)]
+        source_format: Option<String>,
+        /// csv, jsonl or parquet (default: from the file extension).
+        #[arg(long)]
+        sink_format: Option<String>,
+        /// Copy files as they are (both ends filesystem).
+        #[arg(long, conflicts_with_all = ["source_format", "sink_format"])]
+        binary: bool,
+        /// CSV files have no header line.
+        #[arg(long)]
+        csv_no_header: bool,
+        /// CSV field delimiter (one character; default ',').
+        #[arg(long, value_name = "CHAR")]
+        csv_delimiter: Option<String>,
+        /// Attempts in all, the first included (default 3).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Seconds between attempts after a retryable failure (default 5).
+        #[arg(long)]
+        retry_interval: Option<f64>,
+        /// A name to recognise the job by.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print {"id": ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, oldest first.
+    List {
+        #[arg(long, value_enum)]
+        state: Option<StateFilter>,
+        #[command(flatten)]
+        target: Target,
+        /// Print a JSON array of job objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: state, node, attempt, rows/bytes/files, timings, consistency check, error.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job until it ends. Exit status: 0 succeeded, 1 failed, 4 cancelled.
+    Wait {
+        id: String,
+        /// Give up after this many seconds (exit status 5); default: wait as long as it takes.
+        #[arg(long)]
+        timeout: Option<f64>,
+        #[command(flatten)]
+        target: Target,
+        /// Print the final job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued or running job (too late once it is publishing its output).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StateFilter {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// Exit statuses of `job wait` besides 0 (succeeded) and 1 (failed, or any error).
+pub const EXIT_CANCELLED: u8 = 4;
+pub const EXIT_WAIT_TIMEOUT: u8 = 5;
+
+/// `job wait` ended without success; carries the exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct WaitOutcome {
+    pub message: String,
+    pub exit: u8,
+}
+
+pub fn job_json(j: &proto::JobInfo) -> Value {
+    let check: Value = serde_json::from_str(&j.check_json).unwrap_or(Value::Null);
+    let opt_time = |ms: i64| (ms > 0).then(|| rfc3339_ms(ms)).flatten();
+    json!({
+        "id": j.id,
+        "name": j.name,
+        "state": j.state,
+        "node": (!j.node.is_empty()).then_some(&j.node),
+        "attempt": j.attempt,
+        "max_attempts": j.max_attempts,
+        "rows": j.rows,
+        "bytes": j.bytes,
+        "files": j.files,
+        "error": (!j.error.is_empty()).then_some(&j.error),
+        "source": j.source,
+        "sink": j.sink,
+        "submitted_at": opt_time(j.submitted_at_ms),
+        "started_at": opt_time(j.started_at_ms),
+        "finished_at": opt_time(j.finished_at_ms),
+        "check": check,
+        "cancel_requested": j.cancel_requested,
+    })
+}
+
+fn job_text(j: &proto::JobInfo) -> String {
+    let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+    let time = |ms: i64| {
+        if ms > 0 {
+            rfc3339_ms(ms).unwrap_or_default()
+        } else {
+            "-".into()
+        }
+    };
+    let mut rows = vec![
+        vec!["id".to_string(), j.id.clone()],
+        vec!["name".into(), dash(&j.name)],
+        vec!["state".into(), j.state.clone()],
+        vec!["node".into(), dash(&j.node)],
+        vec!["attempt".into(), format!("{} of {}", j.attempt, j.max_attempts)],
+        vec!["source".into(), j.source.clone()],
+        vec!["sink".into(), j.sink.clone()],
+        vec!["rows".into(), j.rows.to_string()],
+        vec!["bytes".into(), j.bytes.to_string()],
+        vec!["files".into(), j.files.to_string()],
+        vec!["submitted".into(), time(j.submitted_at_ms)],
+        vec!["started".into(), time(j.started_at_ms)],
+        vec!["finished".into(), time(j.finished_at_ms)],
+    ];
+    if !j.check_json.is_empty() {
+        rows.push(vec!["check".into(), check_text(&j.check_json)]);
+    }
+    if !j.error.is_empty() {
+        rows.push(vec!["error".into(), j.error.clone()]);
+    }
+    table(&["FIELD", "VALUE"], &rows)
+}
+
+fn check_text(check_json: &str) -> String {
+    let Ok(c) = serde_json::from_str::<Value>(check_json) else {
+        return check_json.to_string();
+    };
+    let verified = if c["verified"] == true {
+        "verified"
+    } else {
+        "NOT verified"
+    };
+    match (c["source_sha256"].as_str(), c["sink_sha256"].as_str()) {
+        (Some(a), Some(b)) => format!(
+            "{verified}: sha256 {} read, {} written",
+            &a[..a.len().min(16)],
+            &b[..b.len().min(16)]
+        ),
+        _ => format!(
+            "{verified}: {} rows read, {} written",
+            c["rows_read"], c["rows_written"]
+        ),
+    }
+}
+
+fn progress_line(j: &proto::JobInfo) -> String {
+    format!(
+        "{} {:<9} node {:<8} attempt {}  {} rows  {}  {} files",
+        j.id,
+        j.state,
+        if j.node.is_empty() { "-" } else { &j.node },
+        j.attempt,
+        j.rows,
+        human_bytes(j.bytes),
+        j.files
+    )
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+pub async fn run(command: JobCommand) -> Result<()> {
+    match command {
+        JobCommand::Submit {
+            source,
+            sink,
+            source_format,
+            sink_format,
+            binary,
+            csv_no_header,
+            csv_delimiter,
+            max_attempts,
+            retry_interval,
+            name,
+            target,
+            json,
+        } => {
+            if let Some(s) = retry_interval
+                && !(0.0..=86_400.0).contains(&s)
+            {
+                bail!("--retry-interval must be between 0 and 86400 seconds");
+            }
+            let request = proto::JobSubmitRequest {
+                name,
+                source,
+                sink,
+                source_format: source_format.unwrap_or_default(),
+                sink_format: sink_format.unwrap_or_default(),
+                binary,
+                csv_no_header,
+                csv_delimiter: csv_delimiter.unwrap_or_default(),
+                max_attempts: max_attempts.unwrap_or(0),
+                retry_interval_ms: retry_interval.map(|s| (s * 1000.0) as u64).unwrap_or(0),
+            };
+            let reply = target.connect().await?.job_submit(request).await?.into_inner();
+            if json {
+                print_json(&json!({"id": reply.id}));
+            } else {
+                println!("{}", reply.id);
+            }
+        }
+        JobCommand::List { state, target, json } => {
+            let state = state
+                .map(|s| s.to_possible_value().expect("a value").get_name().to_string())
+                .unwrap_or_default();
+            let reply = target
+                .connect()
+                .await?
+                .job_list(proto::JobListRequest { state })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&Value::Array(reply.jobs.iter().map(job_json).collect()));
+            } else if reply.jobs.is_empty() {
+                println!("no jobs");
+            } else {
+                let rows: Vec<Vec<String>> = reply
+                    .jobs
+                    .iter()
+                    .map(|j| {
+                        vec![
+                            j.id.clone(),
+                            j.state.clone(),
+                            if j.node.is_empty() { "-".into() } else { j.node.clone() },
+                            j.attempt.to_string(),
+                            j.rows.to_string(),
+                            human_bytes(j.bytes),
+                            j.files.to_string(),
+                            j.source.clone(),
+                            j.sink.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(
+                        &[
+                            "ID", "STATE", "NODE", "ATTEMPT", "ROWS", "BYTES", "FILES", "SOURCE", "SINK"
+                        ],
+                        &rows
+                    )
+                );
+                println!("{} queued", reply.queued);
+            }
+        }
+        JobCommand::Show { id, target, json } => {
+            let j = target
+                .connect()
+                .await?
+                .job_show(proto::JobShowRequest { id })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&job_json(&j));
+            } else {
+                println!("{}", job_text(&j));
+            }
+        }
+        JobCommand::Cancel { id, target, json } => {
+            let j = target
+                .connect()
+                .await?
+                .job_cancel(proto::JobCancelRequest { id })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&job_json(&j));
+            } else if j.state == "Cancelled" {
+                println!("job {} cancelled", j.id);
+            } else {
+                println!("job {} is stopping (it was {})", j.id, j.state);
+            }
+        }
+        JobCommand::Wait {
+            id,
+            timeout,
+            target,
+            json,
+        } => {
+            let mut client = target.connect().await?;
+            let started = std::time::Instant::now();
+            let live = std::io::stderr().is_terminal();
+            let mut last_line = String::new();
+            let j = loop {
+                let j = client
+                    .job_show(proto::JobShowRequest { id: id.clone() })
+                    .await?
+                    .into_inner();
+                if matches!(j.state.as_str(), "Succeeded" | "Failed" | "Cancelled") {
+                    break j;
+                }
+                let line = progress_line(&j);
+                if line != last_line {
+                    if live {
+                        eprint!("\r\x1b[2K{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                    last_line = line;
+                }
+                if let Some(limit) = timeout
+                    && started.elapsed().as_secs_f64() > limit
+                {
+                    if live {
+                        eprintln!();
+                    }
+                    return Err(WaitOutcome {
+                        message: format!("job {id} is still {} after {limit} s", j.state),
+                        exit: EXIT_WAIT_TIMEOUT,
+                    }
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            if live && !last_line.is_empty() {
+                eprintln!();
+            }
+            if json {
+                print_json(&job_json(&j));
+            } else {
+                println!("{}", progress_line(&j));
+            }
+            match j.state.as_str() {
+                "Succeeded" => {}
+                "Cancelled" => {
+                    return Err(WaitOutcome {
+                        message: format!("job {id} was cancelled"),
+                        exit: EXIT_CANCELLED,
+                    }
+                    .into());
+                }
+                _ => bail!("job {id} failed after {} attempt(s): {}", j.attempt, j.error),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn set_limit(name: String, limit: u32, target: Target, json: bool) -> Result<()> {
+    let reply = target
+        .connect()
+        .await?
+        .node_set_limit(proto::NodeSetLimitRequest { name, limit })
+        .await?
+        .into_inner();
+    if json {
+        print_json(&json!({"node": reply.name, "limit": (reply.limit > 0).then_some(reply.limit)}));
+    } else if reply.limit == 0 {
+        println!("node '{}' runs as many jobs at once as its default allows", reply.name);
+    } else {
+        println!("node '{}' now runs at most {} jobs at once", reply.name, reply.limit);
+    }
+    Ok(())
+}

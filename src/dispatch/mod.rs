@@ -1,0 +1,209 @@
+//! The dispatcher: on the Raft leader, it returns the jobs of nodes gone Offline to the
+//! queue and places queued jobs on the least-loaded Online nodes. Its decisions are Raft
+//! entries; workers learn of them by applying the log.
+//!
+//! It also takes the workers' reports on their attempts (`report`): progress, kept in
+//! memory here (a few times a second per job is not worth a log entry), permission to
+//! publish, and outcomes, which are committed.
+
+pub mod placement;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::Status;
+
+use crate::node::Node;
+use crate::proto;
+use crate::state::jobs::{JobState, Outcome};
+use crate::state::{Command, NodeId};
+use placement::{Candidate, Waiting};
+
+/// How often the dispatcher looks again when nothing wakes it (liveness changes are only
+/// seen by looking).
+const IDLE_ROUND: Duration = Duration::from_millis(200);
+
+/// The latest progress of running attempts, as their workers report it.
+#[derive(Default)]
+pub struct ProgressBoard {
+    by_job: Mutex<HashMap<String, Progress>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    pub attempt: u32,
+    pub rows: u64,
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl ProgressBoard {
+    pub fn get(&self, job_id: &str, attempt: u32) -> Option<Progress> {
+        let map = self.by_job.lock().expect("progress lock");
+        map.get(job_id).copied().filter(|p| p.attempt == attempt)
+    }
+
+    fn set(&self, job_id: &str, p: Progress) {
+        self.by_job.lock().expect("progress lock").insert(job_id.to_string(), p);
+    }
+
+    fn forget(&self, job_id: &str) {
+        self.by_job.lock().expect("progress lock").remove(job_id);
+    }
+}
+
+/// Runs on every node; acts while this node is the dispatcher.
+pub async fn dispatch_loop(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut leading_since: Option<(u64, Instant)> = None;
+    let offline_timeout = Duration::from_millis(node.config.offline_timeout_ms);
+    loop {
+        tokio::select! {
+            _ = metrics.changed() => {}
+            _ = node.dispatch_wake.notified() => {}
+            _ = tokio::time::sleep(IDLE_ROUND) => {}
+        }
+        if !node.is_leader() {
+            leading_since = None;
+            continue;
+        }
+        let term = metrics.borrow().current_term;
+        let since = match leading_since {
+            Some((t, at)) if t == term => at,
+            _ => {
+                leading_since = Some((term, Instant::now()));
+                Instant::now()
+            }
+        };
+        // A new dispatcher has heard nobody yet: it waits one offline timeout before it
+        // takes anyone for gone.
+        let may_judge = since.elapsed() >= offline_timeout;
+        if let Err(e) = round(&node, may_judge).await {
+            tracing::debug!(error = %e.message(), "dispatch round did not complete");
+        }
+    }
+}
+
+async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
+    let view = node.liveness.view(node);
+    let now = crate::unix_now_ms();
+    if may_judge {
+        for (id, status, _) in &view {
+            let running = node.read_state(|s| s.running_on(*id));
+            if *status == "Offline" && running > 0 {
+                tracing::warn!(node = *id, running, "node is offline; its jobs go back to the queue");
+                node.propose(Command::RequeueNode { node: *id, now_ms: now }).await?;
+            }
+        }
+    }
+    let (queue, candidates) = node.read_state(|s| {
+        let mut waiting: Vec<(u64, Waiting)> = s
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued && j.not_before_ms <= now)
+            .map(|j| {
+                (
+                    j.seq,
+                    Waiting {
+                        job_id: j.id.clone(),
+                        next_attempt: j.attempt + 1,
+                    },
+                )
+            })
+            .collect();
+        waiting.sort_by_key(|(seq, _)| *seq);
+        let candidates: Vec<Candidate> = view
+            .iter()
+            .map(|(id, status, load)| Candidate {
+                id: *id,
+                online: *status == "Online",
+                running: s.running_on(*id),
+                limit: s.node_limits.get(id).copied().unwrap_or(load.concurrent_jobs_limit),
+                cpu_percent: load.cpu_percent,
+                available_memory_mb: load.available_memory_mb,
+            })
+            .collect();
+        (waiting.into_iter().map(|(_, w)| w).collect::<Vec<_>>(), candidates)
+    });
+    if queue.is_empty() {
+        return Ok(());
+    }
+    let assignments = placement::place(&queue, &candidates);
+    if assignments.is_empty() {
+        return Ok(());
+    }
+    for a in &assignments {
+        tracing::debug!(job = %a.job_id, node = a.node, attempt = a.attempt, "job assigned");
+    }
+    node.propose(Command::AssignJobs {
+        assignments,
+        now_ms: now,
+    })
+    .await?;
+    Ok(())
+}
+
+/// A worker's report on attempt `req.attempt` of a job, from node `from` (read from its
+/// certificate by the caller). Runs on the dispatcher. Refused reports (a stale attempt, an
+/// ended job) answer `accepted: false`: fencing, not an error.
+pub async fn report(node: &Node, from: NodeId, req: proto::JobReportRequest) -> Result<proto::JobReportReply, Status> {
+    let command = match req.phase.as_str() {
+        "progress" => {
+            let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
+            let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
+            if accepted {
+                let p = Progress {
+                    attempt: req.attempt,
+                    rows: req.rows,
+                    bytes: req.bytes,
+                    files: req.files,
+                };
+                node.progress.set(&req.job_id, p);
+            }
+            return Ok(proto::JobReportReply {
+                accepted,
+                message: String::new(),
+            });
+        }
+        "publish" => Command::BeginPublish {
+            job_id: req.job_id.clone(),
+            attempt: req.attempt,
+            node: from,
+        },
+        "finish" => {
+            let outcome: Outcome = serde_json::from_slice(&req.outcome_json)
+                .map_err(|e| Status::invalid_argument(format!("malformed job outcome: {e}")))?;
+            Command::FinishJob {
+                job_id: req.job_id.clone(),
+                attempt: req.attempt,
+                node: from,
+                outcome,
+                now_ms: crate::unix_now_ms(),
+            }
+        }
+        other => return Err(Status::invalid_argument(format!("unknown job report phase '{other}'"))),
+    };
+    let finishing = req.phase == "finish";
+    match node.propose(command).await {
+        Ok(_) => {
+            if finishing {
+                node.progress.forget(&req.job_id);
+                node.dispatch_wake.notify_one();
+            }
+            Ok(proto::JobReportReply {
+                accepted: true,
+                message: String::new(),
+            })
+        }
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            tracing::info!(job = %req.job_id, attempt = req.attempt, node = from, why = %s.message(), "report refused");
+            Ok(proto::JobReportReply {
+                accepted: false,
+                message: s.message().to_string(),
+            })
+        }
+        Err(s) => Err(s),
+    }
+}

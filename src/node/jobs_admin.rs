@@ -1,0 +1,314 @@
+//! Operator calls on copy jobs, run on the dispatcher: submit (parse and check the
+//! datasets, then commit the job), list and show (with the running attempts' progress,
+//! which only the dispatcher has), cancel, and per-node limits.
+
+use tonic::Status;
+
+use super::Node;
+use crate::connectors::ServiceType;
+use crate::copy::{CsvOptions, Format, Location};
+use crate::proto;
+use crate::secrets::SecretBytes;
+use crate::state::Command;
+use crate::state::jobs::{DatasetRef, Job, JobSpec, JobState, RetryPolicy};
+
+fn invalid(why: impl Into<String>) -> Status {
+    Status::invalid_argument(why.into())
+}
+
+/// Where a read must not see a state older than the dispatcher's own commits.
+async fn up_to_date(node: &Node) -> Result<(), Status> {
+    if node.confirm_leadership().await {
+        Ok(())
+    } else {
+        Err(super::no_dispatcher())
+    }
+}
+
+/// `csv`, `jsonl`, `parquet` from a flag, or from the file name's extension.
+fn file_format(flag: &str, path: &str, csv: &CsvOptions, role: &str) -> Result<Format, Status> {
+    let name = if flag.is_empty() {
+        let ext = path
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase());
+        match ext.as_deref() {
+            Some(e) => e.to_string(),
+            None => {
+                return Err(invalid(format!(
+                    "cannot tell the {role} format from '{path}': give --{role}-format csv, jsonl or parquet (or --binary)"
+                )));
+            }
+        }
+    } else {
+        flag.to_ascii_lowercase()
+    };
+    match name.as_str() {
+        "csv" | "txt" | "tsv" => Ok(Format::Csv(csv.clone())),
+        "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
+        "parquet" => Ok(Format::Parquet),
+        other => Err(invalid(format!(
+            "unknown {role} format '{other}': use csv, jsonl or parquet (or --binary for files as they are)"
+        ))),
+    }
+}
+
+/// Parses `LINKED_SERVICE:PATH`, `LINKED_SERVICE:SCHEMA.TABLE` or `LINKED_SERVICE:QUERY`
+/// against the linked service's type.
+fn dataset(
+    node: &Node,
+    text: &str,
+    role: &str,
+    req: &proto::JobSubmitRequest,
+    csv: &CsvOptions,
+) -> Result<DatasetRef, Status> {
+    let (service, rest) = text.split_once(':').ok_or_else(|| {
+        invalid(format!(
+            "--{role} '{text}' is not LINKED_SERVICE:PATH, :TABLE or :QUERY"
+        ))
+    })?;
+    let kind = node
+        .read_state(|s| s.linked_services.get(service).map(|l| l.kind))
+        .ok_or_else(|| invalid(format!("--{role}: no linked service named '{service}'")))?;
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return Err(invalid(format!(
+            "--{role} '{text}' names no path, table or query after the ':'"
+        )));
+    }
+    let flag = if role == "source" {
+        &req.source_format
+    } else {
+        &req.sink_format
+    };
+    match kind {
+        ServiceType::Filesystem => {
+            // Paths are under the service's root; a leading '/' means the root itself.
+            let path = rest.trim_start_matches('/');
+            let format = if req.binary {
+                Format::Binary
+            } else {
+                file_format(flag, path, csv, role)?
+            };
+            Ok(DatasetRef {
+                service: service.to_string(),
+                location: Location::Path(path.to_string()),
+                format,
+            })
+        }
+        ServiceType::Postgres => {
+            if req.binary {
+                return Err(invalid(
+                    "--binary copies files: both ends must be filesystem linked services",
+                ));
+            }
+            let first = rest.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+            let location = if rest.contains(char::is_whitespace) || first == "select" || first == "with" {
+                if role == "sink" {
+                    return Err(invalid(format!(
+                        "--sink '{text}': a query can only be a source; give SCHEMA.TABLE"
+                    )));
+                }
+                Location::Query(rest.to_string())
+            } else {
+                let (schema, table) = rest.split_once('.').unwrap_or(("public", rest));
+                if schema.is_empty() || table.is_empty() || table.contains('.') {
+                    return Err(invalid(format!(
+                        "--{role} '{text}': give a table as SCHEMA.TABLE or TABLE"
+                    )));
+                }
+                Location::Table {
+                    schema: schema.to_string(),
+                    table: table.to_string(),
+                }
+            };
+            Ok(DatasetRef {
+                service: service.to_string(),
+                location,
+                format: Format::Csv(csv.clone()),
+            })
+        }
+        ServiceType::Http => Err(invalid(format!(
+            "--{role}: linked service '{service}' is of type http, which copy jobs cannot use yet"
+        ))),
+    }
+}
+
+pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::JobSubmitReply, Status> {
+    up_to_date(node).await?;
+    let delimiter = match req.csv_delimiter.as_bytes() {
+        [] => b',',
+        [one] if one.is_ascii() && *one != b'\n' && *one != b'\r' && *one != b'"' => *one,
+        _ => {
+            return Err(invalid(
+                "--csv-delimiter takes one ASCII character (not a quote or a line break)",
+            ));
+        }
+    };
+    let csv = CsvOptions {
+        header: !req.csv_no_header,
+        delimiter,
+        quote: b'"',
+    };
+    let source = dataset(node, &req.source, "source", &req, &csv)?;
+    let sink = dataset(node, &req.sink, "sink", &req, &csv)?;
+    let retry = match (req.max_attempts, req.retry_interval_ms) {
+        (0, 0) => RetryPolicy::default(),
+        (0, interval_ms) => RetryPolicy {
+            interval_ms,
+            ..RetryPolicy::default()
+        },
+        (n, interval_ms) if n <= 100 => RetryPolicy {
+            max_attempts: n,
+            interval_ms,
+        },
+        (n, _) => return Err(invalid(format!("--max-attempts {n} is more than 100"))),
+    };
+    let id = hex::encode(SecretBytes::random(6).expose());
+    let now = crate::unix_now_ms();
+    let job = Job {
+        id: id.clone(),
+        seq: 0,
+        spec: JobSpec {
+            name: req.name,
+            source,
+            sink,
+            retry,
+        },
+        state: JobState::Queued,
+        node: None,
+        attempt: 0,
+        publishing: false,
+        cancel_requested: false,
+        rows: 0,
+        bytes: 0,
+        files: 0,
+        check: None,
+        error: None,
+        submitted_at_ms: now,
+        started_at_ms: None,
+        finished_at_ms: None,
+        not_before_ms: 0,
+    };
+    node.propose(Command::SubmitJob { job }).await?;
+    node.dispatch_wake.notify_one();
+    tracing::info!(job = %id, "job submitted");
+    Ok(proto::JobSubmitReply { id })
+}
+
+/// How a dataset reads back, for `job show`.
+pub fn describe(d: &DatasetRef) -> String {
+    match &d.location {
+        Location::Path(p) => format!("{}:/{p}", d.service),
+        Location::Table { schema, table } => format!("{}:{schema}.{table}", d.service),
+        Location::Query(q) => format!("{}:{q}", d.service),
+    }
+}
+
+fn info(node: &Node, j: &Job) -> proto::JobInfo {
+    let (mut rows, mut bytes, mut files) = (j.rows, j.bytes, j.files);
+    if j.state == JobState::Running
+        && let Some(p) = node.progress.get(&j.id, j.attempt)
+    {
+        (rows, bytes, files) = (p.rows, p.bytes, p.files);
+    }
+    proto::JobInfo {
+        id: j.id.clone(),
+        name: j.spec.name.clone(),
+        state: j.state.as_str().to_string(),
+        node: j.node.and_then(|id| node.node_name(id)).unwrap_or_default(),
+        attempt: j.attempt,
+        rows,
+        bytes,
+        files,
+        error: j.error.clone().unwrap_or_default(),
+        source: describe(&j.spec.source),
+        sink: describe(&j.spec.sink),
+        submitted_at_ms: j.submitted_at_ms,
+        started_at_ms: j.started_at_ms.unwrap_or(0),
+        finished_at_ms: j.finished_at_ms.unwrap_or(0),
+        max_attempts: j.spec.retry.max_attempts,
+        check_json: j
+            .check
+            .as_ref()
+            .map(|c| serde_json::to_string(c).expect("a check serialises"))
+            .unwrap_or_default(),
+        cancel_requested: j.cancel_requested,
+    }
+}
+
+pub async fn list(node: &Node, req: proto::JobListRequest) -> Result<proto::JobListReply, Status> {
+    up_to_date(node).await?;
+    let wanted = match req.state.to_ascii_lowercase().as_str() {
+        "" => None,
+        "queued" => Some(JobState::Queued),
+        "running" => Some(JobState::Running),
+        "succeeded" => Some(JobState::Succeeded),
+        "failed" => Some(JobState::Failed),
+        "cancelled" => Some(JobState::Cancelled),
+        other => {
+            return Err(invalid(format!(
+                "unknown job state '{other}': use queued, running, succeeded, failed or cancelled"
+            )));
+        }
+    };
+    let (mut jobs, queued) = node.read_state(|s| {
+        let jobs: Vec<Job> = s
+            .jobs
+            .values()
+            .filter(|j| wanted.is_none_or(|w| j.state == w))
+            .cloned()
+            .collect();
+        (jobs, s.queued_jobs() as u32)
+    });
+    jobs.sort_by_key(|j| j.seq);
+    Ok(proto::JobListReply {
+        jobs: jobs.iter().map(|j| info(node, j)).collect(),
+        queued,
+    })
+}
+
+fn lookup(node: &Node, id: &str) -> Result<Job, Status> {
+    node.read_state(|s| s.jobs.get(id).cloned())
+        .ok_or_else(|| Status::not_found(format!("no job {id}")))
+}
+
+pub async fn show(node: &Node, req: proto::JobShowRequest) -> Result<proto::JobInfo, Status> {
+    up_to_date(node).await?;
+    Ok(info(node, &lookup(node, &req.id)?))
+}
+
+pub async fn cancel(node: &Node, req: proto::JobCancelRequest) -> Result<proto::JobInfo, Status> {
+    up_to_date(node).await?;
+    lookup(node, &req.id)?;
+    node.propose(Command::CancelJob {
+        job_id: req.id.clone(),
+        now_ms: crate::unix_now_ms(),
+    })
+    .await?;
+    tracing::info!(job = %req.id, "job cancel requested");
+    Ok(info(node, &lookup(node, &req.id)?))
+}
+
+/// Jobs a node may run at once, at most: more would only queue inside one machine.
+const MAX_LIMIT: u32 = 256;
+
+pub async fn set_limit(node: &Node, req: proto::NodeSetLimitRequest) -> Result<proto::NodeSetLimitReply, Status> {
+    up_to_date(node).await?;
+    let id = node
+        .read_state(|s| s.node_by_name(&req.name).map(|n| n.id))
+        .ok_or_else(|| Status::not_found(format!("no node named '{}' in this IR", req.name)))?;
+    if req.limit > MAX_LIMIT {
+        return Err(invalid(format!("a limit of {} is more than {MAX_LIMIT}", req.limit)));
+    }
+    let limit = (req.limit > 0).then_some(req.limit);
+    node.propose(Command::SetNodeLimit { node: id, limit }).await?;
+    node.dispatch_wake.notify_one();
+    tracing::info!(node = %req.name, ?limit, "concurrent jobs limit set");
+    Ok(proto::NodeSetLimitReply {
+        name: req.name,
+        limit: req.limit,
+    })
+}

@@ -1,0 +1,233 @@
+//! The worker: every node runs the attempts the log assigns to it.
+//!
+//! It watches its applied state for jobs `Running` on this node, and runs each attempt:
+//! stage the copy, ask the dispatcher for permission to publish (granted only to the
+//! current attempt, through the log), publish, report the outcome. An attempt that is no
+//! longer current (requeued, cancelled) is stopped; its staged output is thrown away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::copy::{self, AttemptId, CopyError, Counters, Endpoint};
+use crate::node::{Calling, Hop, Node};
+use crate::proto;
+use crate::state::jobs::{DatasetRef, Job, JobState, Outcome};
+
+/// How often a running attempt reports its progress: "a few times a second at most".
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a worker keeps trying to reach a dispatcher with a publish request or an
+/// outcome before it gives up on the attempt. Longer than an election and an offline
+/// timeout: by then the dispatcher has requeued the attempt anyway.
+const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+
+pub async fn worker_loop(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut running: HashMap<String, (u32, CancellationToken)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let me = node.id();
+        let mine: Vec<Job> = node.read_state(|s| {
+            s.jobs
+                .values()
+                .filter(|j| j.state == JobState::Running && j.node == Some(me))
+                .cloned()
+                .collect()
+        });
+        // Attempts that are no longer this node's current ones stop.
+        running.retain(|id, (attempt, token)| {
+            let current = mine.iter().any(|j| &j.id == id && j.attempt == *attempt);
+            if !current {
+                token.cancel();
+            }
+            current
+        });
+        for job in mine {
+            match running.get(&job.id) {
+                Some((_, token)) => {
+                    if job.cancel_requested {
+                        token.cancel();
+                    }
+                }
+                None => {
+                    let token = CancellationToken::new();
+                    running.insert(job.id.clone(), (job.attempt, token.clone()));
+                    tracing::info!(job = %job.id, attempt = job.attempt, "running job");
+                    tokio::spawn(run_attempt(node.clone(), job, token));
+                }
+            }
+        }
+    }
+}
+
+/// A linked service's definition, unsealed for this attempt.
+fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
+    let ir = node.ir().map_err(|s| CopyError::transient(s.message()))?;
+    let service = node
+        .read_state(|s| s.linked_services.get(&side.service).cloned())
+        .ok_or_else(|| CopyError::fatal(format!("linked service '{}' does not exist", side.service)))?;
+    let spec = crate::node::linked_services::unseal_service(node, &ir.id, &service)
+        .map_err(|s| CopyError::fatal(s.message()))?;
+    Ok(Endpoint {
+        service_name: side.service.clone(),
+        service: spec,
+        location: side.location.clone(),
+        format: side.format.clone(),
+    })
+}
+
+async fn run_attempt(node: Arc<Node>, job: Job, cancel: CancellationToken) {
+    let id = AttemptId {
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+    };
+    let counters = Arc::new(Counters::default());
+    let reporter = tokio::spawn(report_progress(node.clone(), id.clone(), counters.clone()));
+    let outcome = attempt(&node, &job, &id, &counters, &cancel).await;
+    reporter.abort();
+    let Some(outcome) = outcome else { return };
+    let label = match &outcome {
+        Outcome::Succeeded { .. } => "succeeded".to_string(),
+        Outcome::Failed { error, .. } => format!("failed: {error}"),
+        Outcome::Cancelled => "cancelled".to_string(),
+    };
+    tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt {label}");
+    let outcome_json = serde_json::to_vec(&outcome).expect("an outcome serialises");
+    let request = proto::JobReportRequest {
+        job_id: id.job_id.clone(),
+        attempt: id.attempt,
+        phase: "finish".into(),
+        outcome_json,
+        ..Default::default()
+    };
+    if let Err(e) = report(&node, request, REPORT_PATIENCE).await {
+        tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the dispatcher will requeue the job");
+    }
+}
+
+/// Runs one attempt up to its outcome; `None` if it stopped because it is no longer current
+/// (nothing to report: another attempt owns the job now).
+async fn attempt(
+    node: &Node,
+    job: &Job,
+    id: &AttemptId,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> Option<Outcome> {
+    let failed = |e: CopyError| Outcome::Failed {
+        error: e.message,
+        retryable: e.retryable,
+    };
+    let (source, sink) = match (endpoint(node, &job.spec.source), endpoint(node, &job.spec.sink)) {
+        (Ok(source), Ok(sink)) => (source, sink),
+        (Err(e), _) | (_, Err(e)) => return Some(failed(e)),
+    };
+    let staged = tokio::select! {
+        staged = copy::stage(id, &source, &sink, counters) => staged,
+        _ = cancel.cancelled() => return cancelled(node, job),
+    };
+    let staged = match staged {
+        Ok(staged) => staged,
+        Err(e) => return Some(failed(e)),
+    };
+    if cancel.is_cancelled() {
+        staged.discard().await;
+        return cancelled(node, job);
+    }
+    let permission = proto::JobReportRequest {
+        job_id: id.job_id.clone(),
+        attempt: id.attempt,
+        phase: "publish".into(),
+        ..Default::default()
+    };
+    match report(node, permission, REPORT_PATIENCE).await {
+        Ok(reply) if reply.accepted => {}
+        Ok(reply) => {
+            tracing::info!(job = %id.job_id, attempt = id.attempt, why = %reply.message, "not allowed to publish; discarding");
+            staged.discard().await;
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(job = %id.job_id, error = %e.message(), "no dispatcher allowed publishing; discarding");
+            staged.discard().await;
+            return None;
+        }
+    }
+    let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
+    match staged.publish().await {
+        Ok(()) => Some(Outcome::Succeeded {
+            rows,
+            bytes,
+            files,
+            check,
+        }),
+        Err(e) => Some(failed(e)),
+    }
+}
+
+/// A stop asked for: report Cancelled if the job asked to be cancelled, else nothing (the
+/// attempt was superseded).
+fn cancelled(node: &Node, job: &Job) -> Option<Outcome> {
+    let asked = node.read_state(|s| {
+        s.jobs
+            .get(&job.id)
+            .is_some_and(|j| j.cancel_requested && j.attempt == job.attempt)
+    });
+    asked.then_some(Outcome::Cancelled)
+}
+
+async fn report_progress(node: Arc<Node>, id: AttemptId, counters: Arc<Counters>) {
+    let mut last = (u64::MAX, 0, 0);
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let now = counters.snapshot();
+        if now == last {
+            continue;
+        }
+        last = now;
+        let request = proto::JobReportRequest {
+            job_id: id.job_id.clone(),
+            attempt: id.attempt,
+            phase: "progress".into(),
+            rows: now.0,
+            bytes: now.1,
+            files: now.2,
+            ..Default::default()
+        };
+        let _ = report(&node, request, Duration::from_secs(1)).await;
+    }
+}
+
+/// Sends a report to the dispatcher (here, or over the node channel).
+async fn report(
+    node: &Node,
+    request: proto::JobReportRequest,
+    patience: Duration,
+) -> Result<proto::JobReportReply, Status> {
+    let calling = Calling {
+        patience,
+        attempt: crate::node::FORWARD_TIMEOUT,
+        // The state machine takes a repeated report for the same attempt as the first.
+        idempotent: true,
+    };
+    node.at_dispatcher(calling, |hop| {
+        let request = request.clone();
+        async move {
+            match hop {
+                Hop::Here => crate::dispatch::report(node, node.id(), request).await,
+                Hop::There(channel) => proto::cluster_client::ClusterClient::new(channel)
+                    .job_report(request)
+                    .await
+                    .map(|r| r.into_inner()),
+            }
+        }
+    })
+    .await
+}
