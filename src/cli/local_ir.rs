@@ -39,6 +39,9 @@ pub struct LocalIr {
     pub nodes: Vec<LocalNode>,
     /// Extra environment for every node process (e.g. log filters in tests).
     pub env: Vec<(String, String)>,
+    /// Written to each node's node.json when it is provisioned: tests shorten it so that a
+    /// node they stop is declared Offline quickly.
+    pub offline_timeout_ms: Option<u64>,
 }
 
 /// The loopback address of node `i` (0-based): 127.0.0.1 for the first.
@@ -73,6 +76,7 @@ impl LocalIr {
             root,
             nodes,
             env: Vec::new(),
+            offline_timeout_ms: None,
         }
     }
 
@@ -127,12 +131,22 @@ impl LocalIr {
         let dir = n.dir.root().to_string_lossy().into_owned();
         let mut args = vec![verb, "--data-dir", &dir, "--name", &n.name, "--listen", &n.address];
         args.extend_from_slice(extra);
-        self.shir(&args).await.map(drop)
+        self.shir(&args).await?;
+        if let Some(ms) = self.offline_timeout_ms {
+            let mut config = n.dir.load_config()?;
+            config.offline_timeout_ms = ms;
+            n.dir.write_config(&config)?;
+        }
+        Ok(())
     }
 
     /// Starts `shir run` for node `i` and waits until its local socket answers.
     pub async fn start(&mut self, i: usize) -> Result<()> {
-        let log = std::fs::File::create(&self.nodes[i].log)?;
+        // Appended to: a restarted node's log follows its earlier life.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.nodes[i].log)?;
         let child = Command::new(&self.exe)
             .args(["run", "--data-dir"])
             .arg(self.nodes[i].dir.root())

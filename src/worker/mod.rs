@@ -137,6 +137,14 @@ async fn attempt(
         Ok(staged) => staged,
         Err(e) => return Some(failed(e)),
     };
+    if let Some(hold) = hold_before_publish(&job.spec.name) {
+        // Tests widen the window between staging and publishing, to kill or pause a node
+        // exactly there.
+        tokio::select! {
+            _ = tokio::time::sleep(hold) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
     if cancel.is_cancelled() {
         staged.discard().await;
         return cancelled(node, job);
@@ -170,6 +178,18 @@ async fn attempt(
         }),
         Err(e) => Some(failed(e)),
     }
+}
+
+/// `SHIR_TEST_HOLD_BEFORE_PUBLISH=PREFIX:MS`: jobs whose name starts with PREFIX wait MS
+/// milliseconds between staging and asking to publish. A fault-injection hook for tests
+/// (to kill or pause a node exactly there); never set in production.
+fn hold_before_publish(job_name: &str) -> Option<Duration> {
+    let setting = std::env::var("SHIR_TEST_HOLD_BEFORE_PUBLISH").ok()?;
+    let (prefix, ms) = setting.rsplit_once(':')?;
+    job_name
+        .starts_with(prefix)
+        .then(|| ms.parse().ok().map(Duration::from_millis))
+        .flatten()
 }
 
 /// A stop asked for: report Cancelled if the job asked to be cancelled, else nothing (the
