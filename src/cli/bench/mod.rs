@@ -4,6 +4,7 @@
 //! etcd on the same machine in the same run when `etcd` is installed, as a ratio: absolute
 //! numbers on a shared machine drift, the ratio much less.
 
+mod copy;
 mod etcd;
 mod load;
 
@@ -42,6 +43,13 @@ pub struct BenchArgs {
     /// Skip the etcd comparison even if `etcd` is installed.
     #[arg(long)]
     pub no_etcd: bool,
+    /// Measure copy jobs instead: a binary and a CSV file against `cp`, a PostgreSQL table
+    /// to CSV against `psql \copy` (with SHIR_TEST_PG), submit-to-start latency.
+    #[arg(long)]
+    pub copy: bool,
+    /// Size of each file the copy benchmark writes and copies, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub size_mib: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -66,7 +74,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         if cfg!(debug_assertions) { "debug" } else { "release" },
         work.path().display()
     ));
-    let outcome = bench(&mut ir, &args, work.path(), &say).await;
+    let outcome = if args.copy {
+        copy::run(&mut ir, work.path(), args.size_mib, &say).await
+    } else {
+        bench(&mut ir, &args, work.path(), &say).await
+    };
     ir.stop_all().await;
     let report = outcome?;
     if args.json {
