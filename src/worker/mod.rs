@@ -28,10 +28,19 @@ const REPORT_PATIENCE: Duration = Duration::from_secs(30);
 pub async fn worker_loop(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
     let mut running: HashMap<String, (u32, CancellationToken)> = HashMap::new();
+    // Attempts that ended without their outcome reaching a dispatcher: forgotten here, so
+    // that if the log still says they run on this node they are run again (publishing is
+    // idempotent) instead of staying Running forever.
+    let (unsettled_tx, mut unsettled) = tokio::sync::mpsc::unbounded_channel::<(String, u32)>();
     loop {
         tokio::select! {
             _ = metrics.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        while let Ok((id, attempt)) = unsettled.try_recv() {
+            if running.get(&id).is_some_and(|(a, _)| *a == attempt) {
+                running.remove(&id);
+            }
         }
         let me = node.id();
         let mine: Vec<Job> = node.read_state(|s| {
@@ -60,7 +69,7 @@ pub async fn worker_loop(node: Arc<Node>) {
                     let token = CancellationToken::new();
                     running.insert(job.id.clone(), (job.attempt, token.clone()));
                     tracing::info!(job = %job.id, attempt = job.attempt, "running job");
-                    tokio::spawn(run_attempt(node.clone(), job, token));
+                    tokio::spawn(run_attempt(node.clone(), job, token, unsettled_tx.clone()));
                 }
             }
         }
@@ -83,16 +92,29 @@ fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
     })
 }
 
-async fn run_attempt(node: Arc<Node>, job: Job, cancel: CancellationToken) {
+async fn run_attempt(
+    node: Arc<Node>,
+    job: Job,
+    cancel: CancellationToken,
+    unsettled: tokio::sync::mpsc::UnboundedSender<(String, u32)>,
+) {
     let id = AttemptId {
         job_id: job.id.clone(),
         attempt: job.attempt,
     };
     let counters = Arc::new(Counters::default());
     let reporter = tokio::spawn(report_progress(node.clone(), id.clone(), counters.clone()));
-    let outcome = attempt(&node, &job, &id, &counters, &cancel).await;
+    let ended = attempt(&node, &job, &id, &counters, &cancel).await;
     reporter.abort();
-    let Some(outcome) = outcome else { return };
+    let outcome = match ended {
+        Ended::Report(outcome) => outcome,
+        Ended::Superseded => return,
+        Ended::Unsettled => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = unsettled.send((id.job_id, id.attempt));
+            return;
+        }
+    };
     let label = match &outcome {
         Outcome::Succeeded { .. } => "succeeded".to_string(),
         Outcome::Failed { error, .. } => format!("failed: {error}"),
@@ -108,26 +130,32 @@ async fn run_attempt(node: Arc<Node>, job: Job, cancel: CancellationToken) {
         ..Default::default()
     };
     if let Err(e) = report(&node, request, REPORT_PATIENCE).await {
-        tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the dispatcher will requeue the job");
+        tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the attempt will run again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = unsettled.send((id.job_id, id.attempt));
     }
 }
 
-/// Runs one attempt up to its outcome; `None` if it stopped because it is no longer current
-/// (nothing to report: another attempt owns the job now).
-async fn attempt(
-    node: &Node,
-    job: &Job,
-    id: &AttemptId,
-    counters: &Counters,
-    cancel: &CancellationToken,
-) -> Option<Outcome> {
+/// How an attempt ended.
+enum Ended {
+    /// With an outcome to report.
+    Report(Outcome),
+    /// It is no longer current: another attempt owns the job now; nothing to report.
+    Superseded,
+    /// No dispatcher could be asked for permission to publish: run it again later if the
+    /// log still says it is ours.
+    Unsettled,
+}
+
+/// Runs one attempt up to its outcome.
+async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, cancel: &CancellationToken) -> Ended {
     let failed = |e: CopyError| Outcome::Failed {
         error: e.message,
         retryable: e.retryable,
     };
     let (source, sink) = match (endpoint(node, &job.spec.source), endpoint(node, &job.spec.sink)) {
         (Ok(source), Ok(sink)) => (source, sink),
-        (Err(e), _) | (_, Err(e)) => return Some(failed(e)),
+        (Err(e), _) | (_, Err(e)) => return Ended::Report(failed(e)),
     };
     let staged = tokio::select! {
         staged = copy::stage(id, &source, &sink, counters) => staged,
@@ -135,7 +163,7 @@ async fn attempt(
     };
     let staged = match staged {
         Ok(staged) => staged,
-        Err(e) => return Some(failed(e)),
+        Err(e) => return Ended::Report(failed(e)),
     };
     if let Some(hold) = hold_before_publish(&job.spec.name) {
         // Tests widen the window between staging and publishing, to kill or pause a node
@@ -160,23 +188,23 @@ async fn attempt(
         Ok(reply) => {
             tracing::info!(job = %id.job_id, attempt = id.attempt, why = %reply.message, "not allowed to publish; discarding");
             staged.discard().await;
-            return None;
+            return Ended::Superseded;
         }
         Err(e) => {
             tracing::warn!(job = %id.job_id, error = %e.message(), "no dispatcher allowed publishing; discarding");
             staged.discard().await;
-            return None;
+            return Ended::Unsettled;
         }
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
     match staged.publish().await {
-        Ok(()) => Some(Outcome::Succeeded {
+        Ok(()) => Ended::Report(Outcome::Succeeded {
             rows,
             bytes,
             files,
             check,
         }),
-        Err(e) => Some(failed(e)),
+        Err(e) => Ended::Report(failed(e)),
     }
 }
 
@@ -194,13 +222,17 @@ fn hold_before_publish(job_name: &str) -> Option<Duration> {
 
 /// A stop asked for: report Cancelled if the job asked to be cancelled, else nothing (the
 /// attempt was superseded).
-fn cancelled(node: &Node, job: &Job) -> Option<Outcome> {
+fn cancelled(node: &Node, job: &Job) -> Ended {
     let asked = node.read_state(|s| {
         s.jobs
             .get(&job.id)
             .is_some_and(|j| j.cancel_requested && j.attempt == job.attempt)
     });
-    asked.then_some(Outcome::Cancelled)
+    if asked {
+        Ended::Report(Outcome::Cancelled)
+    } else {
+        Ended::Superseded
+    }
 }
 
 async fn report_progress(node: Arc<Node>, id: AttemptId, counters: Arc<Counters>) {
