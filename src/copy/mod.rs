@@ -188,11 +188,18 @@ pub trait StagedOutput: Send {
 pub type Batches = BoxStream<'static, Result<arrow::record_batch::RecordBatch, CopyError>>;
 
 /// Reads `source` and writes it to `sink`'s staging location.
-pub async fn stage(attempt: &AttemptId, source: &Endpoint, sink: &Endpoint, counters: &Counters) -> Result<Staged, CopyError> {
+pub async fn stage(
+    attempt: &AttemptId,
+    source: &Endpoint,
+    sink: &Endpoint,
+    counters: &Counters,
+) -> Result<Staged, CopyError> {
     let binary = matches!(source.format, Format::Binary) || matches!(sink.format, Format::Binary);
     if binary {
         if source.service.kind != ServiceType::Filesystem || sink.service.kind != ServiceType::Filesystem {
-            return Err(CopyError::fatal("a binary copy needs filesystem linked services on both sides"));
+            return Err(CopyError::fatal(
+                "a binary copy needs filesystem linked services on both sides",
+            ));
         }
         return files::copy_binary(attempt, source, sink, counters).await;
     }
