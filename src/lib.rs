@@ -11,6 +11,8 @@ pub mod pki;
 pub mod raft;
 pub mod secrets;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 
 /// The gRPC contract generated from `proto/shir.proto`.
