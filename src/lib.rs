@@ -12,6 +12,8 @@ pub mod pki;
 pub mod raft;
 pub mod secrets;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 pub mod worker;
 

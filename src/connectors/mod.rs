@@ -8,7 +8,7 @@
 
 mod filesystem;
 mod http;
-mod postgres;
+pub(crate) mod postgres;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,5 +1,5 @@
-//! PostgreSQL linked services: their fields and the connection probe (log in, ask the
-//! server its version).
+//! PostgreSQL linked services: their fields, the connection probe (log in, ask the server
+//! its version), and the login the copy data plane uses ([`connect`]).
 
 use std::time::Duration;
 
@@ -69,6 +69,50 @@ pub(super) fn target(spec: &ServiceSpec) -> String {
 /// password, and the query proves the session is usable (not, say, refused for too many
 /// connections after authentication).
 pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String, String> {
+    let at = address(spec);
+    let client = connect(spec, "shir linked-service probe", limit)
+        .await
+        .map_err(|failure| failure.message)?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_user::text, current_database()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "logged in, but a query failed on PostgreSQL at {at} as {} to database {}: {}",
+                spec.get("user").unwrap_or_default(),
+                spec.get("database").unwrap_or_default(),
+                one_line(&crate::error_chain(&e))
+            )
+        })?;
+    let version: String = row.get(0);
+    let who: String = row.get(1);
+    let db: String = row.get(2);
+    Ok(format!(
+        "connected to PostgreSQL {version} as {who} to database {db} at {at}"
+    ))
+}
+
+/// Why [`connect`] failed: one line that never holds the password, and whether another try
+/// could help (nothing listening, too many connections, a server starting up) or not (a
+/// wrong password, an unknown database, a server that wants the password in clear).
+#[derive(Debug)]
+pub(crate) struct ConnectFailure {
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Connects to the service's database as its user and returns the client; the connection
+/// is driven by a spawned task that ends once the client is dropped. `limit` bounds the
+/// login after the TCP connection is made (tokio-postgres' own connect timeout); callers
+/// that need the whole attempt bounded wrap it in a timeout.
+pub(crate) async fn connect(
+    spec: &ServiceSpec,
+    application_name: &str,
+    limit: Duration,
+) -> Result<tokio_postgres::Client, ConnectFailure> {
     let user = spec.get("user").unwrap_or_default();
     let database = spec.get("database").unwrap_or_default();
     let at = address(spec);
@@ -79,7 +123,7 @@ pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String,
         .port(port(spec))
         .dbname(database)
         .user(user)
-        .application_name("shir linked-service probe")
+        .application_name(application_name)
         .connect_timeout(limit);
     if let Some(password) = spec.get_secret("password") {
         // tokio-postgres keeps its own copy of the password in the Config, not zeroized;
@@ -91,40 +135,56 @@ pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String,
     // wrapped so that the password is only ever used in a SCRAM exchange, which never puts
     // it on the wire: a server (or whoever answers in its place) asking for it in clear or
     // as MD5 gets nothing.
-    let failed = |what: &str, e: tokio_postgres::Error| {
-        format!(
-            "{what} PostgreSQL at {at} as {user} to database {database}: {}",
-            one_line(&crate::error_chain(&e))
-        )
-    };
     let host = spec.get("host").unwrap_or_default();
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     let tcp = tokio::net::TcpStream::connect((host, port(spec)))
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL at {at} as {user} to database {database}: {e}"))?;
+        .map_err(|e| ConnectFailure {
+            message: format!("cannot connect to PostgreSQL at {at} as {user} to database {database}: {e}"),
+            retryable: true,
+        })?;
     let _ = tcp.set_nodelay(true);
     let (client, connection) = config
         .connect_raw(ScramOnly::new(tcp), NoTls)
         .await
-        .map_err(|e| failed("cannot connect to", e))?;
+        .map_err(|e| ConnectFailure {
+            message: format!(
+                "cannot connect to PostgreSQL at {at} as {user} to database {database}: {}",
+                one_line(&crate::error_chain(&e))
+            ),
+            retryable: is_retryable(&e),
+        })?;
     // The connection object drives the socket; it finishes on its own once `client` is dropped.
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    Ok(client)
+}
 
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version'), current_user::text, current_database()::text",
-            &[],
-        )
-        .await
-        .map_err(|e| failed("logged in, but a query failed on", e))?;
-    let version: String = row.get(0);
-    let who: String = row.get(1);
-    let db: String = row.get(2);
-    Ok(format!(
-        "connected to PostgreSQL {version} as {who} to database {db} at {at}"
-    ))
+/// Whether an error from PostgreSQL could pass on another try: a lost connection, a server
+/// shutting down or starting up, too many connections, a deadlock or serialization
+/// failure. Bad input, a missing table, a refused login or a syntax error would fail the
+/// same way again.
+pub(crate) fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        // SQLSTATE classes: 08 connection exception, 40 transaction rollback (deadlock,
+        // serialization), 53 insufficient resources, 57 operator intervention (shutdown,
+        // cannot connect now), 58 system error (I/O).
+        return matches!(&code.code()[..2], "08" | "40" | "53" | "57" | "58");
+    }
+    if e.is_closed() {
+        return true;
+    }
+    // A socket error is worth another try; the refusal of a password request by
+    // `ScramOnly` (PermissionDenied) is not.
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() != std::io::ErrorKind::PermissionDenied;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A client stream that refuses a server's request for the password in clear

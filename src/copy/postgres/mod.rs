@@ -1,0 +1,475 @@
+//! PostgreSQL sources (a table or a query) and sinks (a table, loaded with COPY), staged in
+//! an open transaction and published by committing it together with the job's idempotency
+//! record.
+//!
+//! **Reading** ([`read_table`]) asks the server to describe the query (a table is read as
+//! `SELECT * FROM "schema"."table"`), maps each column's type to Arrow, then streams
+//! `COPY (query) TO STDOUT (FORMAT binary)` and decodes it into record batches of up to
+//! [`BATCH_ROWS`] rows in a task of its own, a few batches ahead of the sink. Memory stays
+//! bounded whatever the table's size. The query runs in a read-only transaction: a source
+//! does not write. The mapping:
+//!
+//! | PostgreSQL                                      | Arrow                           |
+//! |-------------------------------------------------|---------------------------------|
+//! | `boolean`                                       | `Boolean`                       |
+//! | `smallint`, `integer`, `bigint`                 | `Int16`, `Int32`, `Int64`       |
+//! | `real`, `double precision`                      | `Float32`, `Float64`            |
+//! | `numeric`                                       | `Utf8`, the exact decimal text as PostgreSQL prints it (`NaN`, `Infinity` too) |
+//! | `text`, `varchar`, `char(n)`, `name`, enums     | `Utf8`                          |
+//! | `json`, `jsonb`                                 | `Utf8` (the JSON text)          |
+//! | `uuid`                                          | `Utf8` (`xxxxxxxx-xxxx-…`)      |
+//! | `bytea`                                         | `Binary`                        |
+//! | `date`                                          | `Date32`                        |
+//! | `time`                                          | `Time64(µs)`                    |
+//! | `timestamp`                                     | `Timestamp(µs)`                 |
+//! | `timestamptz`                                   | `Timestamp(µs, "+00:00")` (UTC) |
+//! | a domain                                        | as its base type                |
+//!
+//! NULLs stay NULL. Any other type (interval, inet, arrays, …) fails the job naming the
+//! column and its type; a query can cast it (`during::text`). So does an infinite date or
+//! timestamp, which Arrow cannot hold.
+//!
+//! **Writing** ([`write_table`]) needs an existing table whose columns (generated ones left
+//! out) match the batches' by position, in number and in kind. It opens a transaction and
+//! loads the rows with `COPY … FROM STDIN` in the text format, so the server parses every
+//! value into its column's type and names the row and column of a value it cannot read.
+//! The transaction is left open: the rows are invisible to everyone else until
+//! [`Staged::publish`] commits it, and gone if the attempt is discarded or its node dies.
+//!
+//! **Publishing** records the job in `shir.job_commits` (created on first use, see
+//! [`COMMITS_TABLE`]) in the same transaction, with `INSERT … ON CONFLICT DO NOTHING`. If
+//! the job is already there, another attempt has published it: this one rolls back and the
+//! target keeps exactly one copy. Two attempts publishing at once serialize on the record's
+//! primary key: the second waits for the first and then finds the record.
+//!
+//! **Counting**: [`Batches`] is a `'static` stream and the counters are borrowed, so the
+//! source cannot count what the sink pulls later; the sink counts rows and the bytes it
+//! sends as it writes them. The consistency check compares the rows the sink received with
+//! the rows the server reports COPY stored.
+
+mod decode;
+mod encode;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_postgres::Client;
+
+use super::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, Location, Staged, StagedOutput};
+use crate::connectors::one_line;
+use crate::connectors::postgres::{connect as connect_service, is_retryable};
+
+/// Rows per record batch: large enough that per-batch costs vanish, small enough that a
+/// batch of wide rows stays a few megabytes.
+pub const BATCH_ROWS: usize = 8192;
+
+/// A batch is cut earlier once its rows took this many bytes on the wire, so that very wide
+/// rows (large text or bytea values) do not make batches of hundreds of megabytes.
+pub const BATCH_BYTES: usize = 32 << 20;
+
+/// Decoded batches waiting for the sink: enough to keep both sides busy, few enough to keep
+/// memory bounded (at most this many times [`BATCH_BYTES`]).
+const BATCHES_AHEAD: usize = 4;
+
+/// How long connecting and logging in may take before the attempt fails (transiently):
+/// generous for a server across a VPN, short next to a copy's retry interval.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The idempotency record: one row per published job, in every database shir writes to.
+/// A role that may not create schemas needs it made once by an owner (the statement is
+/// [`CREATE_COMMITS`]) and `INSERT, SELECT` on it.
+pub const COMMITS_TABLE: &str = "shir.job_commits";
+
+/// Creates the idempotency record's schema and table if missing.
+pub const CREATE_COMMITS: &str = "CREATE SCHEMA IF NOT EXISTS shir; \
+     CREATE TABLE IF NOT EXISTS shir.job_commits (\
+         job_id text PRIMARY KEY, \
+         attempt integer NOT NULL, \
+         sink_table text NOT NULL, \
+         rows bigint NOT NULL, \
+         committed_at timestamptz NOT NULL DEFAULT now())";
+
+/// An identifier quoted for SQL: `"` around it, inner quotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."table"` for SQL.
+fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// A server error as one line, `context: message; detail (where)`, fatal or transient as
+/// [`is_retryable`] judges it.
+fn pg_error(context: &str, e: &tokio_postgres::Error) -> CopyError {
+    let text = match e.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                text.push_str("; ");
+                text.push_str(detail);
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str("; ");
+                text.push_str(hint);
+            }
+            if let Some(place) = db.where_() {
+                text.push_str(&format!(" ({place})"));
+            }
+            text
+        }
+        None => crate::error_chain(e),
+    };
+    let message = one_line(&format!("{context}: {text}"));
+    if is_retryable(e) {
+        CopyError::transient(message)
+    } else {
+        CopyError::fatal(message)
+    }
+}
+
+/// Connects to the endpoint's database; nothing listening or a timeout is transient, a
+/// refused login fatal.
+async fn connect(endpoint: &Endpoint, application_name: &str) -> Result<Client, CopyError> {
+    let attempt = connect_service(&endpoint.service, application_name, CONNECT_TIMEOUT);
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(failure)) if failure.retryable => Err(CopyError::transient(failure.message)),
+        Ok(Err(failure)) => Err(CopyError::fatal(failure.message)),
+        Err(_) => Err(CopyError::transient(format!(
+            "gave up connecting to linked service {} after {} s",
+            endpoint.service_name,
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Runs the table read or query and yields its rows as record batches.
+///
+/// The counters are not touched: see the module's documentation.
+pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batches, CopyError> {
+    let _ = counters;
+    let (query, what) = match &source.location {
+        Location::Table { schema, table } => (
+            format!("SELECT * FROM {}", qualified(schema, table)),
+            format!("source table {schema}.{table}"),
+        ),
+        Location::Query(sql) => {
+            let sql = sql.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+            if sql.is_empty() {
+                return Err(CopyError::fatal("the source query is empty"));
+            }
+            (sql.to_owned(), "source query".to_owned())
+        }
+        Location::Path(path) => {
+            return Err(CopyError::fatal(format!(
+                "a PostgreSQL source is a table (SCHEMA.TABLE) or a query, not the path {path}"
+            )));
+        }
+    };
+
+    let client = connect(source, "shir copy source").await?;
+    client
+        .batch_execute("START TRANSACTION READ ONLY")
+        .await
+        .map_err(|e| pg_error(&what, &e))?;
+    let statement = client.prepare(&query).await.map_err(|e| {
+        if let (Location::Table { .. }, Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)) =
+            (&source.location, e.code())
+        {
+            CopyError::fatal(format!("{what} does not exist"))
+        } else {
+            pg_error(&what, &e)
+        }
+    })?;
+
+    let mut columns = Vec::with_capacity(statement.columns().len());
+    for (i, column) in statement.columns().iter().enumerate() {
+        let decode = decode::decoder_for(column.type_()).ok_or_else(|| {
+            CopyError::fatal(format!(
+                "{what}: column {} (\"{}\") has type {}, which shir cannot map to a copy column \
+                 (cast it in a query, e.g. \"{}\"::text)",
+                i + 1,
+                column.name(),
+                column.type_(),
+                column.name()
+            ))
+        })?;
+        columns.push((column.name().to_owned(), decode));
+    }
+    if columns.is_empty() {
+        return Err(CopyError::fatal(format!("{what} returns no columns")));
+    }
+
+    // The query on lines of its own: a trailing `-- comment` must not swallow the `)`.
+    let copy = format!("COPY (\n{query}\n) TO STDOUT (FORMAT binary)");
+    let stream = client.copy_out(&copy).await.map_err(|e| pg_error(&what, &e))?;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+    let mut decoder = decode::BatchDecoder::new(columns, BATCH_ROWS, BATCH_BYTES);
+    tokio::spawn(async move {
+        // The client lives as long as the stream it feeds; once the sink stops pulling
+        // (done or failed), sending fails, both are dropped and the server ends the query.
+        let _client = client;
+        futures::pin_mut!(stream);
+        let mut sent_any = false;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let decoded = match chunk {
+                Ok(chunk) => decoder
+                    .feed(&chunk, &mut out)
+                    .map_err(|why| CopyError::fatal(format!("{what}: {why}"))),
+                Err(e) => Err(pg_error(&what, &e)),
+            };
+            if let Err(e) = decoded {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            for batch in out.drain(..) {
+                sent_any = true;
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let last = match decoder.finish() {
+            Ok(Some(last)) => Ok(last),
+            Ok(None) if !sent_any => Ok(decoder.empty_batch()),
+            Ok(None) => return,
+            Err(why) => Err(CopyError::transient(format!("{what}: {why}"))),
+        };
+        let _ = tx.send(last).await;
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+/// The columns COPY writes in the sink table, in order; a fatal error if the table does not
+/// exist or is not something rows can be loaded into.
+async fn sink_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<encode::SinkColumn>, CopyError> {
+    let what = format!("sink table {schema}.{table}");
+    let found = client
+        .query_opt(
+            "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| pg_error(&what, &e))?;
+    let Some(found) = found else {
+        return Err(CopyError::fatal(format!("{what} does not exist")));
+    };
+    let (oid, kind): (u32, String) = (found.get(0), found.get(1));
+    match kind.as_str() {
+        // Ordinary, partitioned and foreign tables.
+        "r" | "p" | "f" => {}
+        "v" | "m" => return Err(CopyError::fatal(format!("{what} is a view, not a table"))),
+        other => {
+            return Err(CopyError::fatal(format!("{what} is not a table (relkind {other})")));
+        }
+    }
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error(&what, &e))?;
+    Ok(rows
+        .iter()
+        .map(|row| encode::SinkColumn {
+            name: row.get(0),
+            type_name: row.get(1),
+            target: encode::target_for(row.get(2)),
+        })
+        .collect())
+}
+
+/// Makes sure the idempotency record exists before the load starts. Only creates it when
+/// missing, so a role without CREATE can use one made by an owner; two creators racing
+/// each other make one of them fail with a duplicate, and it looks again.
+async fn ensure_commits_table(client: &Client) -> Result<(), CopyError> {
+    use tokio_postgres::error::SqlState;
+    let context = format!("the idempotency record {COMMITS_TABLE}");
+    for _ in 0..3 {
+        let exists: bool = client
+            .query_one(&format!("SELECT to_regclass('{COMMITS_TABLE}') IS NOT NULL"), &[])
+            .await
+            .map_err(|e| pg_error(&context, &e))?
+            .get(0);
+        if exists {
+            return Ok(());
+        }
+        match client.batch_execute(CREATE_COMMITS).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(&SqlState::UNIQUE_VIOLATION | &SqlState::DUPLICATE_SCHEMA | &SqlState::DUPLICATE_TABLE)
+                ) => {}
+            Err(e) => {
+                let mut error = pg_error(&format!("cannot create {context}"), &e);
+                if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                    error.message.push_str(&format!(
+                        "; have an owner of the database run once: {CREATE_COMMITS}; and grant this role USAGE on schema shir and INSERT, SELECT on the table"
+                    ));
+                }
+                return Err(error);
+            }
+        }
+    }
+    Err(CopyError::transient(format!(
+        "cannot create {context}: it keeps being created and not found"
+    )))
+}
+
+/// Loads `batches` into the sink table inside a transaction left open for publish.
+pub async fn write_table(
+    attempt: &AttemptId,
+    sink: &Endpoint,
+    batches: Batches,
+    counters: &Counters,
+) -> Result<Staged, CopyError> {
+    let Location::Table { schema, table } = &sink.location else {
+        return Err(CopyError::fatal(
+            "a PostgreSQL sink is a table (SCHEMA.TABLE), not a query or a path",
+        ));
+    };
+    let what = format!("sink table {schema}.{table}");
+    let name = qualified(schema, table);
+
+    let client = connect(
+        sink,
+        &format!("shir job {} attempt {}", attempt.job_id, attempt.attempt),
+    )
+    .await?;
+    // Timestamps without a zone written to a timestamptz column are taken as UTC, as
+    // Arrow means them; dates in the ISO order the encoder writes.
+    client
+        .batch_execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'")
+        .await
+        .map_err(|e| pg_error(&what, &e))?;
+    ensure_commits_table(&client).await?;
+    let columns = sink_columns(&client, schema, table).await?;
+    if columns.is_empty() {
+        return Err(CopyError::fatal(format!("{what} has no columns to load")));
+    }
+
+    // READ COMMITTED whatever the database's default: under REPEATABLE READ or
+    // SERIALIZABLE, the second of two concurrent publishes would fail with a serialization
+    // error instead of finding the first one's record.
+    client
+        .batch_execute("START TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE")
+        .await
+        .map_err(|e| pg_error(&what, &e))?;
+    let list: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let copy = client
+        .copy_in::<_, Bytes>(&format!("COPY {name} ({}) FROM STDIN", list.join(", ")))
+        .await
+        .map_err(|e| pg_error(&what, &e))?;
+    futures::pin_mut!(copy);
+
+    let mut batches = batches;
+    let mut checked = false;
+    let (mut rows_read, mut bytes) = (0u64, 0u64);
+    while let Some(batch) = batches.next().await {
+        // A failed source ends the load here: dropping the COPY aborts it, dropping the
+        // client rolls the transaction back.
+        let batch = batch?;
+        if !checked {
+            encode::check_columns(&batch.schema(), &columns, &format!("{schema}.{table}")).map_err(CopyError::fatal)?;
+            checked = true;
+        }
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let mut text = Vec::with_capacity(64 * batch.num_rows());
+        encode::encode(&batch, &columns, rows_read, &mut text)
+            .map_err(|why| CopyError::fatal(format!("{what}: {why}")))?;
+        let len = text.len() as u64;
+        copy.send(Bytes::from(text)).await.map_err(|e| pg_error(&what, &e))?;
+        rows_read += batch.num_rows() as u64;
+        bytes += len;
+        counters.add(batch.num_rows() as u64, len, 0);
+    }
+    let rows_written = copy.as_mut().finish().await.map_err(|e| pg_error(&what, &e))?;
+
+    let check = Consistency {
+        rows_read,
+        rows_written,
+        verified: rows_read == rows_written,
+        ..Consistency::default()
+    };
+    let staged = PgStaged {
+        client,
+        attempt: attempt.clone(),
+        table: format!("{schema}.{table}"),
+        rows: rows_written,
+    };
+    Ok(Staged::new(rows_written, bytes, 0, check, Box::new(staged)))
+}
+
+/// Rows loaded in a transaction that is still open.
+struct PgStaged {
+    client: Client,
+    attempt: AttemptId,
+    /// `schema.table`, for the record and messages.
+    table: String,
+    rows: u64,
+}
+
+impl StagedOutput for PgStaged {
+    fn publish(self: Box<Self>) -> futures::future::BoxFuture<'static, Result<(), CopyError>> {
+        Box::pin(async move {
+            let what = format!(
+                "publishing job {} attempt {} to sink table {}",
+                self.attempt.job_id, self.attempt.attempt, self.table
+            );
+            let attempt = i32::try_from(self.attempt.attempt).unwrap_or(i32::MAX);
+            let rows = i64::try_from(self.rows).unwrap_or(i64::MAX);
+            // Waits if another attempt's transaction holds the same job id, until that one
+            // commits (this insert then does nothing) or rolls back (this one inserts).
+            let recorded = self
+                .client
+                .execute(
+                    "INSERT INTO shir.job_commits (job_id, attempt, sink_table, rows) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (job_id) DO NOTHING",
+                    &[&self.attempt.job_id, &attempt, &self.table, &rows],
+                )
+                .await
+                .map_err(|e| pg_error(&what, &e))?;
+            if recorded == 0 {
+                tracing::info!(
+                    job = %self.attempt.job_id,
+                    attempt = self.attempt.attempt,
+                    table = %self.table,
+                    "another attempt already published this job; leaving the table as it is"
+                );
+                self.client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|e| pg_error(&what, &e))?;
+                return Ok(());
+            }
+            // If the connection drops during COMMIT, whether it happened is unknown: the
+            // error is transient, and the next attempt's publish finds the record if it did.
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| pg_error(&what, &e))
+        })
+    }
+
+    fn discard(self: Box<Self>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            // Closing the connection would roll back as well; this ends it at once.
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        })
+    }
+}

@@ -1,0 +1,4 @@
+//! Helpers for tests: real servers started from the machine's own binaries, for this
+//! crate's unit tests and for integration tests. Not part of the product's interface.
+
+pub mod postgres;
