@@ -14,6 +14,7 @@
 pub mod files;
 pub mod postgres;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
@@ -82,11 +83,16 @@ pub struct AttemptId {
 }
 
 /// Rows, bytes and files moved so far; read by the progress reporter while the copy runs.
-#[derive(Debug, Default)]
+///
+/// Clones share one set of counts: a source's [`Batches`] stream outlives the call that made
+/// it, so it keeps a clone to count with. In a tabular copy the *source* counts (rows, bytes
+/// and files read) and the sink adds nothing, so no row is counted twice; a binary copy
+/// counts the bytes and files it has written.
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
-    pub rows: AtomicU64,
-    pub bytes: AtomicU64,
-    pub files: AtomicU64,
+    pub rows: Arc<AtomicU64>,
+    pub bytes: Arc<AtomicU64>,
+    pub files: Arc<AtomicU64>,
 }
 
 impl Counters {

@@ -1,0 +1,655 @@
+//! Tabular file sources: CSV, JSON Lines and Parquet, read on a blocking thread into record
+//! batches.
+//!
+//! Before the first batch the source is *planned*: its files are listed and their schemas
+//! compared, so that a missing source or a file of another shape fails the copy before any
+//! row moves. Then one thread reads the files in path order and hands batches through a
+//! channel of [`BATCHES_IN_FLIGHT`]; when the consumer goes away (the copy failed or was
+//! cancelled) the next send fails and the thread stops.
+//!
+//! * **CSV**: every column is text (`Utf8`, nullable); an empty field is NULL. Column
+//!   names come from the header, or are `column_1`, `column_2`, … without one. Text keeps
+//!   a CSV→CSV copy faithful to the values (no `1.50` turned into `1.5`, no dates
+//!   re-formatted, no guess from the first rows that a later row contradicts), and a
+//!   PostgreSQL sink converts text to its column types as `COPY` does.
+//! * **JSON Lines**: one object per line; column types are inferred from every line of
+//!   every file (a first pass), so a value late in the data cannot contradict the guess;
+//!   columns keep the order in which their keys first appear. Every file must have the
+//!   same keys.
+//! * **Parquet**: the files' own schemas, which must agree in column names and types.
+//!
+//! A bad row ends the stream with a fatal error naming the file and its line: the line
+//! where the record starts, counting every physical line (a quoted CSV field may span
+//! several).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use futures::StreamExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::paths::{Root, SourceFile, Walk, resolve_sources};
+use super::{BATCH_BYTES, BATCH_ROWS, BATCHES_IN_FLIGHT, IO_BUFFER, TableFormat, blocking, io_error};
+use crate::copy::{Batches, CopyError, Counters, CsvOptions, Endpoint};
+
+pub(super) async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batches, CopyError> {
+    let root = Root::of(source)?;
+    let text = root.path_of(source)?.to_owned();
+    let format = TableFormat::of(source)?;
+    let plan = blocking(move || Plan::make(root, &text, format)).await?;
+
+    let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let counters = counters.clone();
+    tokio::task::spawn_blocking(move || plan.run(&tx, &counters));
+    let batches = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(batches.boxed())
+}
+
+/// One file of the source.
+struct Input {
+    file: SourceFile,
+    /// `service:path`, for messages.
+    shown: String,
+    /// Holds no rows and no schema (an empty CSV, a JSON Lines file of blank lines).
+    empty: bool,
+}
+
+/// The files of a source and the one schema they share.
+struct Plan {
+    format: TableFormat,
+    inputs: Vec<Input>,
+    schema: SchemaRef,
+}
+
+/// Why reading stopped early.
+enum Stop {
+    Failed(CopyError),
+    /// The consumer is gone; nobody is left to tell.
+    Closed,
+}
+
+impl From<CopyError> for Stop {
+    fn from(e: CopyError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl Plan {
+    fn make(root: Root, text: &str, format: TableFormat) -> Result<Plan, CopyError> {
+        let sources = resolve_sources(&root, text, Walk::Table)?;
+        let inputs: Vec<Input> = sources
+            .files
+            .into_iter()
+            .map(|file| Input {
+                shown: root.show(&file.under_root),
+                file,
+                empty: false,
+            })
+            .collect();
+        let mut plan = Plan {
+            format,
+            inputs,
+            schema: Arc::new(Schema::empty()),
+        };
+        let format = plan.format.clone();
+        let schema = match &format {
+            TableFormat::Csv(options) => plan.agree(|input| csv_schema(input, options))?,
+            TableFormat::Parquet => plan.agree(|input| parquet_schema(input).map(Some))?,
+            TableFormat::JsonLines => json_schema(&mut plan.inputs)?,
+        };
+        plan.schema = Arc::new(schema);
+        Ok(plan)
+    }
+
+    /// Reads each file's schema and requires them to be the same; files without one (empty)
+    /// are marked so and left out of the comparison.
+    fn agree(
+        &mut self,
+        mut schema_of: impl FnMut(&Input) -> Result<Option<Schema>, CopyError>,
+    ) -> Result<Schema, CopyError> {
+        let mut first: Option<(Schema, String)> = None;
+        for input in &mut self.inputs {
+            let Some(found) = schema_of(input)? else {
+                input.empty = true;
+                continue;
+            };
+            match &first {
+                None => first = Some((found, input.shown.clone())),
+                Some((schema, shown)) => {
+                    if let Some(difference) = difference(schema, &found) {
+                        return Err(CopyError::fatal(format!(
+                            "{} does not have the columns of {shown}: {difference}",
+                            input.shown
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(first.map(|(schema, _)| schema).unwrap_or_else(Schema::empty))
+    }
+
+    /// Reads every file in order into `tx`; ends with an error item when a file fails.
+    fn run(self, tx: &mpsc::Sender<Result<RecordBatch, CopyError>>, counters: &Counters) {
+        let mut sent = false;
+        let mut emit = |batch: RecordBatch| -> Result<(), Stop> {
+            sent = true;
+            tx.blocking_send(Ok(batch)).map_err(|_| Stop::Closed)
+        };
+        for input in &self.inputs {
+            let outcome = if input.empty {
+                counters.add(0, 0, 1);
+                Ok(())
+            } else {
+                match &self.format {
+                    TableFormat::Csv(options) => read_csv(input, options, &self.schema, &mut emit, counters),
+                    TableFormat::JsonLines => read_json(input, &self.schema, &mut emit, counters),
+                    TableFormat::Parquet => read_parquet(input, &self.schema, &mut emit, counters),
+                }
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(Stop::Closed) => return,
+                Err(Stop::Failed(e)) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+        // A source without rows still has columns: a sink writes them (a CSV header, a
+        // Parquet schema) from this empty batch.
+        if !sent {
+            let _ = tx.blocking_send(Ok(RecordBatch::new_empty(self.schema.clone())));
+        }
+    }
+}
+
+/// The first way in which `other` differs from `first`, in names or types of columns.
+fn difference(first: &Schema, other: &Schema) -> Option<String> {
+    let describe = |f: &Field| format!("'{}' ({})", f.name(), f.data_type());
+    let (a, b) = (first.fields(), other.fields());
+    for i in 0..a.len().max(b.len()) {
+        match (a.get(i), b.get(i)) {
+            (Some(x), Some(y)) if x.name() == y.name() && x.data_type() == y.data_type() => {}
+            (Some(x), Some(y)) => {
+                return Some(format!(
+                    "column {} is {} there and {} here",
+                    i + 1,
+                    describe(x),
+                    describe(y)
+                ));
+            }
+            (Some(x), None) => return Some(format!("column {} {} is missing", i + 1, describe(x))),
+            (None, Some(y)) => return Some(format!("column {} {} is extra", i + 1, describe(y))),
+            (None, None) => {}
+        }
+    }
+    None
+}
+
+fn open(input: &Input) -> Result<File, CopyError> {
+    File::open(&input.file.path).map_err(|e| io_error(format!("cannot open {}", input.shown), &e))
+}
+
+// --- CSV -------------------------------------------------------------------------------
+
+/// A CSV reader over one file, past a UTF-8 byte-order mark if the file starts with one
+/// (spreadsheet exports do; left in, it would become part of the first column's name).
+/// Also returns the length of the mark skipped, so that progress counts every byte.
+fn csv_reader(input: &Input, options: &CsvOptions) -> Result<(csv::Reader<File>, u64), CopyError> {
+    let mut file = open(input)?;
+    let mut head = [0u8; 3];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(format!("cannot read {}", input.shown), &e)),
+        }
+    }
+    let bom = head[..got] == [0xEF, 0xBB, 0xBF];
+    if !bom {
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| io_error(format!("cannot read {}", input.shown), &e))?;
+    }
+    let reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(options.delimiter)
+        .quote(options.quote)
+        // Every record must have as many fields as the first (the header, if any).
+        .flexible(false)
+        .buffer_capacity(IO_BUFFER)
+        .from_reader(file);
+    Ok((reader, if bom { 3 } else { 0 }))
+}
+
+fn csv_error(input: &Input, e: csv::Error, header: bool) -> CopyError {
+    let line = e.position().map(|p| p.line()).unwrap_or(0);
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io_error(format!("cannot read {}", input.shown), io),
+        csv::ErrorKind::Utf8 { err, .. } => CopyError::fatal(format!(
+            "{} line {line}: field {} is not valid UTF-8",
+            input.shown,
+            err.field() + 1
+        )),
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            let expected = if header { "the header has" } else { "the first row has" };
+            CopyError::fatal(format!(
+                "{} line {line}: {len} fields where {expected} {expected_len}",
+                input.shown
+            ))
+        }
+        _ => CopyError::fatal(format!("{} line {line}: {e}", input.shown)),
+    }
+}
+
+/// The columns of one CSV file, from its first record; `None` for a file without records.
+fn csv_schema(input: &Input, options: &CsvOptions) -> Result<Option<Schema>, CopyError> {
+    let (mut reader, _) = csv_reader(input, options)?;
+    let mut record = csv::StringRecord::new();
+    if !reader
+        .read_record(&mut record)
+        .map_err(|e| csv_error(input, e, options.header))?
+    {
+        return Ok(None);
+    }
+    let fields: Vec<Field> = if options.header {
+        record
+            .iter()
+            .map(|name| Field::new(name, DataType::Utf8, true))
+            .collect()
+    } else {
+        (1..=record.len())
+            .map(|i| Field::new(format!("column_{i}"), DataType::Utf8, true))
+            .collect()
+    };
+    Ok(Some(Schema::new(fields)))
+}
+
+fn read_csv(
+    input: &Input,
+    options: &CsvOptions,
+    schema: &SchemaRef,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<(), Stop>,
+    counters: &Counters,
+) -> Result<(), Stop> {
+    let (mut reader, skipped) = csv_reader(input, options)?;
+    counters.add(0, skipped, 0);
+    let mut record = csv::StringRecord::new();
+    let failed = |e| Stop::Failed(csv_error(input, e, options.header));
+    if options.header {
+        reader.read_record(&mut record).map_err(failed)?;
+    }
+    let columns = schema.fields().len();
+    let new_builders = || -> Vec<StringBuilder> {
+        (0..columns)
+            .map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8))
+            .collect()
+    };
+    let mut builders = new_builders();
+    let (mut rows, mut text) = (0usize, 0usize);
+    let mut counted = 0;
+
+    loop {
+        if !reader.read_record(&mut record).map_err(failed)? {
+            break;
+        }
+        for (builder, field) in builders.iter_mut().zip(record.iter()) {
+            if field.is_empty() {
+                builder.append_null();
+            } else {
+                builder.append_value(field);
+            }
+        }
+        rows += 1;
+        text += record.as_slice().len();
+        if rows == BATCH_ROWS || text >= BATCH_BYTES {
+            let batch = string_batch(schema, std::mem::replace(&mut builders, new_builders()), rows, input)?;
+            let at = reader.position().byte();
+            counters.add(rows as u64, at - counted, 0);
+            counted = at;
+            (rows, text) = (0, 0);
+            emit(batch)?;
+        }
+    }
+    if rows > 0 {
+        let batch = string_batch(schema, builders, rows, input)?;
+        counters.add(rows as u64, 0, 0);
+        emit(batch)?;
+    }
+    counters.add(0, reader.position().byte() - counted, 1);
+    Ok(())
+}
+
+fn string_batch(
+    schema: &SchemaRef,
+    builders: Vec<StringBuilder>,
+    rows: usize,
+    input: &Input,
+) -> Result<RecordBatch, CopyError> {
+    let columns: Vec<ArrayRef> = builders
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| CopyError::fatal(format!("{}: {e}", input.shown)))
+}
+
+// --- JSON Lines ------------------------------------------------------------------------
+
+/// A JSON object with its keys in the order they were written: serde_json's own map sorts
+/// them, and columns should come out in the order the data has them.
+struct OrderedObject(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for OrderedObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedObject, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry::<String, Value>()? {
+                    pairs.push(pair);
+                }
+                Ok(OrderedObject(pairs))
+            }
+        }
+        deserializer.deserialize_map(Pairs)
+    }
+}
+
+/// serde_json's message without its "at line 1 column N" (every parse here is one line):
+/// the caller says which line of the file.
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    format!("column {}: {message}", e.column())
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The keys of one file, in first-appearance order.
+#[derive(Default)]
+struct Keys {
+    order: Vec<String>,
+    seen: HashSet<String>,
+}
+
+/// Every object of every file, for arrow's schema inference, which then applies one set of
+/// type rules (integers and floats make floats, conflicting kinds make text) across all of
+/// them. A bad line stops the iteration; the error with its line number is kept in
+/// `failure`.
+struct JsonValues<'a> {
+    inputs: std::slice::Iter<'a, Input>,
+    current: Option<(BufReader<File>, &'a Input, u64)>,
+    line: Vec<u8>,
+    keys: Vec<Keys>,
+    failure: Option<CopyError>,
+}
+
+impl JsonValues<'_> {
+    fn fail(&mut self, e: CopyError) -> Option<Result<Value, arrow::error::ArrowError>> {
+        self.failure = Some(e);
+        Some(Err(arrow::error::ArrowError::JsonError("stopped".into())))
+    }
+}
+
+impl Iterator for JsonValues<'_> {
+    type Item = Result<Value, arrow::error::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_none() {
+                let input = self.inputs.next()?;
+                match open(input) {
+                    Ok(file) => self.current = Some((BufReader::with_capacity(IO_BUFFER, file), input, 0)),
+                    Err(e) => return self.fail(e),
+                }
+                self.keys.push(Keys::default());
+            }
+            let (reader, input, line_no) = self.current.as_mut().expect("a file is open");
+            let input: &Input = input;
+            self.line.clear();
+            match reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => {
+                    self.current = None;
+                    continue;
+                }
+                Ok(_) => *line_no += 1,
+                Err(e) => return self.fail(io_error(format!("cannot read {}", input.shown), &e)),
+            }
+            if is_blank(&self.line) {
+                continue;
+            }
+            let line_no = *line_no;
+            match serde_json::from_slice::<OrderedObject>(&self.line) {
+                Ok(OrderedObject(pairs)) => {
+                    let keys = self.keys.last_mut().expect("keys of the open file");
+                    for (key, _) in &pairs {
+                        if keys.seen.insert(key.clone()) {
+                            keys.order.push(key.clone());
+                        }
+                    }
+                    return Some(Ok(Value::Object(pairs.into_iter().collect())));
+                }
+                Err(e) => {
+                    let message = format!("{} line {line_no}: {}", input.shown, json_message(&e));
+                    return self.fail(CopyError::fatal(message));
+                }
+            }
+        }
+    }
+}
+
+/// Infers one schema over all files (a full pass) and requires every file with rows to
+/// have the same keys; marks files without rows empty.
+fn json_schema(inputs: &mut [Input]) -> Result<Schema, CopyError> {
+    let mut values = JsonValues {
+        inputs: inputs.iter(),
+        current: None,
+        line: Vec::new(),
+        keys: Vec::new(),
+        failure: None,
+    };
+    let inferred = arrow_json_infer(&mut values);
+    if let Some(failure) = values.failure {
+        return Err(failure);
+    }
+    let inferred = inferred.map_err(|e| {
+        CopyError::fatal(format!(
+            "{}: cannot find column types for the JSON lines: {e}",
+            inputs.first().map_or("", |i| i.shown.as_str())
+        ))
+    })?;
+    let keys = values.keys;
+
+    let mut first: Option<usize> = None;
+    for (i, file_keys) in keys.iter().enumerate() {
+        if file_keys.order.is_empty() {
+            inputs[i].empty = true;
+            continue;
+        }
+        let Some(f) = first else {
+            first = Some(i);
+            continue;
+        };
+        let reference = &keys[f];
+        let missing = reference.order.iter().find(|k| !file_keys.seen.contains(*k));
+        let extra = file_keys.order.iter().find(|k| !reference.seen.contains(*k));
+        let difference = match (missing, extra) {
+            (Some(k), _) => format!("it has no key '{k}'"),
+            (None, Some(k)) => format!("it has a key '{k}' in addition"),
+            (None, None) => continue,
+        };
+        return Err(CopyError::fatal(format!(
+            "{} does not have the columns of {}: {difference}",
+            inputs[i].shown, inputs[f].shown
+        )));
+    }
+    let Some(first) = first else {
+        return Ok(Schema::empty());
+    };
+    // Arrow infers in its own key order; put the columns in the data's.
+    let fields: Vec<Field> = keys[first]
+        .order
+        .iter()
+        .filter_map(|k| inferred.field_with_name(k).ok().cloned())
+        .collect();
+    Ok(Schema::new(fields))
+}
+
+fn arrow_json_infer(values: &mut JsonValues<'_>) -> Result<Schema, arrow::error::ArrowError> {
+    arrow::json::reader::infer_json_schema_from_iterator(values)
+}
+
+fn read_json(
+    input: &Input,
+    schema: &SchemaRef,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<(), Stop>,
+    counters: &Counters,
+) -> Result<(), Stop> {
+    let decode_error =
+        |what: String, e: arrow::error::ArrowError| Stop::Failed(CopyError::fatal(format!("{what}: {e}")));
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(BATCH_ROWS)
+        // The inferred type of a column that mixes kinds is text; numbers and booleans in
+        // it are then read as their JSON text.
+        .with_coerce_primitive(true)
+        .build_decoder()
+        .map_err(|e| decode_error(input.shown.clone(), e))?;
+    let mut reader = BufReader::with_capacity(IO_BUFFER, open(input)?);
+    let mut line = Vec::new();
+    let (mut line_no, mut first_line) = (0u64, 0u64);
+    let (mut rows, mut text) = (0usize, 0usize);
+
+    let mut flush =
+        |decoder: &mut arrow::json::reader::Decoder, rows: usize, text: usize, lines: (u64, u64)| match decoder.flush()
+        {
+            Ok(Some(batch)) => {
+                counters.add(rows as u64, text as u64, 0);
+                emit(batch)
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(decode_error(
+                format!("{} lines {}-{}", input.shown, lines.0, lines.1),
+                e,
+            )),
+        };
+
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Stop::Failed(io_error(format!("cannot read {}", input.shown), &e)))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        text += n;
+        if is_blank(&line) {
+            continue;
+        }
+        if rows == 0 {
+            first_line = line_no;
+        }
+        decoder
+            .decode(&line)
+            .map_err(|e| decode_error(format!("{} line {line_no}", input.shown), e))?;
+        rows += 1;
+        if rows == BATCH_ROWS || text >= BATCH_BYTES {
+            flush(&mut decoder, rows, text, (first_line, line_no))?;
+            (rows, text) = (0, 0);
+        }
+    }
+    flush(&mut decoder, rows, text, (first_line, line_no))?;
+    counters.add(0, 0, 1);
+    Ok(())
+}
+
+// --- Parquet ---------------------------------------------------------------------------
+
+fn parquet_error(input: &Input, e: parquet::errors::ParquetError) -> CopyError {
+    CopyError::fatal(format!("{}: not a readable Parquet file: {e}", input.shown))
+}
+
+/// A file's columns as names and types: nullability and metadata (field ids, the writer's
+/// embedded Arrow schema) differ between writers of the same data and are not compared.
+fn plain(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn parquet_schema(input: &Input) -> Result<Schema, CopyError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open(input)?).map_err(|e| parquet_error(input, e))?;
+    Ok(plain(builder.schema()))
+}
+
+fn read_parquet(
+    input: &Input,
+    schema: &SchemaRef,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<(), Stop>,
+    counters: &Counters,
+) -> Result<(), Stop> {
+    let file = open(input)?;
+    let size = file_size(&file, &input.shown)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(input, e))?;
+    let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let reader = builder
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| parquet_error(input, e))?;
+    let (mut done, mut counted) = (0u64, 0u64);
+    for batch in reader {
+        let batch = batch
+            .map_err(|e| CopyError::fatal(format!("{}: cannot read the rows after row {done}: {e}", input.shown)))?;
+        let rows = batch.num_rows();
+        let batch = RecordBatch::try_new_with_options(
+            schema.clone(),
+            batch.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .map_err(|e| CopyError::fatal(format!("{}: {e}", input.shown)))?;
+        done += rows as u64;
+        // Bytes as a share of the file, for progress: Parquet has no line to count.
+        let bytes = if total == 0 {
+            0
+        } else {
+            (u128::from(size) * u128::from(done.min(total)) / u128::from(total)) as u64
+        };
+        counters.add(rows as u64, bytes - counted, 0);
+        counted = bytes;
+        emit(batch)?;
+    }
+    counters.add(0, size.saturating_sub(counted), 1);
+    Ok(())
+}
+
+fn file_size(file: &File, shown: &str) -> Result<u64, CopyError> {
+    Ok(file
+        .metadata()
+        .map_err(|e| io_error(format!("cannot read {shown}"), &e))?
+        .len())
+}
