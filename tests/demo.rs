@@ -14,7 +14,7 @@ use common::{SHIR, Steps, free_port};
 
 async fn demo(port: u16, timeout: Duration) -> Output {
     let child = Command::new(SHIR)
-        .args(["demo", "--base-port", &port.to_string()])
+        .args(["demo", "--base-port", &port.to_string(), "--file-mib", "4"])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -69,6 +69,10 @@ async fn demo_fails_over_and_refuses_a_taken_port() {
     assert!(
         stdout.contains(&format!("{killed} is back Online")),
         "the killed node comes back Online:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("every output is exactly one complete copy: yes"),
+        "the copy jobs' outputs match their inputs:\n{stdout}"
     );
     assert!(stdout.contains("demo finished"), "{stdout}");
     eprintln!(

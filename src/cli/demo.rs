@@ -1,5 +1,7 @@
 //! `shir demo`: a four-node integration runtime on this machine, a dispatcher killed with
-//! SIGKILL, the failover timed, the node brought back. Real processes, real TLS, real disks.
+//! SIGKILL, the failover timed, the node brought back; then a batch of copy jobs across the
+//! nodes, a node killed mid-copy, its jobs finished elsewhere and every output verified.
+//! Real processes, real TLS, real disks.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use clap::Args;
 
 use super::local_ir::{LocalIr, check_port_free};
 use super::output;
+use crate::proto;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -17,6 +20,9 @@ pub struct DemoArgs {
     /// Keep the data dirs and logs afterwards (their location is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Size of each of the 12 files the copy jobs move, in MiB.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub file_mib: u64,
 }
 
 fn role_of(status: &crate::proto::StatusReply, name: &str) -> String {
@@ -50,7 +56,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // Ctrl-C must not leave four nodes running on the port: stop them, then report.
     let outcome = tokio::select! {
-        r = script(&mut ir) => r,
+        r = async {
+            script(&mut ir).await?;
+            jobs_script(&mut ir, work.path(), args.file_mib as usize).await
+        } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; stopping the nodes")),
     };
     ir.stop_all().await;
@@ -144,5 +153,186 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
         role_of(&status, &victim_name),
         status.dispatcher
     );
+    Ok(())
+}
+
+/// Files in the demo's batch, and the size of each: big enough that a copy is still under way
+/// when a node is killed, small enough for any laptop.
+const DEMO_FILES: usize = 12;
+
+fn sha256_file(path: &std::path::Path) -> Result<String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path)?;
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) -> Result<()> {
+    let share = work.join("share");
+    std::fs::create_dir_all(share.join("in"))?;
+    step(&format!(
+        "shir linked-service create share --type filesystem --root {}",
+        share.display()
+    ));
+    let mut admin = ir.admin(0).await?;
+    admin
+        .linked_service_create(proto::LinkedServiceCreateRequest {
+            name: "share".into(),
+            spec: Some(proto::LinkedServiceSpec {
+                r#type: "filesystem".into(),
+                fields: [("root".to_string(), share.to_string_lossy().into_owned())]
+                    .into_iter()
+                    .collect(),
+                secrets: Default::default(),
+            }),
+            encrypted_credential: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow!(s.message().to_string()))?;
+    for n in 1..=4 {
+        admin
+            .node_set_limit(proto::NodeSetLimitRequest {
+                name: format!("node{n}"),
+                limit: 1,
+            })
+            .await
+            .map_err(|s| anyhow!(s.message().to_string()))?;
+    }
+    println!("(each node runs one job at a time, so the batch takes turns)");
+    let mut sums = Vec::new();
+    let mut block = vec![0u8; 1 << 20];
+    for f in 0..DEMO_FILES {
+        let path = share.join(format!("in/part-{f:02}.bin"));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut x = 0x2545_F491_4F6C_DD1Du64 ^ f as u64;
+        for _ in 0..file_mib {
+            for chunk in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            std::io::Write::write_all(&mut out, &block)?;
+        }
+        std::io::Write::flush(&mut out)?;
+        drop(out);
+        sums.push(sha256_file(&path)?);
+    }
+    step(&format!(
+        "shir job submit --source share:/in/part-NN.bin --sink share:/out/part-NN.bin --binary   ({DEMO_FILES} jobs of {file_mib} MiB)"
+    ));
+    let mut ids = Vec::new();
+    for f in 0..DEMO_FILES {
+        let request = proto::JobSubmitRequest {
+            source: format!("share:/in/part-{f:02}.bin"),
+            sink: format!("share:/out/part-{f:02}.bin"),
+            binary: true,
+            ..Default::default()
+        };
+        ids.push(
+            admin
+                .job_submit(request)
+                .await
+                .map_err(|s| anyhow!(s.message().to_string()))?
+                .into_inner()
+                .id,
+        );
+    }
+    // Kill a worker that is not the dispatcher, while it copies.
+    let dispatcher = ir.dispatcher(0).await?;
+    let running = ir
+        .wait_for("a job running on a worker", Duration::from_secs(10), || async {
+            let mut admin = ir.admin(dispatcher).await.ok()?;
+            let list = admin
+                .job_list(proto::JobListRequest {
+                    state: "running".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            list.jobs
+                .into_iter()
+                .find(|j| j.node != ir.nodes[dispatcher].name && !j.node.is_empty())
+        })
+        .await
+        .ok();
+    let victim = match &running {
+        Some(j) => {
+            let victim = ir.nodes.iter().position(|n| n.name == j.node).unwrap_or(0);
+            step(&format!(
+                "killing {} with SIGKILL while it copies job {} ({} MiB so far)",
+                j.node,
+                j.id,
+                j.bytes >> 20
+            ));
+            victim
+        }
+        None => {
+            let victim = (dispatcher + 1) % ir.nodes.len();
+            step(&format!(
+                "no job was running on a worker when we looked; killing {} with SIGKILL anyway",
+                ir.nodes[victim].name
+            ));
+            victim
+        }
+    };
+    let killed_at = Instant::now();
+    ir.kill(victim).await?;
+    println!("its job goes back to the queue once the node is Offline (4 s without heartbeats), then runs elsewhere");
+    let mut watcher = ir.admin(dispatcher).await?;
+    let done = loop {
+        let list = watcher.job_list(proto::JobListRequest::default()).await?.into_inner();
+        let finished = list
+            .jobs
+            .iter()
+            .filter(|j| matches!(j.state.as_str(), "Succeeded" | "Failed" | "Cancelled"))
+            .count();
+        if finished == ids.len() {
+            break list.jobs;
+        }
+        if killed_at.elapsed() > Duration::from_secs(120) {
+            return Err(anyhow!("the batch did not finish within 2 minutes of the kill"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    step("every job, and its output checked against its input (SHA-256)");
+    let mut rows = Vec::new();
+    let mut all_good = true;
+    for (f, id) in ids.iter().enumerate() {
+        let j = done
+            .iter()
+            .find(|j| &j.id == id)
+            .ok_or_else(|| anyhow!("job {id} missing"))?;
+        let out = share.join(format!("out/part-{f:02}.bin"));
+        let matches = out.exists() && sha256_file(&out)? == sums[f];
+        all_good &= matches && j.state == "Succeeded";
+        rows.push(vec![
+            j.id.clone(),
+            j.state.clone(),
+            j.node.clone(),
+            j.attempt.to_string(),
+            if matches {
+                "identical".into()
+            } else {
+                "DIFFERENT".into()
+            },
+        ]);
+    }
+    println!(
+        "{}",
+        output::table(&["JOB", "STATE", "NODE", "ATTEMPT", "OUTPUT"], &rows)
+    );
+    let moved = done.iter().filter(|j| j.attempt > 1).count();
+    println!(
+        "
+{moved} job(s) ran a second attempt after {} was killed; every output is exactly one complete copy: {}",
+        ir.nodes[victim].name,
+        if all_good { "yes" } else { "NO" }
+    );
+    ir.start(victim).await?;
+    if !all_good {
+        return Err(anyhow!("some outputs do not match their inputs"));
+    }
     Ok(())
 }

@@ -231,6 +231,7 @@ fn cancelled(node: &Node, job: &Job) -> Ended {
     if asked {
         Ended::Report(Outcome::Cancelled)
     } else {
+        tracing::info!(job = %job.id, attempt = job.attempt, "attempt superseded (no longer current); its output is discarded");
         Ended::Superseded
     }
 }

@@ -42,10 +42,9 @@
 //! target keeps exactly one copy. Two attempts publishing at once serialize on the record's
 //! primary key: the second waits for the first and then finds the record.
 //!
-//! **Counting**: [`Batches`] is a `'static` stream and the counters are borrowed, so the
-//! source cannot count what the sink pulls later; the sink counts rows and the bytes it
-//! sends as it writes them. The consistency check compares the rows the sink received with
-//! the rows the server reports COPY stored.
+//! **Counting**: as every tabular source, the reader counts the rows and bytes it reads (its
+//! stream keeps a clone of the counters); the sink adds nothing. The consistency check
+//! compares the rows the sink received with the rows the server reports COPY stored.
 
 mod decode;
 mod encode;
@@ -149,9 +148,9 @@ async fn connect(endpoint: &Endpoint, application_name: &str) -> Result<Client, 
 
 /// Runs the table read or query and yields its rows as record batches.
 ///
-/// The counters are not touched: see the module's documentation.
+/// Counts the rows and the COPY bytes it reads, as every tabular source does.
 pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batches, CopyError> {
-    let _ = counters;
+    let counters = counters.clone();
     let (query, what) = match &source.location {
         Location::Table { schema, table } => (
             format!("SELECT * FROM {}", qualified(schema, table)),
@@ -218,6 +217,9 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
         let mut sent_any = false;
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
+            if let Ok(chunk) = &chunk {
+                counters.add(0, chunk.len() as u64, 0);
+            }
             let decoded = match chunk {
                 Ok(chunk) => decoder
                     .feed(&chunk, &mut out)
@@ -230,6 +232,7 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
             }
             for batch in out.drain(..) {
                 sent_any = true;
+                counters.add(batch.num_rows() as u64, 0, 0);
                 if tx.send(Ok(batch)).await.is_err() {
                     return;
                 }
@@ -241,6 +244,9 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
             Ok(None) => return,
             Err(why) => Err(CopyError::transient(format!("{what}: {why}"))),
         };
+        if let Ok(batch) = &last {
+            counters.add(batch.num_rows() as u64, 0, 0);
+        }
         let _ = tx.send(last).await;
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
@@ -341,6 +347,8 @@ pub async fn write_table(
             "a PostgreSQL sink is a table (SCHEMA.TABLE), not a query or a path",
         ));
     };
+    // The source counts what it reads; a sink adds nothing (see `Counters`).
+    let _ = counters;
     let what = format!("sink table {schema}.{table}");
     let name = qualified(schema, table);
 
@@ -396,7 +404,6 @@ pub async fn write_table(
         copy.send(Bytes::from(text)).await.map_err(|e| pg_error(&what, &e))?;
         rows_read += batch.num_rows() as u64;
         bytes += len;
-        counters.add(batch.num_rows() as u64, len, 0);
     }
     let rows_written = copy.as_mut().finish().await.map_err(|e| pg_error(&what, &e))?;
 

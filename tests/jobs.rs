@@ -1,0 +1,275 @@
+//! Copy jobs on a real four-node IR: 200 jobs spread over the nodes without any going above
+//! its limit; a node killed with SIGKILL between staging and publishing, its job finished
+//! elsewhere with exactly one correct copy; a node paused past the offline timeout whose late
+//! report is fenced off; cancel; bad input; a limit changed live.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use shir::cli::local_ir::LocalIr;
+use shir::proto;
+
+/// Jobs named `hold-…` wait this long between staging and publishing (see the worker's
+/// test hook), long enough to kill or pause their node there.
+const HOLD_MS: u64 = 3000;
+
+async fn shir_on(ir: &LocalIr, i: usize, args: &[&str]) -> Result<String, String> {
+    let dir = common::dir_arg(ir, i);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--data-dir", &dir]);
+    ir.shir(&all).await.map_err(|e| e.to_string())
+}
+
+async fn submit(ir: &LocalIr, via: usize, name: &str, source: &str, sink: &str, binary: bool) -> String {
+    let request = proto::JobSubmitRequest {
+        name: name.into(),
+        source: source.into(),
+        sink: sink.into(),
+        binary,
+        ..Default::default()
+    };
+    let mut admin = ir.admin(via).await.expect("admin socket");
+    admin.job_submit(request).await.expect("submit").into_inner().id
+}
+
+async fn job(ir: &LocalIr, via: usize, id: &str) -> Result<Value, String> {
+    let out = shir_on(ir, via, &["job", "show", id, "--json"]).await?;
+    serde_json::from_str(&out).map_err(|e| e.to_string())
+}
+
+/// Waits for job `id` to reach `state`; returns the job.
+async fn wait_state(ir: &LocalIr, via: usize, id: &str, state: &str, timeout: Duration) -> Value {
+    common::eventually(&format!("job {id} {state}"), timeout, || async {
+        let j = job(ir, via, id).await?;
+        if j["state"] == state {
+            Ok(j)
+        } else {
+            Err(format!("{j}"))
+        }
+    })
+    .await
+}
+
+fn sha256(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).expect("read file")))
+}
+
+/// Files under `dir` whose names say they are our staging files.
+fn staging_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".shir-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn index_of(ir: &LocalIr, name: &str) -> usize {
+    ir.nodes.iter().position(|n| n.name == name).expect("a node of this IR")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_spread_fail_over_and_stay_exactly_once() {
+    let steps = common::Steps::new();
+    let tmp = common::tempdir();
+    let mut ir = common::local_ir(tmp.path(), common::free_port(4), 4);
+    ir.offline_timeout_ms = Some(1500);
+    ir.env
+        .push(("SHIR_TEST_HOLD_BEFORE_PUBLISH".into(), format!("hold-:{HOLD_MS}")));
+    let _logs = common::DumpLogsOnPanic::new(&ir);
+    ir.form("jobs-ir").await.expect("four nodes form an IR");
+    let share = tmp.path().join("share");
+    std::fs::create_dir_all(share.join("in")).unwrap();
+    shir_on(
+        &ir,
+        0,
+        &[
+            "linked-service",
+            "create",
+            "share",
+            "--type",
+            "filesystem",
+            "--root",
+            &share.to_string_lossy(),
+        ],
+    )
+    .await
+    .expect("create share");
+
+    steps.step("limits of 2 per node, then 200 jobs");
+    for n in 1..=4 {
+        shir_on(&ir, 0, &["node", "set-limit", &format!("node{n}"), "2"])
+            .await
+            .expect("set-limit");
+    }
+    for i in 0..200 {
+        let body: String = (0..50).map(|r| format!("{i},{r},row-{i}-{r}\n")).collect();
+        std::fs::write(share.join(format!("in/f{i}.csv")), format!("job,row,text\n{body}")).unwrap();
+    }
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(
+            submit(
+                &ir,
+                i % 4,
+                "",
+                &format!("share:/in/f{i}.csv"),
+                &format!("share:/out/f{i}.csv"),
+                true,
+            )
+            .await,
+        );
+    }
+    let max_seen = std::sync::Mutex::new(BTreeMap::<String, u32>::new());
+    common::eventually("200 jobs to succeed", Duration::from_secs(120), || async {
+        let status = common::status_json(&ir, 0).await?;
+        for n in status["nodes"].as_array().unwrap() {
+            let (running, limit) = (
+                n["running_jobs"].as_u64().unwrap(),
+                n["concurrent_jobs_limit"].as_u64().unwrap(),
+            );
+            assert!(
+                running <= limit,
+                "{} runs {running} jobs with a limit of {limit}",
+                n["name"]
+            );
+            let mut max_seen = max_seen.lock().unwrap();
+            let seen = max_seen.entry(n["name"].as_str().unwrap().to_string()).or_default();
+            *seen = (*seen).max(running as u32);
+        }
+        let out = shir_on(&ir, 1, &["job", "list", "--state", "succeeded", "--json"]).await?;
+        let done = serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len();
+        if done == 200 {
+            Ok(())
+        } else {
+            Err(format!("{done} of 200 succeeded"))
+        }
+    })
+    .await;
+    let list: Value = serde_json::from_str(&shir_on(&ir, 2, &["job", "list", "--json"]).await.unwrap()).unwrap();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for j in list.as_array().unwrap() {
+        assert_eq!(j["state"], "Succeeded", "{j}");
+        assert_eq!(j["attempt"], 1, "{j}");
+        *per_node.entry(j["node"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    eprintln!(
+        "jobs per node: {per_node:?}; most running at once: {:?}",
+        max_seen.lock().unwrap()
+    );
+    assert_eq!(per_node.len(), 4, "every node ran jobs: {per_node:?}");
+    for i in 0..200 {
+        assert_eq!(
+            sha256(&share.join(format!("in/f{i}.csv"))),
+            sha256(&share.join(format!("out/f{i}.csv")))
+        );
+    }
+    assert!(staging_files(&share.join("out")).is_empty());
+
+    steps.step("a node is killed between staging and publishing; its job finishes elsewhere");
+    let big: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(share.join("in/big.bin"), &big).unwrap();
+    let id = submit(&ir, 0, "hold-kill", "share:/in/big.bin", "share:/out/big.bin", true).await;
+    let running = wait_state(&ir, 0, &id, "Running", Duration::from_secs(20)).await;
+    let victim = index_of(&ir, running["node"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ir.kill(victim).await.unwrap();
+    let via = (victim + 1) % 4;
+    let done = wait_state(&ir, via, &id, "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_ne!(done["node"], running["node"], "{done}");
+    assert_eq!(done["check"]["verified"], true, "{done}");
+    assert_eq!(sha256(&share.join("out/big.bin")), sha256(&share.join("in/big.bin")));
+    assert!(!share.join("out/big.bin").with_extension("bin.tmp").exists());
+    ir.start(victim).await.unwrap();
+    ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
+
+    steps.step("a node is paused past the offline timeout; its late report is fenced off");
+    let id = submit(&ir, 0, "hold-pause", "share:/in/big.bin", "share:/out/paused.bin", true).await;
+    let running = wait_state(&ir, 0, &id, "Running", Duration::from_secs(20)).await;
+    let paused = index_of(&ir, running["node"].as_str().unwrap());
+    ir.signal(paused, libc::SIGSTOP).await.unwrap();
+    let via = (paused + 1) % 4;
+    let done = wait_state(&ir, via, &id, "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(done["attempt"], 2, "{done}");
+    let winner = done["node"].clone();
+    ir.signal(paused, libc::SIGCONT).await.unwrap();
+    let log = ir.nodes[paused].log.clone();
+    common::eventually(
+        "the paused node to give up its stale attempt",
+        Duration::from_secs(30),
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("not allowed to publish") || text.contains("attempt superseded") {
+                Ok(())
+            } else {
+                Err("no sign yet".to_string())
+            }
+        },
+    )
+    .await;
+    let after = job(&ir, via, &id).await.unwrap();
+    assert_eq!(
+        (after["state"].clone(), after["attempt"].clone(), after["node"].clone()),
+        ("Succeeded".into(), 2.into(), winner)
+    );
+    assert_eq!(sha256(&share.join("out/paused.bin")), sha256(&share.join("in/big.bin")));
+    ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
+
+    steps.step("cancel a running job: nothing is published");
+    let id = submit(
+        &ir,
+        1,
+        "hold-cancel",
+        "share:/in/big.bin",
+        "share:/out/cancelled.bin",
+        true,
+    )
+    .await;
+    wait_state(&ir, 1, &id, "Running", Duration::from_secs(20)).await;
+    shir_on(&ir, 2, &["job", "cancel", &id]).await.expect("cancel");
+    wait_state(&ir, 1, &id, "Cancelled", Duration::from_secs(20)).await;
+    assert!(!share.join("out/cancelled.bin").exists());
+    let waited = shir_on(&ir, 0, &["job", "wait", &id]).await;
+    assert!(waited.unwrap_err().contains("cancelled"));
+
+    steps.step("bad input fails the job with a clear error and publishes nothing");
+    let id = submit(&ir, 0, "", "share:/in/missing.csv", "share:/out/missing.csv", true).await;
+    let failed = wait_state(&ir, 0, &id, "Failed", Duration::from_secs(20)).await;
+    assert!(failed["error"].as_str().unwrap().contains("missing.csv"), "{failed}");
+    assert_eq!(failed["attempt"], 1, "a missing file is not worth retrying: {failed}");
+    assert!(!share.join("out/missing.csv").exists());
+    let refused = shir_on(
+        &ir,
+        0,
+        &["job", "submit", "--source", "nosuch:/x.csv", "--sink", "share:/y.csv"],
+    )
+    .await;
+    assert!(refused.unwrap_err().contains("no linked service named 'nosuch'"));
+    let refused = shir_on(&ir, 0, &["linked-service", "delete", "share"]).await;
+    assert!(refused.is_ok(), "no job uses it any more: {refused:?}");
+
+    steps.step("a limit changed live shows in status");
+    shir_on(&ir, 3, &["node", "set-limit", "node3", "5"])
+        .await
+        .expect("set-limit");
+    let status = common::status_json(&ir, 1).await.unwrap();
+    let node3 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node3")
+        .unwrap()
+        .clone();
+    assert_eq!(node3["concurrent_jobs_limit"], 5);
+    ir.stop_all().await;
+}
