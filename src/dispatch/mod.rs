@@ -91,10 +91,33 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
     let now = crate::unix_now_ms();
     if may_judge {
         for (id, status, _) in &view {
-            let running = node.read_state(|s| s.running_on(*id));
-            if *status == "Offline" && running > 0 {
-                tracing::warn!(node = *id, running, "node is offline; its jobs go back to the queue");
-                node.propose(Command::RequeueNode { node: *id, now_ms: now }).await?;
+            if *status != "Offline" {
+                continue;
+            }
+            // The exact attempts judged lost, so that a late commit of this entry cannot
+            // requeue what the node was given since.
+            let lost: Vec<(String, u32)> = node.read_state(|s| {
+                s.jobs
+                    .values()
+                    .filter(|j| j.state == JobState::Running && j.node == Some(*id))
+                    .map(|j| (j.id.clone(), j.attempt))
+                    .collect()
+            });
+            if !lost.is_empty() {
+                tracing::warn!(
+                    node = *id,
+                    jobs = lost.len(),
+                    "node is offline; its jobs go back to the queue"
+                );
+                for (job, _) in &lost {
+                    node.progress.forget(job);
+                }
+                node.propose(Command::RequeueNode {
+                    node: *id,
+                    jobs: lost,
+                    now_ms: now,
+                })
+                .await?;
             }
         }
     }

@@ -46,7 +46,13 @@ fn file_format(flag: &str, path: &str, csv: &CsvOptions, role: &str) -> Result<F
         flag.to_ascii_lowercase()
     };
     match name.as_str() {
-        "csv" | "txt" | "tsv" => Ok(Format::Csv(csv.clone())),
+        "csv" | "txt" => Ok(Format::Csv(csv.clone())),
+        // A .tsv is tab-separated unless a delimiter was given.
+        "tsv" if csv.delimiter == b',' => Ok(Format::Csv(CsvOptions {
+            delimiter: b'\t',
+            ..csv.clone()
+        })),
+        "tsv" => Ok(Format::Csv(csv.clone())),
         "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
         "parquet" => Ok(Format::Parquet),
         other => Err(invalid(format!(
@@ -99,6 +105,11 @@ fn dataset(
             })
         }
         ServiceType::Postgres => {
+            if !flag.is_empty() {
+                return Err(invalid(format!(
+                    "--{role}-format applies to files; '{service}' is a PostgreSQL linked service"
+                )));
+            }
             if req.binary {
                 return Err(invalid(
                     "--binary copies files: both ends must be filesystem linked services",
@@ -162,7 +173,11 @@ pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::
         },
         (n, interval_ms) if n <= 100 => RetryPolicy {
             max_attempts: n,
-            interval_ms,
+            interval_ms: if interval_ms == 0 && req.retry_interval_ms == 0 {
+                RetryPolicy::default().interval_ms
+            } else {
+                interval_ms
+            },
         },
         (n, _) => return Err(invalid(format!("--max-attempts {n} is more than 100"))),
     };
@@ -181,6 +196,7 @@ pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::
         node: None,
         attempt: 0,
         publishing: false,
+        publish_granted: false,
         cancel_requested: false,
         rows: 0,
         bytes: 0,

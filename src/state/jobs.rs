@@ -85,6 +85,11 @@ pub struct Job {
     pub attempt: u32,
     /// The current attempt was allowed to make its output visible.
     pub publishing: bool,
+    /// Some attempt was allowed to publish: its output may be visible (the node may have died
+    /// before it said so). From then on the job can only end Succeeded: it is retried without
+    /// counting attempts and can no longer be cancelled; publishing again is idempotent.
+    #[serde(default)]
+    pub publish_granted: bool,
     pub cancel_requested: bool,
     pub rows: u64,
     pub bytes: u64,
@@ -123,6 +128,10 @@ pub struct Assignment {
     pub limit: u32,
 }
 
+/// How a publish request refused because the job was cancelled begins: the worker reports
+/// the attempt Cancelled when it sees it.
+pub const CANCELLED_BEFORE_PUBLISH: &str = "cancelled before publishing";
+
 /// Finished jobs kept for `job list`/`job show`; older ones are dropped so the state (and
 /// every snapshot) stays bounded.
 pub const FINISHED_JOBS_KEPT: usize = 10_000;
@@ -157,11 +166,13 @@ impl IrState {
         for a in assignments {
             let running = self.running_on(a.node);
             let known = self.nodes.contains_key(&a.node);
+            // A `node set-limit` committed after the dispatcher decided still counts.
+            let limit = self.node_limits.get(&a.node).map_or(a.limit, |set| a.limit.min(*set));
             let result = match self.jobs.get_mut(&a.job_id) {
                 None => CommandResult::Rejected(format!("no job {}", a.job_id)),
                 Some(_) if !known => CommandResult::Rejected(format!("no node {}", a.node)),
-                Some(_) if running >= a.limit => {
-                    CommandResult::Rejected(format!("node {} is at its limit of {}", a.node, a.limit))
+                Some(_) if running >= limit => {
+                    CommandResult::Rejected(format!("node {} is at its limit of {limit}", a.node))
                 }
                 Some(j) if j.state != JobState::Queued || a.attempt != j.attempt + 1 => {
                     CommandResult::Rejected(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
@@ -197,8 +208,12 @@ impl IrState {
 
     pub(super) fn begin_publish(&mut self, job_id: &str, attempt: u32, node: NodeId) -> CommandResult {
         match self.current(job_id, attempt, node) {
+            Ok(j) if j.cancel_requested && !j.publish_granted => {
+                CommandResult::Rejected(format!("{CANCELLED_BEFORE_PUBLISH}: job {job_id}"))
+            }
             Ok(j) => {
                 j.publishing = true;
+                j.publish_granted = true;
                 CommandResult::Ok
             }
             Err(refused) => refused,
@@ -234,7 +249,8 @@ impl IrState {
             }
             Outcome::Failed { error, retryable } => {
                 j.error = Some(error.clone());
-                if *retryable && !j.cancel_requested && j.attempt < j.spec.retry.max_attempts {
+                let must_finish = j.publish_granted && *retryable;
+                if must_finish || (*retryable && !j.cancel_requested && j.attempt < j.spec.retry.max_attempts) {
                     j.state = JobState::Queued;
                     j.not_before_ms = now_ms + j.spec.retry.interval_ms as i64;
                 } else {
@@ -250,15 +266,28 @@ impl IrState {
         CommandResult::Ok
     }
 
-    /// A node went Offline: its running jobs go back to the queue (or fail, once they have
-    /// used their attempts; or end cancelled, if that was asked for).
-    pub(super) fn requeue_node(&mut self, node: NodeId, now_ms: i64) -> CommandResult {
+    /// A node went Offline: the attempts judged lost go back to the queue (or fail, once
+    /// they have used their attempts; or end cancelled, if that was asked for). Only the
+    /// attempts the dispatcher judged (`jobs`) are touched: an entry committed late, by the
+    /// next leader, must not requeue what the node has been given since. `None`: every
+    /// running job of the node (it was removed from the IR).
+    pub(super) fn requeue_node(&mut self, node: NodeId, jobs: Option<&[(String, u32)]>, now_ms: i64) -> CommandResult {
         for j in self.jobs.values_mut() {
             if j.state != JobState::Running || j.node != Some(node) {
                 continue;
             }
+            if let Some(judged) = jobs
+                && !judged.iter().any(|(id, attempt)| *id == j.id && *attempt == j.attempt)
+            {
+                continue;
+            }
             j.publishing = false;
-            if j.cancel_requested {
+            if j.publish_granted {
+                // Its output may be visible already: it must end Succeeded, by a new attempt
+                // that publishes again (idempotently).
+                j.state = JobState::Queued;
+                j.not_before_ms = now_ms;
+            } else if j.cancel_requested {
                 j.state = JobState::Cancelled;
                 j.finished_at_ms = Some(now_ms);
             } else if j.attempt >= j.spec.retry.max_attempts {
@@ -282,8 +311,8 @@ impl IrState {
             Some(j) if j.state.is_final() => {
                 CommandResult::Rejected(format!("job {job_id} has already ended ({})", j.state.as_str()))
             }
-            Some(j) if j.publishing => CommandResult::Rejected(format!(
-                "job {job_id} is publishing its output; it is too late to cancel it"
+            Some(j) if j.publishing || j.publish_granted => CommandResult::Rejected(format!(
+                "job {job_id} has begun publishing its output; it is too late to cancel it"
             )),
             Some(j) if j.state == JobState::Queued => {
                 j.state = JobState::Cancelled;
@@ -365,6 +394,7 @@ mod tests {
             node: None,
             attempt: 0,
             publishing: false,
+            publish_granted: false,
             cancel_requested: false,
             rows: 0,
             bytes: 0,
@@ -419,7 +449,11 @@ mod tests {
         s.apply(&Command::SubmitJob { job: job("j1", 3) });
         assert_eq!(assign(&mut s, "j1", 1, 1, 4), CommandResult::Ok);
         // node1 goes silent; its job is requeued and runs again on node2 as attempt 2.
-        s.apply(&Command::RequeueNode { node: 1, now_ms: 5 });
+        s.apply(&Command::RequeueNode {
+            node: 1,
+            jobs: vec![("j1".into(), 1)],
+            now_ms: 5,
+        });
         assert_eq!(assign(&mut s, "j1", 2, 2, 4), CommandResult::Ok);
         // node1 comes back and reports on attempt 1: refused, whatever it says.
         let begin = s.apply(&Command::BeginPublish {
@@ -523,5 +557,87 @@ mod tests {
             now_ms: 3,
         });
         assert!(matches!(again, CommandResult::Rejected(m) if m.contains("already ended")));
+    }
+
+    fn requeue(s: &mut IrState, node: NodeId, jobs: &[(&str, u32)]) {
+        s.apply(&Command::RequeueNode {
+            node,
+            jobs: jobs.iter().map(|(j, a)| (j.to_string(), *a)).collect(),
+            now_ms: 7,
+        });
+    }
+
+    fn begin(s: &mut IrState, id: &str, attempt: u32, node: NodeId) -> CommandResult {
+        s.apply(&Command::BeginPublish {
+            job_id: id.into(),
+            attempt,
+            node,
+        })
+    }
+
+    #[test]
+    fn once_publishing_was_allowed_the_job_can_only_succeed() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 1) });
+        assign(&mut s, "j1", 1, 1, 4);
+        assert_eq!(begin(&mut s, "j1", 1, 1), CommandResult::Ok);
+        // Its node dies after renaming (or committing) but before reporting. It was the last
+        // attempt by the policy, yet the job goes back to the queue, not to Failed...
+        requeue(&mut s, 1, &[("j1", 1)]);
+        assert_eq!(s.jobs["j1"].state, JobState::Queued);
+        // ...and can no longer be cancelled, whose output may already be there.
+        let cancel = s.apply(&Command::CancelJob {
+            job_id: "j1".into(),
+            now_ms: 8,
+        });
+        assert!(matches!(cancel, CommandResult::Rejected(m) if m.contains("too late")));
+        assert_eq!(assign(&mut s, "j1", 2, 2, 4), CommandResult::Ok);
+        assert_eq!(begin(&mut s, "j1", 2, 2), CommandResult::Ok);
+        assert_eq!(finish(&mut s, "j1", 2, 2, success()), CommandResult::Ok);
+        assert_eq!(s.jobs["j1"].state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_cancel_before_publishing_stops_the_publish() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 3) });
+        assign(&mut s, "j1", 1, 1, 4);
+        s.apply(&Command::CancelJob {
+            job_id: "j1".into(),
+            now_ms: 2,
+        });
+        let begin = begin(&mut s, "j1", 1, 1);
+        assert!(matches!(begin, CommandResult::Rejected(m) if m.starts_with(CANCELLED_BEFORE_PUBLISH)));
+        assert_eq!(finish(&mut s, "j1", 1, 1, Outcome::Cancelled), CommandResult::Ok);
+        assert_eq!(s.jobs["j1"].state, JobState::Cancelled);
+    }
+
+    #[test]
+    fn a_late_requeue_touches_only_the_attempts_it_judged() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 3) });
+        assign(&mut s, "j1", 1, 1, 4);
+        requeue(&mut s, 1, &[("j1", 1)]);
+        assign(&mut s, "j1", 1, 2, 4);
+        // The same judgement committed again later (a new leader finishing an old entry).
+        requeue(&mut s, 1, &[("j1", 1)]);
+        assert_eq!((s.jobs["j1"].state, s.jobs["j1"].attempt), (JobState::Running, 2));
+    }
+
+    #[test]
+    fn a_removed_node_gives_its_jobs_back_and_a_new_limit_counts_at_once() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 3) });
+        s.apply(&Command::SubmitJob { job: job("j2", 3) });
+        assign(&mut s, "j1", 2, 1, 4);
+        s.apply(&Command::RemoveNode { name: "node2".into() });
+        assert_eq!(s.jobs["j1"].state, JobState::Queued);
+        // The dispatcher decided with a limit of 4; `set-limit 1` committed meanwhile.
+        s.apply(&Command::SetNodeLimit {
+            node: 1,
+            limit: Some(1),
+        });
+        assert_eq!(assign(&mut s, "j1", 1, 2, 4), CommandResult::Ok);
+        assert!(matches!(assign(&mut s, "j2", 1, 1, 4), CommandResult::Rejected(m) if m.contains("limit of 1")));
     }
 }

@@ -179,9 +179,10 @@ pub enum Command {
         outcome: jobs::Outcome,
         now_ms: i64,
     },
-    /// `node` went Offline: its running jobs go back to the queue.
+    /// `node` went Offline: these attempts of its (job, attempt) go back to the queue.
     RequeueNode {
         node: NodeId,
+        jobs: Vec<(String, u32)>,
         now_ms: i64,
     },
     CancelJob {
@@ -260,6 +261,10 @@ impl IrState {
                     let (id, serial) = (n.id, n.cert_serial.clone());
                     self.nodes.remove(&id);
                     self.revoked_serials.insert(serial);
+                    // Its jobs run nowhere now. No clock in a command that never had one:
+                    // they may be assigned again at once.
+                    self.requeue_node(id, None, 0);
+                    self.node_limits.remove(&id);
                     CommandResult::Ok
                 }
                 None => CommandResult::Rejected(format!("no node named '{name}'")),
@@ -298,7 +303,7 @@ impl IrState {
                 outcome,
                 now_ms,
             } => self.finish_job(job_id, *attempt, *node, outcome, *now_ms),
-            Command::RequeueNode { node, now_ms } => self.requeue_node(*node, *now_ms),
+            Command::RequeueNode { node, jobs, now_ms } => self.requeue_node(*node, Some(jobs), *now_ms),
             Command::CancelJob { job_id, now_ms } => self.cancel_job(job_id, *now_ms),
             Command::SetNodeLimit { node, limit } => {
                 match limit {

@@ -185,6 +185,10 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     };
     match report(node, permission, REPORT_PATIENCE).await {
         Ok(reply) if reply.accepted => {}
+        Ok(reply) if reply.message.starts_with(crate::state::jobs::CANCELLED_BEFORE_PUBLISH) => {
+            staged.discard().await;
+            return Ended::Report(Outcome::Cancelled);
+        }
         Ok(reply) => {
             tracing::info!(job = %id.job_id, attempt = id.attempt, why = %reply.message, "not allowed to publish; discarding");
             staged.discard().await;

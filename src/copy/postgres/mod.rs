@@ -360,7 +360,13 @@ pub async fn write_table(
     // Timestamps without a zone written to a timestamptz column are taken as UTC, as
     // Arrow means them; dates in the ISO order the encoder writes.
     client
-        .batch_execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'")
+        // A staged transaction waits for publish permission for seconds, not minutes: one
+        // left idle longer belongs to a worker that was paused or cut off, and must not
+        // hold the job's idempotency record (and the next attempt) hostage.
+        .batch_execute(
+            "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; \
+             SET idle_in_transaction_session_timeout = '120s'; SET lock_timeout = '120s'",
+        )
         .await
         .map_err(|e| pg_error(&what, &e))?;
     ensure_commits_table(&client).await?;
