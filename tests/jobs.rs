@@ -190,7 +190,11 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     assert_eq!(done["check"]["verified"], true, "{done}");
     assert_eq!(sha256(&share.join("out/big.bin")), sha256(&share.join("in/big.bin")));
     // The killed attempt's staging file is swept when the next attempt publishes.
-    assert!(staging_files(&share.join("out")).is_empty(), "{:?}", staging_files(&share.join("out")));
+    assert!(
+        staging_files(&share.join("out")).is_empty(),
+        "{:?}",
+        staging_files(&share.join("out"))
+    );
     ir.start(victim).await.unwrap();
     ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
 

@@ -260,12 +260,7 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
     let victim = match &running {
         Some(j) => {
             let victim = ir.nodes.iter().position(|n| n.name == j.node).unwrap_or(0);
-            step(&format!(
-                "killing {} with SIGKILL while it copies job {} ({} MiB so far)",
-                j.node,
-                j.id,
-                j.bytes >> 20
-            ));
+            step(&format!("killing {} with SIGKILL while it copies job {}", j.node, j.id));
             victim
         }
         None => {

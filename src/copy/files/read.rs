@@ -49,7 +49,16 @@ pub(super) async fn read_table(source: &Endpoint, counters: &Counters) -> Result
 
     let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
     let counters = counters.clone();
-    tokio::task::spawn_blocking(move || plan.run(&tx, &counters));
+    tokio::task::spawn_blocking(move || {
+        // A reader that panics drops its sender, which a sink would take for the end of the
+        // input and publish what it got: the panic is turned into an error item instead.
+        let run = std::panic::AssertUnwindSafe(|| plan.run(&tx, &counters));
+        if std::panic::catch_unwind(run).is_err() {
+            let _ = tx.blocking_send(Err(CopyError::fatal(
+                "the file reader failed unexpectedly (a bug in shir)",
+            )));
+        }
+    });
     let batches = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Ok(batches.boxed())
 }

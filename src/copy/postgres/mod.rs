@@ -209,7 +209,8 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
 
     let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
     let mut decoder = decode::BatchDecoder::new(columns, BATCH_ROWS, BATCH_BYTES);
-    tokio::spawn(async move {
+    let on_panic = tx.clone();
+    let decode_task = tokio::spawn(async move {
         // The client lives as long as the stream it feeds; once the sink stops pulling
         // (done or failed), sending fails, both are dropped and the server ends the query.
         let _client = client;
@@ -248,6 +249,19 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
             counters.add(batch.num_rows() as u64, 0, 0);
         }
         let _ = tx.send(last).await;
+    });
+    // A decoder that panics drops its sender, which a sink would take for the end of the
+    // input and publish what it got: the panic is turned into an error item instead.
+    tokio::spawn(async move {
+        if let Err(e) = decode_task.await
+            && e.is_panic()
+        {
+            let _ = on_panic
+                .send(Err(CopyError::fatal(
+                    "the PostgreSQL reader failed unexpectedly (a bug in shir)",
+                )))
+                .await;
+        }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
