@@ -83,6 +83,8 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     ir.offline_timeout_ms = Some(1500);
     ir.env
         .push(("SHIR_TEST_HOLD_BEFORE_PUBLISH".into(), format!("hold-:{HOLD_MS}")));
+    ir.env
+        .push(("SHIR_TEST_HOLD_AFTER_PUBLISH".into(), format!("published-:{HOLD_MS}")));
     let _logs = common::DumpLogsOnPanic::new(&ir);
     ir.form("jobs-ir").await.expect("four nodes form an IR");
     let share = tmp.path().join("share");
@@ -190,6 +192,51 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     assert_eq!(done["check"]["verified"], true, "{done}");
     assert_eq!(sha256(&share.join("out/big.bin")), sha256(&share.join("in/big.bin")));
     // The killed attempt's staging file is swept when the next attempt publishes.
+    assert!(
+        staging_files(&share.join("out")).is_empty(),
+        "{:?}",
+        staging_files(&share.join("out"))
+    );
+    ir.start(victim).await.unwrap();
+    ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
+
+    steps.step("a node is killed after publishing, before reporting, on the job's only attempt");
+    let request = proto::JobSubmitRequest {
+        name: "published-kill".into(),
+        source: "share:/in/big.bin".into(),
+        sink: "share:/out/published.bin".into(),
+        binary: true,
+        max_attempts: 1,
+        ..Default::default()
+    };
+    let id = ir
+        .admin(0)
+        .await
+        .unwrap()
+        .job_submit(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let published = share.join("out/published.bin");
+    common::eventually("the output to be published", Duration::from_secs(20), || async {
+        if published.exists() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let running = job(&ir, 0, &id).await.unwrap();
+    assert_eq!(running["state"], "Running", "published but not yet reported: {running}");
+    let victim = index_of(&ir, running["node"].as_str().unwrap());
+    ir.kill(victim).await.unwrap();
+    let via = (victim + 1) % 4;
+    // Its output may be visible, so the job cannot end Failed although it had one attempt:
+    // a second attempt publishes again (idempotently) and the job succeeds.
+    let done = wait_state(&ir, via, &id, "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(sha256(&published), sha256(&share.join("in/big.bin")));
     assert!(
         staging_files(&share.join("out")).is_empty(),
         "{:?}",

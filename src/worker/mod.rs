@@ -102,6 +102,25 @@ async fn run_attempt(
         job_id: job.id.clone(),
         attempt: job.attempt,
     };
+    // A node that just restarted acts on its log before it has caught up: it may find an
+    // attempt "running" here that the IR has long moved past. The dispatcher says whether it
+    // is current before any work (or staging file) is done for it.
+    let start = proto::JobReportRequest {
+        job_id: id.job_id.clone(),
+        attempt: id.attempt,
+        phase: "progress".into(),
+        ..Default::default()
+    };
+    if let Ok(reply) = report(&node, start, Duration::from_secs(5)).await
+        && !reply.accepted
+    {
+        // Or the dispatcher has not applied the assignment yet: look again in a moment, if
+        // the log still says it runs here.
+        tracing::debug!(job = %id.job_id, attempt = id.attempt, "attempt not confirmed current; not starting it yet");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = unsettled.send((id.job_id, id.attempt));
+        return;
+    }
     let counters = Arc::new(Counters::default());
     let reporter = tokio::spawn(report_progress(node.clone(), id.clone(), counters.clone()));
     let ended = attempt(&node, &job, &id, &counters, &cancel).await;
@@ -165,7 +184,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
         Ok(staged) => staged,
         Err(e) => return Ended::Report(failed(e)),
     };
-    if let Some(hold) = hold_before_publish(&job.spec.name) {
+    if let Some(hold) = test_hold("SHIR_TEST_HOLD_BEFORE_PUBLISH", &job.spec.name) {
         // Tests widen the window between staging and publishing, to kill or pause a node
         // exactly there.
         tokio::select! {
@@ -201,7 +220,12 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
         }
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
-    match staged.publish().await {
+    let published = staged.publish().await;
+    if let Some(hold) = test_hold("SHIR_TEST_HOLD_AFTER_PUBLISH", &job.spec.name) {
+        // Tests kill the node here: published, not yet reported.
+        tokio::time::sleep(hold).await;
+    }
+    match published {
         Ok(()) => Ended::Report(Outcome::Succeeded {
             rows,
             bytes,
@@ -212,11 +236,12 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     }
 }
 
-/// `SHIR_TEST_HOLD_BEFORE_PUBLISH=PREFIX:MS`: jobs whose name starts with PREFIX wait MS
-/// milliseconds between staging and asking to publish. A fault-injection hook for tests
-/// (to kill or pause a node exactly there); never set in production.
-fn hold_before_publish(job_name: &str) -> Option<Duration> {
-    let setting = std::env::var("SHIR_TEST_HOLD_BEFORE_PUBLISH").ok()?;
+/// Fault-injection hooks for tests, never set in production: with `VAR=PREFIX:MS`, jobs whose
+/// name starts with PREFIX wait MS milliseconds at that point, so that a test can kill or
+/// pause their node exactly there. `SHIR_TEST_HOLD_BEFORE_PUBLISH`: between staging and
+/// asking to publish; `SHIR_TEST_HOLD_AFTER_PUBLISH`: published, before reporting it.
+fn test_hold(var: &str, job_name: &str) -> Option<Duration> {
+    let setting = std::env::var(var).ok()?;
     let (prefix, ms) = setting.rsplit_once(':')?;
     job_name
         .starts_with(prefix)
