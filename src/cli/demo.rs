@@ -175,21 +175,8 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
         "shir linked-service create share --type filesystem --root {}",
         share.display()
     ));
+    ir.create_filesystem_service("share", &share).await?;
     let mut admin = ir.admin(0).await?;
-    admin
-        .linked_service_create(proto::LinkedServiceCreateRequest {
-            name: "share".into(),
-            spec: Some(proto::LinkedServiceSpec {
-                r#type: "filesystem".into(),
-                fields: [("root".to_string(), share.to_string_lossy().into_owned())]
-                    .into_iter()
-                    .collect(),
-                secrets: Default::default(),
-            }),
-            encrypted_credential: String::new(),
-        })
-        .await
-        .map_err(|s| anyhow!(s.message().to_string()))?;
     for n in 1..=4 {
         admin
             .node_set_limit(proto::NodeSetLimitRequest {

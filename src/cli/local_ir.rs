@@ -298,6 +298,27 @@ impl LocalIr {
         Ok(())
     }
 
+    /// `shir linked-service create NAME --type filesystem --root ROOT`, through node 0.
+    pub async fn create_filesystem_service(&self, name: &str, root: &Path) -> Result<()> {
+        let request = proto::LinkedServiceCreateRequest {
+            name: name.into(),
+            spec: Some(proto::LinkedServiceSpec {
+                r#type: "filesystem".into(),
+                fields: [("root".to_string(), root.to_string_lossy().into_owned())]
+                    .into_iter()
+                    .collect(),
+                secrets: Default::default(),
+            }),
+            encrypted_credential: String::new(),
+        };
+        self.admin(0)
+            .await?
+            .linked_service_create(request)
+            .await
+            .map_err(|s| anyhow!(s.message().to_string()))?;
+        Ok(())
+    }
+
     /// Index of the node that is dispatcher according to node `via`.
     pub async fn dispatcher(&self, via: usize) -> Result<usize> {
         let s = self.status(via).await?;

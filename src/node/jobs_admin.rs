@@ -183,31 +183,13 @@ pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::
     };
     let id = hex::encode(SecretBytes::random(6).expose());
     let now = crate::unix_now_ms();
-    let job = Job {
-        id: id.clone(),
-        seq: 0,
-        spec: JobSpec {
-            name: req.name,
-            source,
-            sink,
-            retry,
-        },
-        state: JobState::Queued,
-        node: None,
-        attempt: 0,
-        publishing: false,
-        publish_granted: false,
-        cancel_requested: false,
-        rows: 0,
-        bytes: 0,
-        files: 0,
-        check: None,
-        error: None,
-        submitted_at_ms: now,
-        started_at_ms: None,
-        finished_at_ms: None,
-        not_before_ms: 0,
+    let spec = JobSpec {
+        name: req.name,
+        source,
+        sink,
+        retry,
     };
+    let job = Job::queued(id.clone(), spec, now);
     node.propose(Command::SubmitJob { job }).await?;
     node.dispatch_wake.notify_one();
     tracing::info!(job = %id, "job submitted");

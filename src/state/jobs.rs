@@ -103,6 +103,33 @@ pub struct Job {
     pub not_before_ms: i64,
 }
 
+impl Job {
+    /// A job as submitted: queued, never assigned. Its place in the queue (`seq`) is given
+    /// when the submission is applied.
+    pub fn queued(id: String, spec: JobSpec, submitted_at_ms: i64) -> Job {
+        Job {
+            id,
+            seq: 0,
+            spec,
+            state: JobState::Queued,
+            node: None,
+            attempt: 0,
+            publishing: false,
+            publish_granted: false,
+            cancel_requested: false,
+            rows: 0,
+            bytes: 0,
+            files: 0,
+            check: None,
+            error: None,
+            submitted_at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            not_before_ms: 0,
+        }
+    }
+}
+
 /// What a worker reports at the end of an attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -378,34 +405,16 @@ mod tests {
             location: Location::Path(p.into()),
             format: Format::Csv(CsvOptions::default()),
         };
-        Job {
-            id: id.into(),
-            seq: 0,
-            spec: JobSpec {
-                name: String::new(),
-                source: ds("in.csv"),
-                sink: ds("out.csv"),
-                retry: RetryPolicy {
-                    max_attempts,
-                    interval_ms: 1000,
-                },
+        let spec = JobSpec {
+            name: String::new(),
+            source: ds("in.csv"),
+            sink: ds("out.csv"),
+            retry: RetryPolicy {
+                max_attempts,
+                interval_ms: 1000,
             },
-            state: JobState::Queued,
-            node: None,
-            attempt: 0,
-            publishing: false,
-            publish_granted: false,
-            cancel_requested: false,
-            rows: 0,
-            bytes: 0,
-            files: 0,
-            check: None,
-            error: None,
-            submitted_at_ms: 0,
-            started_at_ms: None,
-            finished_at_ms: None,
-            not_before_ms: 0,
-        }
+        };
+        Job::queued(id.into(), spec, 0)
     }
 
     fn assign(s: &mut IrState, id: &str, node: NodeId, attempt: u32, limit: u32) -> CommandResult {

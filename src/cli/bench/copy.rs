@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::cli::local_ir::LocalIr;
@@ -242,21 +242,7 @@ pub async fn run(ir: &mut LocalIr, work: &Path, size_mib: u64, say: &dyn Fn(&str
     for dir in ["in", "out", "cp-out", "lat"] {
         std::fs::create_dir_all(share.join(dir))?;
     }
-    let mut admin = ir.admin(0).await?;
-    admin
-        .linked_service_create(proto::LinkedServiceCreateRequest {
-            name: "share".into(),
-            spec: Some(proto::LinkedServiceSpec {
-                r#type: "filesystem".into(),
-                fields: [("root".to_string(), share.to_string_lossy().into_owned())]
-                    .into_iter()
-                    .collect(),
-                secrets: Default::default(),
-            }),
-            encrypted_credential: String::new(),
-        })
-        .await
-        .map_err(|s| anyhow!(s.message().to_string()))?;
+    ir.create_filesystem_service("share", &share).await?;
     let bytes = size_mib << 20;
     say(&format!(
         "\nwriting a {size_mib} MiB binary file and a {size_mib} MiB CSV file"
