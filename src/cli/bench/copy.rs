@@ -69,6 +69,7 @@ fn write_csv(path: &Path, bytes: u64) -> Result<u64> {
 /// copy is timed to the same point.
 fn time_cp(src: &Path, dst: &Path) -> Result<Duration> {
     let _ = std::fs::remove_file(dst);
+    settle()?;
     let started = Instant::now();
     let ok =
         Process::new("cp").arg(src).arg(dst).status()?.success() && Process::new("sync").arg(dst).status()?.success();
@@ -96,6 +97,15 @@ async fn time_job(ir: &LocalIr, request: proto::JobSubmitRequest) -> Result<(Dur
     }
 }
 
+/// Waits until every dirty page on the machine is written, so that one measurement does not
+/// pay for the disk traffic of the one before it (the inputs just written, the previous copy).
+fn settle() -> Result<()> {
+    if !Process::new("sync").status()?.success() {
+        bail!("sync failed");
+    }
+    Ok(())
+}
+
 fn best(times: &[Duration]) -> Duration {
     times.iter().copied().min().unwrap_or_default()
 }
@@ -106,6 +116,7 @@ async fn file_copy(ir: &LocalIr, share: &Path, file: &str, binary: bool, say: &d
     let (mut cp, mut ours, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         cp.push(time_cp(&src, &share.join("cp-out").join(file))?);
+        settle()?;
         let request = proto::JobSubmitRequest {
             source: format!("share:/in/{file}"),
             sink: format!("share:/out/{round}-{file}"),
@@ -258,6 +269,7 @@ pub async fn run(ir: &mut LocalIr, work: &Path, size_mib: u64, say: &dyn Fn(&str
     ));
     write_binary(&share.join("in/big.bin"), bytes)?;
     let csv_rows = write_csv(&share.join("in/big.csv"), bytes)?;
+    settle()?;
     say(&format!(
         "\ncopies (best of {ROUNDS}; cp timed with sync, as shir's output is made durable)"
     ));
