@@ -7,6 +7,13 @@ use tokio_postgres::NoTls;
 
 use super::{FieldKind, FieldSpec, ServiceSpec, one_line, parse_port};
 
+/// TCP keepalive on connections to PostgreSQL: a peer silent for 30 s is probed every 10 s
+/// and given up after 6 unanswered probes, so a dead server or path ends a copy in about
+/// 90 s (and the attempt is retried) instead of hanging.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
+
 /// PostgreSQL's own default, as libpq uses it.
 pub(super) const DEFAULT_PORT: u16 = 5432;
 
@@ -144,6 +151,13 @@ pub(crate) async fn connect(
             retryable: true,
         })?;
     let _ = tcp.set_nodelay(true);
+    // A server or network that goes silent without closing the connection would otherwise
+    // hold a copy (and its node's job slot) until the kernel's two-hour default notices.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     let (client, connection) = config
         .connect_raw(ScramOnly::new(tcp), NoTls)
         .await
