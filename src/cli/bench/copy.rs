@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use crate::cli::local_ir::LocalIr;
 use crate::proto;
 
-/// Copies measured per tool; the best of them counts (the machine is shared: the best run is
-/// the one least disturbed by others).
-const ROUNDS: usize = 2;
+/// Copies measured per tool, alternating; the best of them counts (the machine is shared:
+/// the best run is the one least disturbed by others). Five, because this machine's disk
+/// takes 1 to 3 s for the same 1 GiB write and fsync from one run to the next.
+const ROUNDS: usize = 5;
 
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
