@@ -18,11 +18,9 @@ use shir::proto;
 /// test hook), long enough to kill or pause their node there.
 const HOLD_MS: u64 = 3000;
 
+/// `shir ARGS --data-dir <node i>`.
 async fn shir_on(ir: &LocalIr, i: usize, args: &[&str]) -> Result<String, String> {
-    let dir = common::dir_arg(ir, i);
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--data-dir", &dir]);
-    ir.shir(&all).await.map_err(|e| e.to_string())
+    common::shir_on(ir, i, args, None).await
 }
 
 async fn submit(ir: &LocalIr, via: usize, name: &str, source: &str, sink: &str, binary: bool) -> String {
@@ -89,21 +87,9 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     ir.form("jobs-ir").await.expect("four nodes form an IR");
     let share = tmp.path().join("share");
     std::fs::create_dir_all(share.join("in")).unwrap();
-    shir_on(
-        &ir,
-        0,
-        &[
-            "linked-service",
-            "create",
-            "share",
-            "--type",
-            "filesystem",
-            "--root",
-            &share.to_string_lossy(),
-        ],
-    )
-    .await
-    .expect("create share");
+    ir.create_filesystem_service("share", &share)
+        .await
+        .expect("create share");
 
     steps.step("limits of 2 per node, then 200 jobs");
     for n in 1..=4 {

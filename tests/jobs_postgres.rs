@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::shir_on;
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,13 +15,6 @@ use shir::proto;
 use shir::testing::postgres::ThrowawayPostgres;
 
 const HOLD_MS: u64 = 3000;
-
-async fn shir_on(ir: &LocalIr, i: usize, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let dir = common::dir_arg(ir, i);
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--data-dir", &dir]);
-    ir.shir_with_input(&all, input).await.map_err(|e| e.to_string())
-}
 
 async fn submit(ir: &LocalIr, name: &str, source: &str, sink: &str) -> String {
     let request = proto::JobSubmitRequest {
@@ -107,22 +102,9 @@ async fn jobs_load_and_unload_postgres_exactly_once() {
     .expect("create warehouse");
     let share = tmp.path().join("share");
     std::fs::create_dir_all(&share).unwrap();
-    shir_on(
-        &ir,
-        0,
-        &[
-            "linked-service",
-            "create",
-            "share",
-            "--type",
-            "filesystem",
-            "--root",
-            &share.to_string_lossy(),
-        ],
-        None,
-    )
-    .await
-    .expect("create share");
+    ir.create_filesystem_service("share", &share)
+        .await
+        .expect("create share");
     shir_on(&ir, 0, &["linked-service", "test", "warehouse"], None)
         .await
         .expect("warehouse reachable");

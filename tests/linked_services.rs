@@ -5,19 +5,13 @@
 
 mod common;
 
+use common::shir_on;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
 use shir::cli::local_ir::LocalIr;
-
-/// `shir <args> --data-dir <node i>`, with `input` on stdin.
-async fn shir_on(ir: &LocalIr, i: usize, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let dir = common::dir_arg(ir, i);
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--data-dir", &dir]);
-    ir.shir_with_input(&all, input).await.map_err(|e| e.to_string())
-}
 
 /// `linked-service list --json` from node `i`, as name → version.
 async fn versions(ir: &LocalIr, i: usize) -> BTreeMap<String, u64> {

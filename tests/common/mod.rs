@@ -128,6 +128,15 @@ pub fn dir_arg(ir: &LocalIr, i: usize) -> String {
     ir.nodes[i].dir.root().to_string_lossy().into_owned()
 }
 
+/// `shir ARGS --data-dir <node i>`, with `input` on its standard input; stdout, or the
+/// one-line error.
+pub async fn shir_on(ir: &LocalIr, i: usize, args: &[&str], input: Option<&str>) -> Result<String, String> {
+    let dir = dir_arg(ir, i);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--data-dir", &dir]);
+    ir.shir_with_input(&all, input).await.map_err(|e| e.to_string())
+}
+
 /// `shir status --json --data-dir <node i>`, parsed.
 pub async fn status_json(ir: &LocalIr, i: usize) -> Result<serde_json::Value, String> {
     let out = ir
