@@ -168,12 +168,16 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
     Ok(())
 }
 
-/// A worker's report on attempt `req.attempt` of a job, from node `from` (read from its
+/// A worker's report on attempt `req.attempt` of a job (start, progress, publish, finish), from node `from` (read from its
 /// certificate by the caller). Runs on the dispatcher. Refused reports (a stale attempt, an
 /// ended job) answer `accepted: false`: fencing, not an error.
 pub async fn report(node: &Node, from: NodeId, req: proto::JobReportRequest) -> Result<proto::JobReportReply, Status> {
     let command = match req.phase.as_str() {
-        "progress" => {
+        // A node that restarts may believe for a moment that it still leads (its last vote
+        // was its own): the answer to "may this attempt start?" must come from a dispatcher
+        // a majority confirms, never from a stale one.
+        "start" if !node.confirm_leadership().await => return Err(crate::node::not_dispatcher()),
+        "progress" | "start" => {
             let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
             let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
             if accepted {

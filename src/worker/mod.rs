@@ -108,14 +108,14 @@ async fn run_attempt(
     let start = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "progress".into(),
+        phase: "start".into(),
         ..Default::default()
     };
-    if let Ok(reply) = report(&node, start, Duration::from_secs(5)).await
-        && !reply.accepted
-    {
-        // Or the dispatcher has not applied the assignment yet: look again in a moment, if
-        // the log still says it runs here.
+    let confirmed = matches!(report(&node, start, Duration::from_secs(5)).await, Ok(reply) if reply.accepted);
+    if !confirmed {
+        // Not current, or the dispatcher has not applied the assignment yet, or it cannot be
+        // reached (it would not allow publishing either): look again in a moment, if the log
+        // still says the attempt runs here.
         tracing::debug!(job = %id.job_id, attempt = id.attempt, "attempt not confirmed current; not starting it yet");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = unsettled.send((id.job_id, id.attempt));
