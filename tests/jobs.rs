@@ -31,8 +31,7 @@ async fn submit(ir: &LocalIr, via: usize, name: &str, source: &str, sink: &str, 
         binary,
         ..Default::default()
     };
-    let mut admin = ir.admin(via).await.expect("admin socket");
-    admin.job_submit(request).await.expect("submit").into_inner().id
+    common::submit_job(ir, via, request).await
 }
 
 async fn job(ir: &LocalIr, via: usize, id: &str) -> Result<Value, String> {
@@ -195,15 +194,7 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
         max_attempts: 1,
         ..Default::default()
     };
-    let id = ir
-        .admin(0)
-        .await
-        .unwrap()
-        .job_submit(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let id = common::submit_job(&ir, 0, request).await;
     let published = share.join("out/published.bin");
     common::eventually("the output to be published", Duration::from_secs(20), || async {
         if published.exists() {

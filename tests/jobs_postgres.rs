@@ -23,14 +23,7 @@ async fn submit(ir: &LocalIr, name: &str, source: &str, sink: &str) -> String {
         sink: sink.into(),
         ..Default::default()
     };
-    ir.admin(0)
-        .await
-        .expect("admin")
-        .job_submit(request)
-        .await
-        .expect("submit")
-        .into_inner()
-        .id
+    common::submit_job(ir, 0, request).await
 }
 
 async fn wait_end(ir: &LocalIr, via: usize, id: &str) -> Value {
@@ -72,7 +65,11 @@ async fn jobs_load_and_unload_postgres_exactly_once() {
              INSERT INTO orders SELECT g, 'customer-' || g % 100, (g % 997) / 10.0, DATE '2026-11-01' + g % 30,
                     CASE WHEN g % 7 = 0 THEN NULL ELSE 'n' || g END FROM generate_series(1, 20000) g;
              CREATE TABLE orders_copy (LIKE orders);
-             CREATE TABLE orders_from_csv (LIKE orders);",
+             CREATE TABLE orders_from_csv (LIKE orders);
+             CREATE SCHEMA \"Sales\";
+             CREATE TABLE \"Sales\".\"Order Items\" (\"Item\" text, qty int);
+             INSERT INTO \"Sales\".\"Order Items\" VALUES ('a', 1), ('b', NULL), (NULL, 3);
+             CREATE TABLE items_copy (\"Item\" text, qty int);",
         )
         .await
         .expect("tables");
@@ -158,6 +155,38 @@ async fn jobs_load_and_unload_postgres_exactly_once() {
     let failed = wait_end(&ir, 0, &id).await;
     assert_eq!(failed["state"], "Failed", "{failed}");
     assert!(failed["error"].as_str().unwrap().contains("does not exist"), "{failed}");
+
+    steps.step("table names read as PostgreSQL reads them: quoted kept, unquoted folded");
+    let id = submit(
+        &ir,
+        "",
+        "warehouse:\"Sales\".\"Order Items\"",
+        "warehouse:PUBLIC.Items_Copy",
+    )
+    .await;
+    let done = wait_end(&ir, 0, &id).await;
+    assert_eq!(done["state"], "Succeeded", "{done}");
+    assert_eq!(done["rows"], 3, "{done}");
+    assert_eq!(done["source"], "warehouse:\"Sales\".\"Order Items\"", "{done}");
+    assert_eq!(done["sink"], "warehouse:public.items_copy", "{done}");
+    assert_eq!(count(&client, "items_copy").await, 3);
+
+    steps.step("a source that stops answering is stopped after the stall timeout");
+    let request = proto::JobSubmitRequest {
+        source: "warehouse:select 1 as x from pg_sleep(60)".into(),
+        sink: "share:/stalled.csv".into(),
+        max_attempts: 1,
+        stall_timeout_ms: 1500,
+        ..Default::default()
+    };
+    let id = common::submit_job(&ir, 0, request).await;
+    let stalled = wait_end(&ir, 0, &id).await;
+    assert_eq!(stalled["state"], "Failed", "{stalled}");
+    assert!(
+        stalled["error"].as_str().unwrap().contains("no data moved for 1 s"),
+        "{stalled}"
+    );
+    assert!(!share.join("stalled.csv").exists(), "nothing published");
 
     steps.step("query to CSV, CSV to table: the same rows come back");
     let id = submit(

@@ -50,6 +50,10 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
         /// Seconds between attempts after a retryable failure (default 5).
         #[arg(long)]
         retry_interval: Option<f64>,
+        /// Seconds an attempt may read nothing before it is stopped and retried: a share or
+        /// database that hangs without closing the connection (default 600).
+        #[arg(long, value_name = "SECONDS")]
+        stall_timeout: Option<f64>,
         /// A name to recognise the job by.
         #[arg(long, default_value = "")]
         name: String,
@@ -143,6 +147,7 @@ pub fn job_json(j: &proto::JobInfo) -> Value {
         "finished_at": opt_time(j.finished_at_ms),
         "check": check,
         "cancel_requested": j.cancel_requested,
+        "stall_timeout_ms": j.stall_timeout_ms,
     })
 }
 
@@ -241,10 +246,16 @@ pub async fn run(command: JobCommand) -> Result<()> {
             csv_delimiter,
             max_attempts,
             retry_interval,
+            stall_timeout,
             name,
             target,
             json,
         } => {
+            if let Some(s) = stall_timeout
+                && !(1.0..=86_400.0).contains(&s)
+            {
+                bail!("--stall-timeout must be between 1 and 86400 seconds");
+            }
             if let Some(s) = retry_interval
                 && !(0.0..=86_400.0).contains(&s)
             {
@@ -261,6 +272,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 csv_delimiter: csv_delimiter.unwrap_or_default(),
                 max_attempts: max_attempts.unwrap_or(0),
                 retry_interval_ms: retry_interval.map(|s| (s * 1000.0) as u64).unwrap_or(0),
+                stall_timeout_ms: stall_timeout.map(|s| (s * 1000.0) as u64).unwrap_or(0),
             };
             let reply = target.connect().await?.job_submit(request).await?.into_inner();
             if json {

@@ -6,11 +6,12 @@ use tonic::Status;
 
 use super::Node;
 use crate::connectors::ServiceType;
+use crate::copy::postgres::names::{self, Named};
 use crate::copy::{CsvOptions, Format, Location};
 use crate::proto;
 use crate::secrets::SecretBytes;
 use crate::state::Command;
-use crate::state::jobs::{DatasetRef, Job, JobSpec, JobState, RetryPolicy};
+use crate::state::jobs::{DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Job, JobSpec, JobState, RetryPolicy};
 
 fn invalid(why: impl Into<String>) -> Status {
     Status::invalid_argument(why.into())
@@ -115,25 +116,15 @@ fn dataset(
                     "--binary copies files: both ends must be filesystem linked services",
                 ));
             }
-            let first = rest.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
-            let location = if rest.contains(char::is_whitespace) || first == "select" || first == "with" {
-                if role == "sink" {
+            let named = names::parse_table(rest).map_err(|why| invalid(format!("--{role}: {why}")))?;
+            let location = match named {
+                Named::Table { schema, table } => Location::Table { schema, table },
+                Named::NotAName if role == "sink" => {
                     return Err(invalid(format!(
-                        "--sink '{text}': a query can only be a source; give SCHEMA.TABLE"
+                        "--sink '{text}': a sink is a table, SCHEMA.TABLE or TABLE (quote names with capitals, spaces or dots: \"Sales\".\"Order Items\"); a query can only be a source"
                     )));
                 }
-                Location::Query(rest.to_string())
-            } else {
-                let (schema, table) = rest.split_once('.').unwrap_or(("public", rest));
-                if schema.is_empty() || table.is_empty() || table.contains('.') {
-                    return Err(invalid(format!(
-                        "--{role} '{text}': give a table as SCHEMA.TABLE or TABLE"
-                    )));
-                }
-                Location::Table {
-                    schema: schema.to_string(),
-                    table: table.to_string(),
-                }
+                Named::NotAName => Location::Query(rest.to_string()),
             };
             Ok(DatasetRef {
                 service: service.to_string(),
@@ -181,6 +172,11 @@ pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::
         },
         (n, _) => return Err(invalid(format!("--max-attempts {n} is more than 100"))),
     };
+    let stall_timeout_ms = match req.stall_timeout_ms {
+        0 => DEFAULT_STALL_TIMEOUT_MS,
+        ms if (1_000..=86_400_000).contains(&ms) => ms,
+        _ => return Err(invalid("--stall-timeout must be between 1 and 86400 seconds")),
+    };
     let id = hex::encode(SecretBytes::random(6).expose());
     let now = crate::unix_now_ms();
     let spec = JobSpec {
@@ -188,6 +184,7 @@ pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::
         source,
         sink,
         retry,
+        stall_timeout_ms,
     };
     let job = Job::queued(id.clone(), spec, now);
     node.propose(Command::SubmitJob { job }).await?;
@@ -200,7 +197,12 @@ pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::
 pub fn describe(d: &DatasetRef) -> String {
     match &d.location {
         Location::Path(p) => format!("{}:/{p}", d.service),
-        Location::Table { schema, table } => format!("{}:{schema}.{table}", d.service),
+        Location::Table { schema, table } => format!(
+            "{}:{}.{}",
+            d.service,
+            names::display_ident(schema),
+            names::display_ident(table)
+        ),
         Location::Query(q) => format!("{}:{q}", d.service),
     }
 }
@@ -234,6 +236,7 @@ fn info(node: &Node, j: &Job) -> proto::JobInfo {
             .map(|c| serde_json::to_string(c).expect("a check serialises"))
             .unwrap_or_default(),
         cancel_requested: j.cancel_requested,
+        stall_timeout_ms: j.spec.stall_timeout_ms,
     }
 }
 

@@ -70,6 +70,19 @@ pub struct JobSpec {
     pub source: DatasetRef,
     pub sink: DatasetRef,
     pub retry: RetryPolicy,
+    /// An attempt that reads nothing for this long is stopped and fails (retryably): a file
+    /// share or database that stops answering without closing the connection would
+    /// otherwise hold the node's slot for ever.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_ms: u64,
+}
+
+/// Ten minutes: longer than any pause a healthy source takes before its first row (a big
+/// sort, a cold share), short enough that a hung one gives its slot back the same hour.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+fn default_stall_timeout() -> u64 {
+    DEFAULT_STALL_TIMEOUT_MS
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +426,7 @@ mod tests {
                 max_attempts,
                 interval_ms: 1000,
             },
+            stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
         };
         Job::queued(id.into(), spec, 0)
     }

@@ -176,9 +176,14 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
         (Ok(source), Ok(sink)) => (source, sink),
         (Err(e), _) | (_, Err(e)) => return Ended::Report(failed(e)),
     };
+    let stall = Duration::from_millis(job.spec.stall_timeout_ms);
     let staged = tokio::select! {
         staged = copy::stage(id, &source, &sink, counters) => staged,
         _ = cancel.cancelled() => return cancelled(node, job),
+        () = stalled(counters, stall) => Err(CopyError::transient(format!(
+            "no data moved for {}: the source or sink stopped answering; the attempt was stopped (--stall-timeout)",
+            humantime(stall)
+        ))),
     };
     let staged = match staged {
         Ok(staged) => staged,
@@ -233,6 +238,32 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
             check,
         }),
         Err(e) => Ended::Report(failed(e)),
+    }
+}
+
+/// Returns once `counters` have not moved for `limit`. Dropping the staging future then
+/// closes its connections and removes its staging file; a thread blocked in a hung file
+/// system call stays blocked, but the node's slot is free again.
+async fn stalled(counters: &Counters, limit: Duration) {
+    let tick = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut last = counters.snapshot();
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = counters.snapshot();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s if s >= 1 => format!("{s} s"),
+        _ => format!("{} ms", d.as_millis()),
     }
 }
 

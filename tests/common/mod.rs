@@ -239,3 +239,9 @@ pub async fn recording_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Stri
     });
     (port, seen)
 }
+
+/// Submits a job through node `via`'s admin socket; its id.
+pub async fn submit_job(ir: &LocalIr, via: usize, request: shir::proto::JobSubmitRequest) -> String {
+    let mut admin = ir.admin(via).await.expect("admin socket");
+    admin.job_submit(request).await.expect("submit").into_inner().id
+}

@@ -48,6 +48,7 @@
 
 mod decode;
 mod encode;
+pub mod names;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +61,7 @@ use tokio_postgres::Client;
 use super::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, Location, Staged, StagedOutput};
 use crate::connectors::one_line;
 use crate::connectors::postgres::{connect as connect_service, is_retryable};
+use names::quote_ident;
 
 /// Rows per record batch: large enough that per-batch costs vanish, small enough that a
 /// batch of wide rows stays a few megabytes.
@@ -90,11 +92,6 @@ pub const CREATE_COMMITS: &str = "CREATE SCHEMA IF NOT EXISTS shir; \
          sink_table text NOT NULL, \
          rows bigint NOT NULL, \
          committed_at timestamptz NOT NULL DEFAULT now())";
-
-/// An identifier quoted for SQL: `"` around it, inner quotes doubled.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// `"schema"."table"` for SQL.
 fn qualified(schema: &str, table: &str) -> String {
