@@ -288,7 +288,16 @@ impl IrState {
                 j.state = JobState::Succeeded;
             }
             Outcome::Failed { error, retryable } => {
-                j.error = Some(error.clone());
+                j.error = Some(if j.publish_granted && !*retryable {
+                    // A later attempt cannot even stage (the source is gone, say), but an
+                    // earlier one may have published before its node died: say so rather
+                    // than let "Failed" suggest the sink holds nothing.
+                    format!(
+                        "{error} (an earlier attempt was allowed to publish before its node went offline: the sink may hold its complete output)"
+                    )
+                } else {
+                    error.clone()
+                });
                 let must_finish = j.publish_granted && *retryable;
                 if must_finish || (*retryable && !j.cancel_requested && j.attempt < j.spec.retry.max_attempts) {
                     j.state = JobState::Queued;
@@ -618,6 +627,26 @@ mod tests {
         assert_eq!(begin(&mut s, "j1", 2, 2), CommandResult::Ok);
         assert_eq!(finish(&mut s, "j1", 2, 2, success()), CommandResult::Ok);
         assert_eq!(s.jobs["j1"].state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_fatal_failure_after_a_publish_permission_says_output_may_exist() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 3) });
+        assign(&mut s, "j1", 1, 1, 4);
+        assert_eq!(begin(&mut s, "j1", 1, 1), CommandResult::Ok);
+        requeue(&mut s, 1, &[("j1", 1)]);
+        assert_eq!(assign(&mut s, "j1", 2, 2, 4), CommandResult::Ok);
+        let gone = Outcome::Failed {
+            error: "source file in.csv does not exist".into(),
+            retryable: false,
+        };
+        assert_eq!(finish(&mut s, "j1", 2, 2, gone), CommandResult::Ok);
+        let j = &s.jobs["j1"];
+        assert_eq!(j.state, JobState::Failed);
+        let error = j.error.as_deref().unwrap();
+        assert!(error.starts_with("source file in.csv does not exist"), "{error}");
+        assert!(error.contains("may hold its complete output"), "{error}");
     }
 
     #[test]
