@@ -100,6 +100,28 @@ fn show(s: &Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+/// Sends a few random byte strings as messages to each of `paths`: each call is answered
+/// (decoded and refused, or decoded into some request and handled), the connection survives.
+async fn random_messages(channel: &Channel, paths: &[&str]) {
+    for path in paths {
+        for _ in 0..8 {
+            let body = random_bytes(rand::random::<usize>() % 512);
+            match raw_call(channel.clone(), path, body).await {
+                Ok(_) => eprintln!("{path} with random bytes: accepted (they decoded to a valid request)"),
+                Err(e) => {
+                    assert_ne!(e.code(), Code::DeadlineExceeded, "{path}: {}", show(&e));
+                    assert_ne!(
+                        e.code(),
+                        Code::Unavailable,
+                        "{path}: the connection broke: {}",
+                        show(&e)
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// An HTTP/2 connection of our own over TLS with `config`, for frames tonic would not send.
 async fn h2_connect(address: &str, config: Arc<ClientConfig>) -> Result<h2::client::SendRequest<Bytes>, String> {
     let tls = shir::transport::client::connect_tls(address, config)
@@ -392,39 +414,54 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
         .expect_err("an unknown service");
     eprintln!("unknown service: {}", show(&err));
     assert_eq!(err.code(), Code::Unimplemented);
-    for path in [
-        "/shir.v1.Admin/Put",
-        "/shir.v1.Admin/JobSubmit",
-        "/shir.v1.Admin/LinkedServiceCreate",
-        "/shir.v1.Admin/Get",
-    ] {
-        for _ in 0..8 {
-            let body = random_bytes(rand::random::<usize>() % 512);
-            match raw_call(channel.clone(), path, body).await {
-                Ok(_) => eprintln!("{path} with random bytes: accepted (they decoded to a valid request)"),
-                Err(e) => {
-                    assert_ne!(e.code(), Code::DeadlineExceeded, "{path}: {}", show(&e));
-                    assert_ne!(
-                        e.code(),
-                        Code::Unavailable,
-                        "{path}: the connection broke: {}",
-                        show(&e)
-                    );
-                }
-            }
-        }
-    }
+    random_messages(
+        &channel,
+        &[
+            "/shir.v1.Admin/Put",
+            "/shir.v1.Admin/JobSubmit",
+            "/shir.v1.Admin/LinkedServiceCreate",
+            "/shir.v1.Admin/Get",
+        ],
+    )
+    .await;
+    // With a node's certificate: the member services.
+    let peer = (victim + 1) % 4;
+    let node_channel = connect(&target, node_client(&ir, peer)).await.expect("a node connects");
+    random_messages(
+        &node_channel,
+        &[
+            "/shir.v1.Raft/AppendEntries",
+            "/shir.v1.Raft/Vote",
+            "/shir.v1.Cluster/Heartbeat",
+            "/shir.v1.Cluster/JobReport",
+            "/shir.v1.Cluster/ForwardAdmin",
+        ],
+    )
+    .await;
     let put = prost::Message::encode_to_vec(&proto::PutRequest {
         key: "edge/truncated".into(),
         value: "x".repeat(200),
     });
-    for cut in [1, put.len() / 2, put.len() - 1] {
-        let err = raw_call(channel.clone(), "/shir.v1.Admin/Put", put[..cut].to_vec())
-            .await
-            .expect_err("a truncated PutRequest");
-        eprintln!("PutRequest cut to {cut} of {} bytes: {}", put.len(), show(&err));
-        assert_eq!(err.code(), Code::Internal, "{}", show(&err));
-        assert!(err.message().contains("decode"), "{}", show(&err));
+    let raft = prost::Message::encode_to_vec(&proto::RaftPayload {
+        data: vec![1; 200],
+        timestamp: shir::unix_now(),
+        proof: vec![0; 32],
+    });
+    let join = prost::Message::encode_to_vec(&join_request(&key, "node9", "127.0.0.9:9", &[0x30; 200]));
+    let truncated = [
+        (&channel, "/shir.v1.Admin/Put", "PutRequest", &put),
+        (&node_channel, "/shir.v1.Raft/AppendEntries", "RaftPayload", &raft),
+        (&joiner, "/shir.v1.Join/Join", "JoinRequest", &join),
+    ];
+    for (via, path, what, message) in truncated {
+        for cut in [1, message.len() / 2, message.len() - 1] {
+            let err = raw_call(via.clone(), path, message[..cut].to_vec())
+                .await
+                .expect_err("a truncated message");
+            eprintln!("{what} cut to {cut} of {} bytes: {}", message.len(), show(&err));
+            assert_eq!(err.code(), Code::Internal, "{}", show(&err));
+            assert!(err.message().contains("decode"), "{}", show(&err));
+        }
     }
     let got = AdminClient::new(channel.clone())
         .get(proto::GetRequest {
@@ -487,10 +524,7 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
         .expect_err("an oversized Put");
     eprintln!("Admin.Put of {over} bytes: {}", show(&err));
     assert_eq!(err.code(), Code::OutOfRange, "{}", show(&err));
-    let node3 = connect(&target, node_client(&ir, (victim + 1) % 4))
-        .await
-        .expect("a node connects");
-    let err = ClusterClient::new(node3.clone())
+    let err = ClusterClient::new(node_channel.clone())
         .heartbeat(proto::HeartbeatRequest {
             name: "x".repeat(over),
             load: None,
@@ -500,9 +534,9 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
         .expect_err("an oversized Heartbeat");
     eprintln!("Cluster.Heartbeat of {over} bytes: {}", show(&err));
     assert_eq!(err.code(), Code::OutOfRange, "{}", show(&err));
-    let data_key = shir::secrets::load_data_key(ir.nodes[(victim + 1) % 4].dir.root()).expect("a node's data key");
+    let data_key = shir::secrets::load_data_key(ir.nodes[peer].dir.root()).expect("a node's data key");
     let member = MemberProof::new(&data_key, shir::raft::network::PROOF_PURPOSE);
-    let err = raft_call(node3.clone(), "InstallSnapshot", vec![0; over], Some(&member))
+    let err = raft_call(node_channel.clone(), "InstallSnapshot", vec![0; over], Some(&member))
         .await
         .expect_err("an oversized InstallSnapshot");
     eprintln!("Raft.InstallSnapshot of {over} bytes: {}", show(&err));
