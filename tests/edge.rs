@@ -565,14 +565,19 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
             .expect("junk task")
             .expect("the node closed the junk connection");
     }
-    // Join attempts as `shir register` sends them but with proofs made with a secret that
+    // Join attempts as `shir register` sends them, with the real key and with a secret that
     // is not the IR's, and attempts with garbage in every field; to the victim (forwarded
     // to the dispatcher) and to the dispatcher itself.
     let csr = shir::pki::make_csr(shir::pki::new_private_key().expect("key").expose(), "flood").expect("CSR");
     let mut attempts = Vec::new();
     let flood_started = Instant::now();
-    for i in 0..240usize {
-        let req = if i % 2 == 0 {
+    for i in 0..360usize {
+        let name = format!("flood{i}");
+        let address = format!("127.0.0.9:{}", 1000 + i);
+        let req = if i % 3 == 2 {
+            // With the real key: the proof holds, the IR (four nodes) has no room.
+            join_request(&key, &name, &address, &csr)
+        } else if i % 3 == 0 {
             let wrong = AuthKey::new(
                 key.ir_id.clone(),
                 key.slot,
@@ -581,7 +586,7 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
                 key.endpoints.clone(),
             )
             .expect("a well-formed key");
-            join_request(&wrong, &format!("flood{i}"), &format!("127.0.0.9:{}", 1000 + i), &csr)
+            join_request(&wrong, &name, &address, &csr)
         } else {
             proto::JoinRequest {
                 ir_id: hex_string(16),
@@ -597,7 +602,7 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
         attempts.push(req);
     }
     // Twelve connections (more from one address would be turned away at the handshake, see
-    // tests/tls.rs), twenty calls in flight on each.
+    // tests/tls.rs), thirty calls in flight on each.
     let mut channels = Vec::new();
     for c in 0..12 {
         let to = if c % 3 == 0 { &addr[d] } else { &target };
@@ -622,7 +627,10 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
             Ok(reply) => panic!("a flooded Join was admitted: node id {}", reply.node_id),
             Err(e) => {
                 assert!(
-                    matches!(e.code(), Code::PermissionDenied | Code::InvalidArgument),
+                    matches!(
+                        e.code(),
+                        Code::PermissionDenied | Code::InvalidArgument | Code::FailedPrecondition
+                    ),
                     "{}",
                     show(&e)
                 );
@@ -631,7 +639,7 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
         }
     }
     eprintln!(
-        "240 Join attempts refused in {:.1}s: {refusals:#?}",
+        "360 Join attempts refused in {:.1}s: {refusals:#?}",
         flood_started.elapsed().as_secs_f64()
     );
     drop((channels, joiner));
