@@ -39,10 +39,19 @@ impl Admission {
     fn first_use(&self, nonce: &[u8], now: i64) -> bool {
         let mut seen = self.nonces.lock().expect("nonce lock");
         seen.retain(|_, t| now - *t <= 2 * PROOF_MAX_AGE_SECS);
-        if seen.len() >= MAX_REMEMBERED_NONCES {
+        if seen.contains_key(nonce) {
             return false;
         }
-        seen.insert(nonce.to_vec(), now).is_none()
+        // Only a key holder can fill the table (the proof is checked before the nonce), and
+        // a key holder can make fresh proofs at will: forgetting the oldest gives them
+        // nothing, while refusing every nonce locked real joiners out for ten minutes.
+        if seen.len() >= MAX_REMEMBERED_NONCES
+            && let Some(oldest) = seen.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone())
+        {
+            seen.remove(&oldest);
+        }
+        seen.insert(nonce.to_vec(), now);
+        true
     }
 }
 
@@ -151,5 +160,26 @@ fn join_response(node: &Node, ir: crate::state::IrInfo, node_id: u64, cert_pem: 
         ca_cert_pem: ir.ca_cert_pem,
         data_key: node.data_key.expose().to_vec(),
         members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_nonce_table_forgets_the_oldest_rather_than_refusing_every_join() {
+        let admission = Admission::default();
+        let now = 1_700_000_000;
+        for i in 0..MAX_REMEMBERED_NONCES {
+            assert!(admission.first_use(&(i as u64).to_be_bytes(), now + (i / 1000) as i64));
+        }
+        // A flood of valid proofs (a key holder's) filled the table: the next joiner still
+        // gets in, and the newest proofs stay refused as replays.
+        let latest = ((MAX_REMEMBERED_NONCES - 1) as u64).to_be_bytes();
+        assert!(admission.first_use(b"a fresh nonce", now + 10));
+        assert!(!admission.first_use(b"a fresh nonce", now + 10), "a replay");
+        assert!(!admission.first_use(&latest, now + 10), "a recent replay");
+        assert!(admission.nonces.lock().unwrap().len() <= MAX_REMEMBERED_NONCES);
     }
 }

@@ -407,9 +407,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
         .add_service(services.cluster())
         .add_service(services.admin())
         .serve_with_incoming(members_in);
-    let joiners = Server::builder()
-        .add_service(services.join())
-        .serve_with_incoming(joiners_in);
+    let joiners = services.joiners_server().serve_with_incoming(joiners_in);
     let locals = Server::builder()
         .add_service(services.admin())
         .serve_with_incoming(accept_local(local));

@@ -62,9 +62,33 @@ impl Services {
         proto::admin_server::AdminServer::new(self.clone())
     }
     pub fn join(&self) -> proto::join_server::JoinServer<Self> {
-        proto::join_server::JoinServer::new(self.clone())
+        proto::join_server::JoinServer::new(self.clone()).max_decoding_message_size(MAX_JOIN_MESSAGE)
+    }
+
+    /// The server for joiners' connections. Anyone may open one, so what a caller can make
+    /// the node hold is bounded: a few streams per connection, each a small message, and
+    /// connections that end (see `transport::server` for how many may be open).
+    pub fn joiners_server(&self) -> tonic::transport::server::Router {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(JOIN_STREAMS_PER_CONNECTION)
+            .max_connection_age(JOIN_CONNECTION_AGE)
+            .max_connection_age_grace(JOIN_CONNECTION_AGE)
+            .add_service(self.join())
     }
 }
+
+/// Largest `Join` request accepted: a name, an address, a CSR of a few hundred bytes and a
+/// proof. Without this bound tonic's 4 MiB default let any anonymous caller make the node
+/// buffer 4 MiB per stream while it trickled a body that never ends.
+pub const MAX_JOIN_MESSAGE: usize = 64 << 10;
+
+/// `shir register` makes one call per connection; a few more leave room for retries.
+pub const JOIN_STREAMS_PER_CONNECTION: u32 = 4;
+
+/// A joiner's connection is told to go after this long and cut after as long again: a
+/// `Join` takes at most `FORWARD_PATIENCE` plus a forwarded attempt, far less than this, and
+/// a connection held open for nothing frees its place for real joiners.
+pub const JOIN_CONNECTION_AGE: Duration = Duration::from_secs(30);
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     network::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))

@@ -214,7 +214,7 @@ impl IrState {
                 Some(_) if running >= limit => {
                     CommandResult::Rejected(format!("node {} is at its limit of {limit}", a.node))
                 }
-                Some(j) if j.state != JobState::Queued || a.attempt != j.attempt + 1 => {
+                Some(j) if j.state != JobState::Queued || j.attempt.checked_add(1) != Some(a.attempt) => {
                     CommandResult::Rejected(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
                 }
                 Some(j) => {
@@ -301,7 +301,10 @@ impl IrState {
                 let must_finish = j.publish_granted && *retryable;
                 if must_finish || (*retryable && !j.cancel_requested && j.attempt < j.spec.retry.max_attempts) {
                     j.state = JobState::Queued;
-                    j.not_before_ms = now_ms + j.spec.retry.interval_ms as i64;
+                    // Saturating: a submitted interval or a clock near the type's end must not wrap
+                    // round into the past (nor panic a debug build's apply).
+                    let interval = i64::try_from(j.spec.retry.interval_ms).unwrap_or(i64::MAX);
+                    j.not_before_ms = now_ms.saturating_add(interval);
                 } else {
                     j.state = JobState::Failed;
                 }

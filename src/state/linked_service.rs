@@ -94,7 +94,7 @@ impl IrState {
             }
             _ => {}
         }
-        if service.version != previous_version + 1 {
+        if previous_version.checked_add(1) != Some(service.version) {
             return CommandResult::Rejected(format!(
                 "version {} does not follow version {previous_version}",
                 service.version

@@ -195,7 +195,39 @@ pub enum Command {
         limit: Option<u32>,
     },
     /// Several commands proposed together (group commit); applied in order, each as if alone.
-    Batch(Vec<Command>),
+    Batch(#[serde(deserialize_with = "bounded_batch")] Vec<Command>),
+}
+
+/// The proposer batches single commands, so a real entry nests one level, two at most.
+/// Decoding refuses deeper nesting: a corrupt or hostile message of nested batches would
+/// otherwise recurse the decoder (and `apply`) off the end of its stack, which aborts the
+/// node (found by `tests/fuzz.rs`).
+pub const MAX_BATCH_DEPTH: usize = 4;
+
+thread_local! {
+    /// Batches being decoded on this thread, outermost included. Decoding is synchronous,
+    /// so a thread-local count is the depth of the one decode in progress.
+    static BATCH_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn bounded_batch<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<Vec<Command>, D::Error> {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            BATCH_DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+    let depth = BATCH_DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    let _leave = Leave;
+    if depth > MAX_BATCH_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "batches nested more than {MAX_BATCH_DEPTH} deep"
+        )));
+    }
+    Vec::<Command>::deserialize(decoder)
 }
 
 /// What applying a command produced, returned to the proposer.
@@ -239,10 +271,13 @@ impl IrState {
                 if self.ir.is_some() {
                     return CommandResult::Rejected("the IR is already initialised".into());
                 }
+                let Some(next_id) = first_node.id.checked_add(1) else {
+                    return CommandResult::Rejected(format!("node id {} is out of range", first_node.id));
+                };
                 self.ir = Some(ir.clone());
                 self.auth_keys = auth_keys.clone();
                 self.nodes.insert(first_node.id, first_node.clone());
-                self.next_node_id = first_node.id + 1;
+                self.next_node_id = next_id;
                 CommandResult::Ok
             }
             Command::AddNode { node } => {
@@ -252,7 +287,10 @@ impl IrState {
                 if node.id < self.next_node_id {
                     return CommandResult::Rejected(format!("node id {} already used", node.id));
                 }
-                self.next_node_id = node.id + 1;
+                let Some(next_id) = node.id.checked_add(1) else {
+                    return CommandResult::Rejected(format!("node id {} is out of range", node.id));
+                };
+                self.next_node_id = next_id;
                 self.nodes.insert(node.id, node.clone());
                 CommandResult::Ok
             }

@@ -31,6 +31,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PENDING_HANDSHAKES: usize = 256;
 const MAX_PENDING_PER_ADDRESS: usize = 16;
 
+/// Joiners' connections open at once. A joiner needs no certificate, so anyone can open
+/// one; with the joiners' server's per-connection bounds (`node::services`) this caps what
+/// strangers can make the node hold. Registrations are rare and one at a time.
+const MAX_JOINER_CONNECTIONS: usize = 32;
+
 /// Counts handshakes in flight, per source address and in all.
 #[derive(Default)]
 struct Pending {
@@ -75,6 +80,8 @@ impl Drop for Slot {
 pub struct Conn<S> {
     io: S,
     caller: Caller,
+    /// A joiner's place among `MAX_JOINER_CONNECTIONS`, given back when the connection ends.
+    _joiner_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<S> Connected for Conn<S> {
@@ -131,6 +138,7 @@ pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsCon
     let (member_tx, member_rx) = mpsc::channel(64);
     let (join_tx, join_rx) = mpsc::channel(16);
     let pending = Arc::new(Pending::default());
+    let joiner_slots = Arc::new(tokio::sync::Semaphore::new(MAX_JOINER_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -146,10 +154,11 @@ pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsCon
                 continue;
             };
             let (tls, member_tx, join_tx) = (tls.clone(), member_tx.clone(), join_tx.clone());
+            let joiner_slots = joiner_slots.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, &tls)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, &tls, joiner_slots)).await {
                     Ok(Ok(conn)) => {
                         let tx = if matches!(conn.caller, Caller::Joiner) {
                             join_tx
@@ -170,7 +179,11 @@ pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsCon
     )
 }
 
-async fn handshake(tcp: tokio::net::TcpStream, tls: &PortTls) -> io::Result<TlsConn> {
+async fn handshake(
+    tcp: tokio::net::TcpStream,
+    tls: &PortTls,
+    joiner_slots: Arc<tokio::sync::Semaphore>,
+) -> io::Result<TlsConn> {
     let start = tokio::time::timeout(
         HELLO_TIMEOUT,
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
@@ -183,10 +196,18 @@ async fn handshake(tcp: tokio::net::TcpStream, tls: &PortTls) -> io::Result<TlsC
         .map(|mut protocols| protocols.any(|p| p == ALPN_JOIN))
         .unwrap_or(false);
     if wants_join {
+        // Before the rest of the handshake, so a refused joiner costs no signature.
+        let slot = joiner_slots.try_acquire_owned().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("{MAX_JOINER_CONNECTIONS} joiners' connections are open already"),
+            )
+        })?;
         let io = start.into_stream(tls.joiners.clone()).await?;
         return Ok(Conn {
             io,
             caller: Caller::Joiner,
+            _joiner_slot: Some(slot),
         });
     }
     let io = start.into_stream(tls.members.clone()).await?;
@@ -207,6 +228,7 @@ async fn handshake(tcp: tokio::net::TcpStream, tls: &PortTls) -> io::Result<TlsC
     Ok(Conn {
         io,
         caller: Caller::Certified(identity),
+        _joiner_slot: None,
     })
 }
 
@@ -221,6 +243,7 @@ pub fn accept_local(listener: UnixListener) -> Incoming<LocalConn> {
                         .send(Ok(Conn {
                             io,
                             caller: Caller::Local,
+                            _joiner_slot: None,
                         }))
                         .await
                         .is_err()

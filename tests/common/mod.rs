@@ -2,6 +2,8 @@
 //! reason on timeout, and node logs printed when a test fails.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::fs::OpenOptions;
 use std::future::Future;
 use std::net::TcpListener as StdTcpListener;
