@@ -257,6 +257,7 @@ fn job(id: &str) -> Job {
         source: dataset("in/*.csv", Format::Csv(Default::default())),
         sink: dataset("out", Format::Binary),
         retry: RetryPolicy::default(),
+        stall_timeout_ms: shir::state::jobs::DEFAULT_STALL_TIMEOUT_MS,
     };
     Job::queued(id.into(), spec, 1_700_000_000_000)
 }
