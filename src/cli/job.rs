@@ -193,12 +193,17 @@ fn check_text(check_json: &str) -> String {
     } else {
         "NOT verified"
     };
-    match (c["source_sha256"].as_str(), c["sink_sha256"].as_str()) {
-        (Some(a), Some(b)) => format!(
-            "{verified}: sha256 {} read, {} written",
-            &a[..a.len().min(16)],
-            &b[..b.len().min(16)]
-        ),
+    match (c["source_checksum"].as_str(), c["sink_checksum"].as_str()) {
+        (Some(a), Some(b)) => {
+            // `ALGORITHM:DIGITS`; the first 16 digits are enough to tell two apart by eye.
+            let (algorithm, a) = a.split_once(':').unwrap_or(("checksum", a));
+            let b = b.split_once(':').map_or(b, |(_, digits)| digits);
+            format!(
+                "{verified}: {algorithm} {} read, {} written",
+                &a[..a.len().min(16)],
+                &b[..b.len().min(16)]
+            )
+        }
         _ => format!(
             "{verified}: {} rows read, {} written",
             c["rows_read"], c["rows_written"]

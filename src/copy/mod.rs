@@ -144,10 +144,11 @@ pub struct Consistency {
     /// Tabular copies: rows read from the source and rows written to the sink.
     pub rows_read: u64,
     pub rows_written: u64,
-    /// Binary copies: bytes and a SHA-256 over the files' contents (in path order), of the
-    /// source as read and of the staged output as written.
-    pub source_sha256: Option<String>,
-    pub sink_sha256: Option<String>,
+    /// Binary copies: a checksum over the files' contents (in path order), of the source as
+    /// read and of the staged output as read back, named by its algorithm:
+    /// `xxh3-128:` and 32 hex digits.
+    pub source_checksum: Option<String>,
+    pub sink_checksum: Option<String>,
     /// Whether the two sides agree.
     pub verified: bool,
 }

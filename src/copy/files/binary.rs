@@ -10,10 +10,16 @@
 //! support it), gives each staging file the source's permission bits (`rwx` for user,
 //! group and others; set-id bits are dropped, since ownership is not kept) and its
 //! modification and access times, and fsyncs it. One hasher reads each source file and
-//! hashes it (the source's SHA-256, as read); the other reads back each stretch of staging
-//! file as soon as it is written and hashes it (the sink's SHA-256, as written). Equal
-//! hashes therefore say that the staging files hold what the source held, not just that
-//! one buffer was hashed twice. A source file whose size or modification time changes
+//! hashes it (the source's checksum, as read); the other reads back each stretch of staging
+//! file as soon as it is written and hashes it (the sink's checksum, as written). Equal
+//! checksums therefore say that the staging files hold what the source held, not just that
+//! one buffer was hashed twice. The two hashers and the copier keep both cores busy; the
+//! checksum is XXH3-128, cheap enough that each hasher costs about what its reads cost
+//! (`checksum` says why not SHA-256).
+//!
+//! Hashing in the copy's own pass (read into a buffer, hash, write) was weighed and left:
+//! it moves the same bytes through memory as `copy_file_range` plus a hasher's read, and
+//! would put the copy and the source's hash on one thread instead of two. A source file whose size or modification time changes
 //! while it is copied fails the copy (transiently: a retry may find it settled).
 
 use std::collections::HashSet;
@@ -27,8 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
-
+use super::checksum::Checksum;
 use super::paths::{RelPath, Root, SourceFile, SourceKind, Target, Walk, create_dirs, resolve_sources, staging_name};
 use super::stage::{DiscardOnDrop, StagedFile, StagedFiles};
 use super::{IO_BUFFER, blocking, io_error};
@@ -171,9 +176,9 @@ impl Plan {
         let sink = sink.map_err(|_| unexpected())??;
 
         let check = Consistency {
-            source_sha256: Some(source.sha256.clone()),
-            sink_sha256: Some(sink.sha256.clone()),
-            verified: source.sha256 == sink.sha256
+            source_checksum: Some(source.checksum.clone()),
+            sink_checksum: Some(sink.checksum.clone()),
+            verified: source.checksum == sink.checksum
                 && source.bytes == copied.bytes
                 && sink.bytes == copied.bytes
                 && copied.files == self.files.len(),
@@ -181,14 +186,14 @@ impl Plan {
         };
         if !check.verified {
             return Err(CopyError::transient(format!(
-                "consistency check failed for {}: read {} bytes (SHA-256 {}), wrote {} bytes in {} of {} files (SHA-256 {})",
+                "consistency check failed for {}: read {} bytes ({}), wrote {} bytes in {} of {} files ({})",
                 self.source_shown,
                 source.bytes,
-                source.sha256,
+                source.checksum,
                 sink.bytes,
                 copied.files,
                 self.files.len(),
-                sink.sha256
+                sink.checksum
             )));
         }
         let staged = copied.staged.disarm();
@@ -293,6 +298,8 @@ impl Plan {
                 if copied == 0 {
                     break;
                 }
+                #[cfg(test)]
+                tests_hooks::damage_write(attempt, &output, at);
                 sink_jobs
                     .send(HashJob {
                         file: output.clone(),
@@ -370,13 +377,13 @@ struct HashJob {
 }
 
 struct Hashed {
-    sha256: String,
+    checksum: String,
     bytes: u64,
 }
 
-/// A hasher: reads each job's stretch in order into one running SHA-256.
+/// A hasher: reads each job's stretch in order into one running checksum.
 fn hash_all(jobs: Receiver<HashJob>, stop: &AtomicBool) -> Result<Hashed, CopyError> {
-    let mut hasher = Sha256::new();
+    let mut hasher = Checksum::new();
     let mut buffer = vec![0u8; IO_BUFFER];
     let mut total = 0u64;
     for job in jobs {
@@ -409,7 +416,7 @@ fn hash_all(jobs: Receiver<HashJob>, stop: &AtomicBool) -> Result<Hashed, CopyEr
         }
     }
     Ok(Hashed {
-        sha256: hex::encode(hasher.finalize()),
+        checksum: hasher.finish(),
         bytes: total,
     })
 }
@@ -478,5 +485,29 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
             len as libc::off64_t,
             libc::SYNC_FILE_RANGE_WRITE,
         );
+    }
+}
+
+/// Fault injection for the tests of the consistency check.
+#[cfg(test)]
+pub(super) mod tests_hooks {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::sync::Mutex;
+
+    use crate::copy::AttemptId;
+
+    /// Jobs whose writes go bad: the first byte of each stretch the copier writes is
+    /// flipped in the staging file before the sink's hasher reads it back, as a faulty disk
+    /// or share would return other bytes than were written.
+    pub static DAMAGED_JOBS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub fn damage_write(attempt: &AttemptId, output: &File, at: u64) {
+        if !DAMAGED_JOBS.lock().unwrap().contains(&attempt.job_id) {
+            return;
+        }
+        let mut byte = [0u8];
+        output.read_exact_at(&mut byte, at).unwrap();
+        output.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
     }
 }

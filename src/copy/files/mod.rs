@@ -27,6 +27,7 @@
 //!   source file that changed while it was copied (`io_error`).
 
 mod binary;
+mod checksum;
 mod paths;
 mod read;
 mod stage;
@@ -79,8 +80,8 @@ pub async fn write_table(
 
 /// Copies files as they are, keeping their sizes, modification times and permissions and,
 /// for a directory or a glob, their layout under the sink directory. The consistency check
-/// is a SHA-256 over the contents in path order, of the source as read and of the staging
-/// files as written, together with byte and file counts.
+/// is an XXH3-128 checksum (`checksum`) over the contents in path order, of the source as
+/// read and of the staging files as written, together with byte and file counts.
 pub async fn copy_binary(
     attempt: &AttemptId,
     source: &Endpoint,

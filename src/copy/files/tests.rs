@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 
 use arrow::datatypes::DataType;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 use super::paths::is_staging_name;
 use crate::connectors::{ServiceSpec, ServiceType};
@@ -147,12 +146,10 @@ fn set_mtime(path: &Path, at: SystemTime) {
         .unwrap();
 }
 
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    hex::encode(h.finalize())
+/// The checksum of the parts one after the other, hashed in one piece (the copy hashes
+/// stretch by stretch).
+fn checksum_of(parts: &[&[u8]]) -> String {
+    format!("xxh3-128:{:032x}", twox_hash::XxHash3_128::oneshot(&parts.concat()))
 }
 
 /// Pseudo-random bytes, reproducible, without a generator crate.
@@ -811,9 +808,9 @@ async fn binary_copy_keeps_layout_sizes_times_and_permissions() {
         assert_eq!(to.permissions().mode() & 0o7777, *mode, "{rel}: permissions");
     }
     let parts: Vec<&[u8]> = files.iter().map(|f| f.1.as_slice()).collect();
-    let expected = sha256_hex(&parts);
-    assert_eq!(report.check.source_sha256.as_deref(), Some(expected.as_str()));
-    assert_eq!(report.check.sink_sha256.as_deref(), Some(expected.as_str()));
+    let expected = checksum_of(&parts);
+    assert_eq!(report.check.source_checksum.as_deref(), Some(expected.as_str()));
+    assert_eq!(report.check.sink_checksum.as_deref(), Some(expected.as_str()));
     assert!(report.check.verified);
     assert_eq!((report.rows, report.bytes, report.files), (0, total, 4));
     assert_eq!(report.counted, (0, total, 4));
@@ -854,7 +851,51 @@ async fn binary_glob_keeps_the_layout_below_its_wildcard() {
         .await
         .unwrap();
     assert_eq!(listing(&root.join("archive")), ["11/app.log", "12/app.log"]);
-    assert_eq!(report.check.source_sha256, Some(sha256_hex(&[b"nov\n", b"dec\n"])));
+    // The digits `xxhsum -H2` (xxHash 0.8.1) prints for a file holding "nov\ndec\n".
+    let by_xxhsum = "xxh3-128:0357b7119c8c8e45257166e87b98d6cf";
+    assert_eq!(report.check.source_checksum.as_deref(), Some(by_xxhsum));
+    assert_eq!(report.check.sink_checksum.as_deref(), Some(by_xxhsum));
+}
+
+#[tokio::test]
+async fn binary_copy_whose_writes_go_bad_fails_its_check_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Several files, one larger than a copy chunk, so that damage in any stretch counts.
+    write(root, "in/a.bin", noise(9 << 20, 5));
+    write(root, "in/b.bin", noise(1000, 6));
+    let job = "damaged-writes";
+    super::binary::tests_hooks::DAMAGED_JOBS
+        .lock()
+        .unwrap()
+        .push(job.into());
+    let attempt = AttemptId {
+        job_id: job.into(),
+        attempt: 1,
+    };
+    let outcome = stage(
+        &attempt,
+        &endpoint(root, "in/", Format::Binary),
+        &endpoint(root, "out/", Format::Binary),
+        &Counters::default(),
+    )
+    .await;
+    let e = match outcome {
+        Ok(staged) => panic!("a copy whose writes went bad passed its check: {:?}", staged.check),
+        Err(e) => e,
+    };
+    assert!(
+        e.message
+            .starts_with("consistency check failed for share:in/: read 9438184 bytes (xxh3-128:"),
+        "{}",
+        e.message
+    );
+    assert!(e.retryable, "another node's disk may write well: {}", e.message);
+    assert_eq!(
+        listing(&root.join("out")),
+        Vec::<String>::new(),
+        "nothing staged or published"
+    );
 }
 
 #[tokio::test]
@@ -1092,7 +1133,7 @@ async fn binary_copy_throughput_against_cp() {
     let (cp, cp_sync, ours) = (median(&mut cp), median(&mut cp_sync), median(&mut ours));
     let mb = mib as f64 * 1.048_576;
     println!(
-        "{mib} MiB, medians of 3: cp {:.0} MB/s ({cp:.2?}; with sync {cp_sync:.2?}), shir {:.0} MB/s ({ours:.2?}, fsynced, two SHA-256): {:.2}x cp, {:.2}x cp+sync",
+        "{mib} MiB, medians of 3: cp {:.0} MB/s ({cp:.2?}; with sync {cp_sync:.2?}), shir {:.0} MB/s ({ours:.2?}, fsynced, two checksums): {:.2}x cp, {:.2}x cp+sync",
         mb / cp.as_secs_f64(),
         mb / ours.as_secs_f64(),
         cp.as_secs_f64() / ours.as_secs_f64(),
