@@ -222,10 +222,22 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     ir.start(victim).await.unwrap();
     ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
 
-    steps.step("a node is paused past the offline timeout; its late report is fenced off");
-    let id = submit(&ir, 0, "hold-pause", "share:/in/big.bin", "share:/out/paused.bin", true).await;
-    let running = wait_state(&ir, 0, &id, "Running", Duration::from_secs(20)).await;
-    let paused = index_of(&ir, running["node"].as_str().unwrap());
+    steps.step("the dispatcher is paused past the offline timeout while it runs a job; its late report is fenced off");
+    // One job per node (least-loaded placement spreads them), so the dispatcher runs one: the
+    // hardest pause, as the node wakes up believing it still leads.
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let sink = format!("share:/out/paused-{n}.bin");
+        ids.push(submit(&ir, 0, "hold-pause", "share:/in/big.bin", &sink, true).await);
+    }
+    let mut on = BTreeMap::new();
+    for id in &ids {
+        let running = wait_state(&ir, 0, id, "Running", Duration::from_secs(20)).await;
+        on.insert(index_of(&ir, running["node"].as_str().unwrap()), id.clone());
+    }
+    assert_eq!(on.len(), 4, "one job per node: {on:?}");
+    let paused = ir.dispatcher(0).await.unwrap();
+    let id = on[&paused].clone();
     ir.signal(paused, libc::SIGSTOP).await.unwrap();
     let via = (paused + 1) % 4;
     let done = wait_state(&ir, via, &id, "Succeeded", Duration::from_secs(60)).await;
@@ -233,12 +245,20 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     let winner = done["node"].clone();
     ir.signal(paused, libc::SIGCONT).await.unwrap();
     let log = ir.nodes[paused].log.clone();
+    // It gives up when its log shows the job moved on, when the dispatcher refuses it
+    // permission, or (at worst) when no dispatcher answered its request within the worker's
+    // 30 s patience: each way it discards its output.
     common::eventually(
         "the paused node to give up its stale attempt",
-        Duration::from_secs(30),
+        Duration::from_secs(45),
         || async {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("not allowed to publish") || text.contains("attempt superseded") {
+            let gave_up = [
+                "not allowed to publish",
+                "attempt superseded",
+                "no dispatcher allowed publishing",
+            ];
+            if gave_up.iter().any(|sign| text.contains(sign)) {
                 Ok(())
             } else {
                 Err("no sign yet".to_string())
@@ -246,12 +266,18 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
         },
     )
     .await;
+    for other in ids.iter().filter(|i| **i != id) {
+        wait_state(&ir, via, other, "Succeeded", Duration::from_secs(30)).await;
+    }
     let after = job(&ir, via, &id).await.unwrap();
     assert_eq!(
         (after["state"].clone(), after["attempt"].clone(), after["node"].clone()),
         ("Succeeded".into(), 2.into(), winner)
     );
-    assert_eq!(sha256(&share.join("out/paused.bin")), sha256(&share.join("in/big.bin")));
+    let expected = sha256(&share.join("in/big.bin"));
+    for n in 0..4 {
+        assert_eq!(sha256(&share.join(format!("out/paused-{n}.bin"))), expected);
+    }
     ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
 
     steps.step("cancel a running job: nothing is published");
