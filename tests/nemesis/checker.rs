@@ -23,8 +23,11 @@
 //! * **Limits.** A node starts an attempt only while it runs fewer attempts than its limit.
 //!   The code promises no more than that when a limit is lowered: `node set-limit` stops no
 //!   attempt already running, the dispatcher just assigns the node nothing new until it is
-//!   below the new limit (src/state/jobs.rs, `assign_jobs`). So at each "running job" a node
-//!   logs, the attempts it already runs (begun, not yet ended, since its last start) must be
+//!   below the new limit (src/state/jobs.rs, `assign_jobs`). An attempt counts from the
+//!   worker taking it up ("running job") until the worker lets go of it: its outcome, or the
+//!   worker seeing in the log that the attempt is no longer its current one ("attempt let
+//!   go"; the task may wind down a little after that, doing no more work). So at each
+//!   "running job" a node logs, the attempts it already runs (since its last start) must be
 //!   fewer than the highest limit that may have been in force within the last
 //!   [`LIMIT_LAG_MS`]: a worker acts on an assignment when it applies it, which on a node
 //!   that was paused or cut off can be a while after the dispatcher decided it.

@@ -104,6 +104,11 @@ impl Nemesis {
                 }
             };
             let _ = self.heal().await;
+            eprintln!(
+                "nemesis: {} on {target} ({:.1} s)",
+                kind.label(),
+                (now_ms() - start_ms) as f64 / 1000.0
+            );
             self.history.fault(Fault {
                 kind: kind.label(),
                 target,

@@ -213,6 +213,7 @@ const ENDINGS: &[&str] = &[
     "no dispatcher allowed publishing",
     "could not report the outcome",
     "attempt not confirmed current",
+    "attempt let go",
 ];
 
 /// The events of one node's JSON log (`shir run --log-format json`).
@@ -285,4 +286,52 @@ pub fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize
         *m.entry(k).or_default() += 1;
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages the checker depends on, as `shir run --log-format json` writes them.
+    #[test]
+    fn node_log_events_are_read() {
+        let lines = [
+            r#"{"timestamp":"2026-12-01T02:29:00.240467Z","level":"INFO","fields":{"message":"node serving","node":"node2"},"target":"shir::node"}"#,
+            r#"{"timestamp":"2026-12-01T02:29:00.250000Z","level":"INFO","fields":{"message":"became dispatcher","term":7},"target":"shir::dispatch"}"#,
+            r#"{"timestamp":"2026-12-01T02:29:01.000000Z","level":"INFO","fields":{"message":"running job","job":"j1","attempt":2},"target":"shir::worker"}"#,
+            r#"{"timestamp":"2026-12-01T02:29:01.500000Z","level":"DEBUG","fields":{"message":"attempt let go: no longer current here","job":"j1","attempt":2},"target":"shir::worker"}"#,
+            r#"{"timestamp":"2026-12-01T02:29:02.000000Z","level":"INFO","fields":{"message":"attempt succeeded","job":"j2","attempt":1},"target":"shir::worker"}"#,
+            r#"{"timestamp":"2026-12-01T02:29:02.000000Z","level":"INFO","fields":{"message":"attempt failed: disk full","job":"j3","attempt":1},"target":"shir::worker"}"#,
+            "not json",
+        ];
+        let events: Vec<Event> = parse_log("node2", &lines.join("\n"))
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        let job = |j: &str| j.to_string();
+        assert_eq!(
+            events,
+            vec![
+                Event::Started,
+                Event::BecameDispatcher { term: 7 },
+                Event::AttemptBegan {
+                    job: job("j1"),
+                    attempt: 2
+                },
+                Event::AttemptEnded {
+                    job: job("j1"),
+                    attempt: 2
+                },
+                Event::Published {
+                    job: job("j2"),
+                    attempt: 1
+                },
+                Event::AttemptEnded {
+                    job: job("j3"),
+                    attempt: 1
+                },
+            ]
+        );
+        assert_eq!(parse_log("n", lines[0])[0].at_ms, 1_796_092_140_240);
+    }
 }
