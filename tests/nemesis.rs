@@ -16,7 +16,7 @@ use std::time::Duration;
 const FIXED_SEED: u64 = 20_251_201;
 
 /// Seconds of faults per seed in the short run.
-const SHORT_SECS: u64 = 40;
+const SHORT_SECS: u64 = 50;
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;

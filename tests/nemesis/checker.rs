@@ -72,7 +72,7 @@ pub struct Observed {
     pub jobs: BTreeMap<String, Vec<JobView>>,
     /// (service, node) → view.
     pub services: BTreeMap<(String, String), ServiceView>,
-    /// Per node: (key1, key2).
+    /// Per node: (key1, key2), as digests of their secrets.
     pub keys: BTreeMap<String, (String, String)>,
     /// Every file under the share's `out/` (relative to the share) → SHA-256.
     pub files: BTreeMap<String, String>,
@@ -754,6 +754,23 @@ mod tests {
         ));
         events.sort_by_key(|e| e.at_ms);
         assert_eq!(anomalies(&ops, &events, &seen), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_lost_key_regeneration_is_caught() {
+        let (mut ops, events, seen) = clean();
+        let regenerate = |id, key: &str| {
+            let what = What::KeyRegenerate {
+                slot: "key2".into(),
+                key: Some(key.into()),
+            };
+            op(id, id as i64 * 100, id as i64 * 100 + 10, what, Result::Ok)
+        };
+        ops.push(regenerate(7, "k2"));
+        assert_eq!(anomalies(&ops, &events, &seen), Vec::<String>::new());
+        ops.push(regenerate(8, "k2-new"));
+        let found = anomalies(&ops, &events, &seen);
+        assert!(found.iter().any(|a| a.contains("key2 is not the key")), "{found:?}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub enum What {
         node: String,
         limit: u32,
     },
+    /// `key`: the digest of the new key's secret (see `workload::key_secret`).
     KeyRegenerate {
         slot: String,
         key: Option<String>,

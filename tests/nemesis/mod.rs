@@ -43,8 +43,9 @@ pub async fn run(seed: u64, duration: Duration, exe: &str) -> Result<Outcome> {
         "nemesis: seed {seed} (replay with SHIR_NEMESIS_SEED={seed}), {} s of faults",
         duration.as_secs()
     );
-    let tmp = tempfile::Builder::new().prefix("shir-nem-").tempdir()?;
-    let root = tmp.path().to_path_buf();
+    // Kept unless the run passes: the logs, the history and the share are the evidence.
+    let root = tempfile::Builder::new().prefix("shir-nem-").tempdir()?.keep();
+    eprintln!("nemesis: files in {}", root.display());
     let net = Net::create(4).context("cannot create the namespaces")?;
     let root_ip = net.root_ip();
     let mut hosts = Hosts::new(net, exe, &root, OFFLINE_TIMEOUT_MS);
@@ -160,12 +161,9 @@ pub async fn run(seed: u64, duration: Duration, exe: &str) -> Result<Outcome> {
     eprintln!("{}", verdict.summary);
     eprintln!("nemesis: run took {:.1}s", begun.elapsed().as_secs_f64());
     drop(logs);
-    let root = if verdict.anomalies.is_empty() {
-        root
-    } else {
-        // Keep the logs and the share for whoever investigates.
-        tmp.keep()
-    };
+    if verdict.anomalies.is_empty() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
     Ok(Outcome { verdict, root })
 }
 
@@ -287,7 +285,7 @@ async fn observe(load: &Workload, probe: &CredentialProbe, share: &Path, names: 
             seen.jobs.insert(node.clone(), jobs);
         }
         if let Ok(keys) = load.cli.json(&endpoint, &["key", "show"], None).await {
-            let key = |k: &str| keys[k].as_str().unwrap_or_default().to_string();
+            let key = |k: &str| workload::key_secret(keys[k].as_str().unwrap_or_default());
             seen.keys.insert(node.clone(), (key("key1"), key("key2")));
         }
         for service in workload::SERVICES {

@@ -118,6 +118,15 @@ pub struct Inputs {
     pub folders: Vec<(String, Vec<(String, String)>)>,
 }
 
+/// What identifies an authentication key: a digest of its secret. The key's text also lists
+/// member endpoints, which change with the membership while the key stays the same.
+pub fn key_secret(text: &str) -> String {
+    match shir::auth_key::AuthKey::parse(text) {
+        Ok(key) => sha256(key.secret.expose()),
+        Err(e) => format!("unreadable key: {e}"),
+    }
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -458,7 +467,7 @@ fn complete(what: What, answer: Option<&serde_json::Value>) -> What {
             stale: v["stale"].as_bool().unwrap_or(false),
         },
         What::KeyRegenerate { slot, .. } => What::KeyRegenerate {
-            key: v[slot.as_str()].as_str().map(str::to_string),
+            key: v[slot.as_str()].as_str().map(key_secret),
             slot,
         },
         other => other,
