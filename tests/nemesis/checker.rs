@@ -3,8 +3,8 @@
 //!
 //! The rules:
 //! * **Jobs.** Every acknowledged submission is known to every node and ended `Succeeded`, or
-//!   `Failed` because its nodes kept going offline (the history's faults explain that); every
-//!   node reports the same state. A job no submission asked for, or one whose submission was
+//!   `Failed` because its node went offline during its last attempt (the workload allows 20,
+//!   so only a run of faults explains that); every node reports the same state. A job no submission asked for, or one whose submission was
 //!   refused, is an anomaly (an unanswered submission may or may not have made one).
 //! * **Output.** Each succeeded job's target holds exactly the expected bytes (SHA-256); a
 //!   folder target holds exactly the expected files; nothing else is left in the output

@@ -137,7 +137,7 @@ impl Nemesis {
 
     /// The machine of the dispatcher, as some answering node sees it.
     async fn dispatcher(&self) -> Result<usize> {
-        for (name, endpoint) in self.workload.members.list() {
+        for (_, endpoint) in self.workload.members.list() {
             let Ok(status) = self.workload.cli.json(&endpoint, &["status"], None).await else {
                 continue;
             };
@@ -146,7 +146,6 @@ impl Nemesis {
             {
                 return Ok(i);
             }
-            let _ = name;
         }
         Err(anyhow!("no node names a dispatcher"))
     }
