@@ -77,14 +77,35 @@ async fn the_dispatcher_can_remove_itself() {
 /// others, who refuse its certificate as revoked, that it was removed, and stop with status 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_while_paused_stops_once_it_resumes() {
+    removed_while_away(Away::Paused).await;
+}
+
+/// A node removed while it was down: restarted, it opens new connections, which the others
+/// refuse in the TLS handshake (the alert says `certificate_revoked`), so it stops too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_down_stops_once_restarted() {
+    removed_while_away(Away::Down).await;
+}
+
+enum Away {
+    Paused,
+    Down,
+}
+
+/// Removes a node while it is away (paused or killed), brings it back, and expects it to
+/// stop by itself with status 3.
+async fn removed_while_away(away: Away) {
     let steps = common::Steps::new();
     let (_tmp, mut ir, _logs) = common::four_node_ir("remove-paused-ir").await;
     let dispatcher = ir.dispatcher(0).await.expect("dispatcher");
     let victim = (dispatcher + 1) % 4;
     let name = ir.nodes[victim].name.clone();
 
-    steps.step(&format!("pause {name}, then remove it"));
-    ir.signal(victim, libc::SIGSTOP).await.expect("SIGSTOP");
+    steps.step(&format!("stop {name}, then remove it"));
+    match away {
+        Away::Paused => ir.signal(victim, libc::SIGSTOP).await.expect("SIGSTOP"),
+        Away::Down => ir.kill(victim).await.expect("kill -9"),
+    }
     let out = ir
         .shir(&[
             "node",
@@ -95,7 +116,7 @@ async fn a_node_removed_while_paused_stops_once_it_resumes() {
             &common::dir_arg(&ir, dispatcher),
         ])
         .await
-        .expect("the removal of a paused node is committed by the other three");
+        .expect("the removal of an absent node is committed by the other three");
     assert!(out.contains("revoked_serial"), "{out}");
     common::eventually("three voters without it", Duration::from_secs(20), || async {
         let s = ir.status(dispatcher).await.map_err(|e| e.to_string())?;
@@ -113,8 +134,23 @@ async fn a_node_removed_while_paused_stops_once_it_resumes() {
     // The dispatcher's membership change is done; give it time to forget the removed node.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    steps.step(&format!("resume {name}: it stops by itself with status 3"));
-    ir.signal(victim, libc::SIGCONT).await.expect("SIGCONT");
-    assert_eq!(ir.wait_exit(victim, Duration::from_secs(20)).await, Some(3));
+    steps.step(&format!("bring {name} back: it stops by itself with status 3"));
+    let stopped_at_start = match away {
+        Away::Paused => {
+            ir.signal(victim, libc::SIGCONT).await.expect("SIGCONT");
+            false
+        }
+        // It may stop before its local socket even opens.
+        Away::Down => match ir.start(victim).await {
+            Ok(()) => false,
+            Err(e) => {
+                assert!(e.to_string().contains("exit status: 3"), "{e}");
+                true
+            }
+        },
+    };
+    if !stopped_at_start {
+        assert_eq!(ir.wait_exit(victim, Duration::from_secs(20)).await, Some(3));
+    }
     ir.stop_all().await;
 }
