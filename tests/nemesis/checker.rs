@@ -86,7 +86,7 @@ pub struct Verdict {
 }
 
 pub fn check(history: &History, ops: &[Op], events: &[LogEvent], seen: &Observed) -> Verdict {
-    let mut anomalies = Vec::new();
+    let mut anomalies = history.seen_live.lock().unwrap().clone();
     check_jobs(ops, events, seen, &mut anomalies);
     check_services(ops, seen, &mut anomalies);
     check_keys(ops, seen, &mut anomalies);

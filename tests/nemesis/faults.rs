@@ -337,6 +337,11 @@ impl Nemesis {
         // A removed node stops by itself (exit status 3) once it sees its certificate revoked.
         let exit = self.hosts.lock().await.wait_exit(i, Duration::from_secs(20)).await;
         if exit != Some(3) {
+            if result == history::Result::Ok {
+                self.history.anomaly(format!(
+                    "membership: the removal of {old} was acknowledged but it did not stop within 20 s (exit {exit:?})"
+                ));
+            }
             return Err(anyhow!(
                 "{old} did not stop as removed (exit {exit:?}; removal {result:?})"
             ));

@@ -138,6 +138,8 @@ pub struct LogEvent {
 pub struct History {
     pub ops: Mutex<Vec<Op>>,
     pub faults: Mutex<Vec<Fault>>,
+    /// Broken promises the harness saw as they happened (e.g. a removed node that ran on).
+    pub seen_live: Mutex<Vec<String>>,
     pub seed: u64,
     next: std::sync::atomic::AtomicU64,
 }
@@ -156,6 +158,11 @@ impl History {
 
     pub fn next_id(&self) -> u64 {
         self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    pub fn anomaly(&self, what: String) {
+        eprintln!("nemesis: ANOMALY {what}");
+        self.seen_live.lock().unwrap().push(what);
     }
 
     pub fn fault(&self, f: Fault) {
