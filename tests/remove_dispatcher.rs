@@ -1,6 +1,7 @@
 //! Removing the dispatcher itself: it leaves the voters while the others still accept it,
 //! the next dispatcher revokes its certificate, the removed node stops with status 3, and
-//! the IR carries on (here from two nodes down to one, the hardest case for quorum).
+//! the IR carries on (here from two nodes down to one, the hardest case for quorum). And a
+//! node removed while it could not hear the others stops once it is back.
 
 mod common;
 
@@ -66,5 +67,90 @@ async fn the_dispatcher_can_remove_itself() {
         })
         .await
         .expect("a write after the removal");
+    ir.stop_all().await;
+}
+
+/// Found by the nemesis suite (seed 4137079289): a node removed while it could not hear the
+/// dispatcher (paused here; partitioned or lagging there) got neither its revocation nor the
+/// membership change, since the dispatcher stops replicating to a node once it is out, and
+/// so ran on for ever believing it was a member. Once it is back, it must learn from the
+/// others, who refuse its certificate as revoked, that it was removed, and stop with status 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_paused_stops_once_it_resumes() {
+    removed_while_away(Away::Paused).await;
+}
+
+/// A node removed while it was down: restarted, it opens new connections, which the others
+/// refuse in the TLS handshake (the alert says `certificate_revoked`), so it stops too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_down_stops_once_restarted() {
+    removed_while_away(Away::Down).await;
+}
+
+enum Away {
+    Paused,
+    Down,
+}
+
+/// Removes a node while it is away (paused or killed), brings it back, and expects it to
+/// stop by itself with status 3.
+async fn removed_while_away(away: Away) {
+    let steps = common::Steps::new();
+    let (_tmp, mut ir, _logs) = common::four_node_ir("remove-paused-ir").await;
+    let dispatcher = ir.dispatcher(0).await.expect("dispatcher");
+    let victim = (dispatcher + 1) % 4;
+    let name = ir.nodes[victim].name.clone();
+
+    steps.step(&format!("stop {name}, then remove it"));
+    match away {
+        Away::Paused => ir.signal(victim, libc::SIGSTOP).await.expect("SIGSTOP"),
+        Away::Down => ir.kill(victim).await.expect("kill -9"),
+    }
+    let out = ir
+        .shir(&[
+            "node",
+            "remove",
+            &name,
+            "--json",
+            "--data-dir",
+            &common::dir_arg(&ir, dispatcher),
+        ])
+        .await
+        .expect("the removal of an absent node is committed by the other three");
+    assert!(out.contains("revoked_serial"), "{out}");
+    common::eventually("three voters without it", Duration::from_secs(20), || async {
+        let s = ir.status(dispatcher).await.map_err(|e| e.to_string())?;
+        let voters = s.nodes.iter().filter(|n| n.raft_role == "Voter").count();
+        if s.nodes.len() == 3 && voters == 3 && s.nodes.iter().all(|n| n.name != name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}",
+                s.nodes.iter().map(|n| (&n.name, &n.raft_role)).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
+    // The dispatcher's membership change is done; give it time to forget the removed node.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    steps.step(&format!("bring {name} back: it stops by itself with status 3"));
+    let stopped_at_start = match away {
+        Away::Paused => {
+            ir.signal(victim, libc::SIGCONT).await.expect("SIGCONT");
+            false
+        }
+        // It may stop before its local socket even opens.
+        Away::Down => match ir.start(victim).await {
+            Ok(()) => false,
+            Err(e) => {
+                assert!(e.to_string().contains("exit status: 3"), "{e}");
+                true
+            }
+        },
+    };
+    if !stopped_at_start {
+        assert_eq!(ir.wait_exit(victim, Duration::from_secs(20)).await, Some(3));
+    }
     ir.stop_all().await;
 }

@@ -73,6 +73,9 @@ pub async fn dispatch_loop(node: Arc<Node>) {
         let since = match leading_since {
             Some((t, at)) if t == term => at,
             _ => {
+                // The fault-injection suite (tests/nemesis) checks from these events that no
+                // Raft term ever had two dispatchers: keep the message and the `term` field.
+                tracing::info!(term, "became dispatcher");
                 leading_since = Some((term, Instant::now()));
                 Instant::now()
             }

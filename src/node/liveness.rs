@@ -27,6 +27,9 @@ pub struct Liveness {
     seen: Mutex<HashMap<String, Seen>>,
     reachable: Mutex<Vec<String>>,
     cpu: Mutex<sysload::CpuSample>,
+    /// Set once most peers refused this node's certificate as revoked in one heartbeat
+    /// round: it was removed, though it may never have received the entries saying so.
+    pub refused_as_revoked: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Liveness {
@@ -41,6 +44,7 @@ impl Liveness {
             seen: Mutex::default(),
             reachable: Mutex::default(),
             cpu: Mutex::new(sysload::cpu_sample()),
+            refused_as_revoked: Default::default(),
         }
     }
 
@@ -115,14 +119,23 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
             };
             let mut client = proto::cluster_client::ClusterClient::new(node.peers.channel(&address));
             async move {
-                let ok = matches!(
-                    tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request)).await,
-                    Ok(Ok(_))
-                );
-                (name, ok)
+                let answer = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request)).await;
+                let revoked = matches!(&answer, Ok(Err(e)) if crate::pki::tls::refused_as_revoked(e));
+                (name, matches!(answer, Ok(Ok(_))), revoked)
             }
         });
-        let reached = futures::future::join_all(calls).await;
+        let answers = futures::future::join_all(calls).await;
+        // A node removed while it could not hear the dispatcher (partitioned, paused, far
+        // behind) never receives its revocation nor the membership change: the dispatcher no
+        // longer replicates to it. Peers refusing its certificate as revoked tell it instead;
+        // a majority of them, so that no single peer can stop it (node::run stops on this).
+        let refusals = answers.iter().filter(|(_, _, revoked)| *revoked).count();
+        if refusals > 0 && refusals * 2 > answers.len() {
+            node.liveness
+                .refused_as_revoked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let reached: Vec<(String, bool)> = answers.into_iter().map(|(name, ok, _)| (name, ok)).collect();
         let mut reachable = node.liveness.reachable.lock().expect("reachable lock");
         // openraft's own per-retry logs are off by default; one line per change says the same.
         for (name, ok) in &reached {

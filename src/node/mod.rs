@@ -270,12 +270,17 @@ pub const EXIT_REMOVED: u8 = 3;
 const OUT_OF_MEMBERSHIP_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves once this node was removed: its certificate is on the replicated revoked list,
-/// or, having been a member, it has been out of the membership for the grace period.
+/// or most peers refuse it as revoked (it missed its removal: see `liveness`), or, having
+/// been a member, it has been out of the membership for the grace period.
 async fn removed_from_ir(node: &Node) {
     let mut was_member = false;
     let mut out_since: Option<std::time::Instant> = None;
     loop {
-        let revoked = node.read_state(|s| s.is_revoked(&node.cert_serial));
+        let revoked = node.read_state(|s| s.is_revoked(&node.cert_serial))
+            || node
+                .liveness
+                .refused_as_revoked
+                .load(std::sync::atomic::Ordering::Relaxed);
         let member = node
             .metrics()
             .membership_config

@@ -34,7 +34,8 @@ impl Services {
             && self.node.read_state(|s| s.is_revoked(&id.serial_hex))
         {
             return Err(Status::permission_denied(format!(
-                "{caller}: certificate has been revoked"
+                "{caller}: {}",
+                crate::pki::tls::REVOKED
             )));
         }
         Ok(caller)

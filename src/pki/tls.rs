@@ -162,7 +162,6 @@ macro_rules! verify_failure {
     };
 }
 
-verify_failure!(Revoked, "certificate has been revoked");
 verify_failure!(
     PinMismatch,
     "the server's CA does not match the authentication key's pin"
@@ -178,12 +177,24 @@ impl fmt::Debug for PinnedVerifierBuild {
     }
 }
 
+/// How a refusal of a revoked certificate reads, in the TLS layer and in the services.
+pub const REVOKED: &str = "certificate has been revoked";
+
+/// True if `status` says a peer refused our certificate as revoked: on a new connection as
+/// the TLS alert `certificate_revoked` (seen in the `Debug` text, which includes the error's
+/// sources), on one made before the revocation as the services' `PermissionDenied`.
+pub fn refused_as_revoked(status: &tonic::Status) -> bool {
+    (status.code() == tonic::Code::PermissionDenied && status.message().ends_with(REVOKED))
+        || format!("{status:?}").contains("CertificateRevoked")
+}
+
 /// A one-line description of a failed TLS connection for operators: the message of our own
 /// verifier failures without rustls's wrapping, otherwise the error's own text.
 pub fn describe_tls_error(err: &std::io::Error) -> String {
     let rustls_err = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_err {
         Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner)))) => inner.to_string(),
+        Some(rustls::Error::InvalidCertificate(CertificateError::Revoked)) => REVOKED.to_string(),
         Some(other) => other.to_string(),
         None => err.to_string(),
     }
@@ -227,7 +238,10 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
         let (_, cert) = X509Certificate::from_der(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if (self.revoked)(&hex::encode(cert.tbs_certificate.raw_serial())) {
-            return Err(other_error(Revoked));
+            // The standard error, not one of ours: the TLS alert then says
+            // `certificate_revoked`, which is how a removed node that missed its removal
+            // learns of it from the others (node::liveness).
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(verified)
     }
@@ -471,7 +485,8 @@ mod tests {
         let client = client_config_mtls(ca.cert_pem(), &b.cert_pem, &b.key_pem).unwrap();
         let out = handshake(mtls_server(&ca, &a, revoked), client).await;
         assert_eq!(out.server.unwrap_err(), "certificate has been revoked");
-        assert!(out.client.is_err());
+        let client = out.client.unwrap_err();
+        assert!(client.contains("CertificateRevoked"), "{client}");
     }
 
     #[tokio::test]

@@ -55,6 +55,9 @@ pub async fn worker_loop(node: Arc<Node>) {
             let current = mine.iter().any(|j| &j.id == id && j.attempt == *attempt);
             if !current {
                 token.cancel();
+                // From here the attempt no longer counts against this node's limit, even if
+                // its task is still winding down. tests/nemesis reads this event: keep it.
+                tracing::debug!(job = %id, attempt = *attempt, "attempt let go: no longer current here");
             }
             current
         });
