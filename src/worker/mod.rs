@@ -210,7 +210,18 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
         phase: "publish".into(),
         ..Default::default()
     };
-    match report(node, permission, REPORT_PATIENCE).await {
+    // The log can move on while the request waits for a dispatcher (a partition heals, the
+    // job was requeued): stop waiting then, instead of holding the staged output for the
+    // whole patience. A permission granted meanwhile is harmless: the job's next attempt
+    // publishes again.
+    let asked = tokio::select! {
+        asked = report(node, permission, REPORT_PATIENCE) => asked,
+        _ = cancel.cancelled() => {
+            staged.discard().await;
+            return cancelled(node, job);
+        }
+    };
+    match asked {
         Ok(reply) if reply.accepted => {}
         Ok(reply) if reply.message.starts_with(crate::state::jobs::CANCELLED_BEFORE_PUBLISH) => {
             staged.discard().await;
