@@ -7,6 +7,7 @@
 //!
 //! `tests/nemesis/run.sh` runs it by hand.
 
+mod common;
 #[path = "nemesis/mod.rs"]
 mod suite;
 

@@ -212,13 +212,16 @@ pub fn test_postgres() -> Option<std::collections::BTreeMap<String, String>> {
     )
 }
 
-/// An HTTP proxy on 127.0.0.1 that answers every request `200 OK` and records the request
-/// heads it received, so a test can see what a connector sent through it.
-pub async fn recording_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// Request heads an HTTP server received, in arrival order.
+pub type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// An HTTP server on `ip` (the kernel picks the port) that answers every request `200 OK`
+/// and records the request heads it received, so a test can see what a connector sent.
+pub async fn recording_http_server(ip: &str) -> std::io::Result<(std::net::SocketAddr, Heads)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let port = listener.local_addr().expect("proxy address").port();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+    let address = listener.local_addr()?;
+    let seen = Heads::default();
     let record = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -239,7 +242,14 @@ pub async fn recording_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Stri
             });
         }
     });
-    (port, seen)
+    Ok((address, seen))
+}
+
+/// An HTTP proxy on 127.0.0.1 that answers every request `200 OK` and records the request
+/// heads it received (a [`recording_http_server`]); its port.
+pub async fn recording_proxy() -> (u16, Heads) {
+    let (address, seen) = recording_http_server("127.0.0.1").await.expect("bind proxy");
+    (address.port(), seen)
 }
 
 /// Submits a job through node `via`'s admin socket; its id.

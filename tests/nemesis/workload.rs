@@ -15,7 +15,7 @@ use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use super::history::{self, History, Op, What, now_ms};
@@ -164,42 +164,22 @@ pub fn write_inputs(share: &Path, seed: u64) -> std::io::Result<Inputs> {
 /// basic-auth credentials it was sent.
 pub struct CredentialProbe {
     pub url: String,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
+    heads: crate::common::Heads,
 }
 
 impl CredentialProbe {
     pub async fn start(ip: &str) -> std::io::Result<CredentialProbe> {
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
-        let url = format!("http://{}/", listener.local_addr()?);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if let Some(credentials) = basic_auth(&String::from_utf8_lossy(&head)) {
-                        record.lock().unwrap().push(credentials);
-                    }
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-                        .await;
-                });
-            }
-        });
-        Ok(CredentialProbe { url, seen })
+        let (address, heads) = crate::common::recording_http_server(ip).await?;
+        Ok(CredentialProbe {
+            url: format!("http://{address}/"),
+            heads,
+        })
     }
 
     /// The credentials received since the last call, emptied.
     pub fn take(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut *self.seen.lock().unwrap())
+        let heads = std::mem::take(&mut *self.heads.lock().unwrap());
+        heads.iter().filter_map(|head| basic_auth(head)).collect()
     }
 }
 
