@@ -152,15 +152,7 @@ async fn admission_refuses_bad_keys_duplicates_and_a_fifth_node() {
 
     steps.step("wrong key (right IR, CA pin and endpoints; random secret): rejected by the IR");
     let real = AuthKey::parse(&key1).expect("key1 parses");
-    let wrong = AuthKey::new(
-        real.ir_id.clone(),
-        real.slot,
-        &rand::random::<[u8; 32]>(),
-        real.ca_pin,
-        real.endpoints.clone(),
-    )
-    .expect("a well-formed key")
-    .encode();
+    let wrong = common::with_random_secret(&real).encode();
     let (err, _) = expect_refused(
         &ir,
         &scratch,

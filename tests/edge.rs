@@ -578,15 +578,7 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
             // With the real key: the proof holds, the IR (four nodes) has no room.
             join_request(&key, &name, &address, &csr)
         } else if i % 3 == 0 {
-            let wrong = AuthKey::new(
-                key.ir_id.clone(),
-                key.slot,
-                &rand::random::<[u8; 32]>(),
-                key.ca_pin,
-                key.endpoints.clone(),
-            )
-            .expect("a well-formed key");
-            join_request(&wrong, &name, &address, &csr)
+            join_request(&common::with_random_secret(&key), &name, &address, &csr)
         } else {
             proto::JoinRequest {
                 ir_id: hex_string(16),

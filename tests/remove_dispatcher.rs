@@ -7,7 +7,19 @@ mod common;
 
 use std::time::Duration;
 
+use shir::cli::local_ir::LocalIr;
 use shir::proto;
+
+/// `shir node remove NAME --json`, asked on node `via`; the reply must name the revoked
+/// certificate.
+async fn remove_node(ir: &LocalIr, via: usize, name: &str, what: &str) {
+    let dir = common::dir_arg(ir, via);
+    let out = ir
+        .shir(&["node", "remove", name, "--json", "--data-dir", &dir])
+        .await
+        .expect(what);
+    assert!(out.contains("revoked_serial"), "{out}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_can_remove_itself() {
@@ -31,18 +43,7 @@ async fn the_dispatcher_can_remove_itself() {
     let name = ir.nodes[dispatcher].name.clone();
 
     steps.step(&format!("shir node remove {name}, asked on {name} itself"));
-    let out = ir
-        .shir(&[
-            "node",
-            "remove",
-            &name,
-            "--json",
-            "--data-dir",
-            &common::dir_arg(&ir, dispatcher),
-        ])
-        .await
-        .expect("the dispatcher removes itself");
-    assert!(out.contains("revoked_serial"), "{out}");
+    remove_node(&ir, dispatcher, &name, "the dispatcher removes itself").await;
 
     steps.step("the removed node stops with status 3");
     assert_eq!(ir.wait_exit(dispatcher, Duration::from_secs(20)).await, Some(3));
@@ -106,18 +107,13 @@ async fn removed_while_away(away: Away) {
         Away::Paused => ir.signal(victim, libc::SIGSTOP).await.expect("SIGSTOP"),
         Away::Down => ir.kill(victim).await.expect("kill -9"),
     }
-    let out = ir
-        .shir(&[
-            "node",
-            "remove",
-            &name,
-            "--json",
-            "--data-dir",
-            &common::dir_arg(&ir, dispatcher),
-        ])
-        .await
-        .expect("the removal of an absent node is committed by the other three");
-    assert!(out.contains("revoked_serial"), "{out}");
+    remove_node(
+        &ir,
+        dispatcher,
+        &name,
+        "the removal of an absent node is committed by the other three",
+    )
+    .await;
     common::eventually("three voters without it", Duration::from_secs(20), || async {
         let s = ir.status(dispatcher).await.map_err(|e| e.to_string())?;
         let voters = s.nodes.iter().filter(|n| n.raft_role == "Voter").count();

@@ -257,3 +257,16 @@ pub async fn submit_job(ir: &LocalIr, via: usize, request: shir::proto::JobSubmi
     let mut admin = ir.admin(via).await.expect("admin socket");
     admin.job_submit(request).await.expect("submit").into_inner().id
 }
+
+/// `key` with a random secret in place of its own: well-formed, right IR, CA pin and
+/// endpoints, so only the IR's check of the proof can refuse it.
+pub fn with_random_secret(key: &shir::auth_key::AuthKey) -> shir::auth_key::AuthKey {
+    shir::auth_key::AuthKey::new(
+        key.ir_id.clone(),
+        key.slot,
+        &rand::random::<[u8; 32]>(),
+        key.ca_pin,
+        key.endpoints.clone(),
+    )
+    .expect("a well-formed key")
+}

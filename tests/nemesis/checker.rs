@@ -632,14 +632,16 @@ mod tests {
     fn a_lost_job_a_stray_file_and_a_late_publish_are_caught() {
         let (ops, mut events, mut seen) = clean();
         seen.files.insert("out/.shir-stage-x".into(), "cc".into());
-        events.push(event(
+        // Attempt 0 of j1 published at 50, after the job had finished.
+        let late_publish = event(
             "node1",
             50,
             Event::Published {
                 job: "j1".into(),
                 attempt: 0,
             },
-        ));
+        );
+        events.push(late_publish.clone());
         for jobs in seen.jobs.values_mut() {
             jobs.clear();
         }
@@ -649,18 +651,8 @@ mod tests {
             found.iter().any(|a| a.contains("belongs to no succeeded job")),
             "{found:?}"
         );
-        let (ops, events, seen) = {
-            let (ops, mut events, seen) = clean();
-            events.push(event(
-                "node1",
-                50,
-                Event::Published {
-                    job: "j1".into(),
-                    attempt: 0,
-                },
-            ));
-            (ops, events, seen)
-        };
+        let (ops, mut events, seen) = clean();
+        events.push(late_publish);
         let found = anomalies(&ops, &events, &seen);
         assert!(
             found.iter().any(|a| a.contains("after the job had finished")),

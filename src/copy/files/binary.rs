@@ -13,14 +13,14 @@
 //! hashes it (the source's checksum, as read); the other reads back each stretch of staging
 //! file as soon as it is written and hashes it (the sink's checksum, as written). Equal
 //! checksums therefore say that the staging files hold what the source held, not just that
-//! one buffer was hashed twice. The two hashers and the copier keep both cores busy; the
-//! checksum is XXH3-128, cheap enough that each hasher costs about what its reads cost
-//! (`checksum` says why not SHA-256).
-//!
-//! Hashing in the copy's own pass (read into a buffer, hash, write) was weighed and left:
-//! it moves the same bytes through memory as `copy_file_range` plus a hasher's read, and
-//! would put the copy and the source's hash on one thread instead of two. A source file whose size or modification time changes
+//! one buffer was hashed twice. A source file whose size or modification time changes
 //! while it is copied fails the copy (transiently: a retry may find it settled).
+//!
+//! The two hashers and the copier keep both cores busy; the checksum is XXH3-128, cheap
+//! enough that each hasher costs about what its reads cost (`checksum` says why not
+//! SHA-256). Hashing in the copy's own pass (read into a buffer, hash, write) was weighed
+//! and left: it moves the same bytes through memory as `copy_file_range` plus a hasher's
+//! read, and would put the copy and the source's hash on one thread instead of two.
 
 use std::collections::HashSet;
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
