@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::copy::{self, AttemptId, CopyError, Counters, Endpoint};
+use crate::job_spec::DatasetRef;
 use crate::node::{Calling, Hop, Node};
 use crate::proto;
-use crate::state::jobs::{DatasetRef, Job, JobState, Outcome};
+use crate::state::jobs::{Job, JobState, Outcome};
 
 /// How often a running attempt reports its progress: "a few times a second at most".
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -85,8 +86,9 @@ fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
     let service = node
         .read_state(|s| s.linked_services.get(&side.service).cloned())
         .ok_or_else(|| CopyError::fatal(format!("linked service '{}' does not exist", side.service)))?;
-    let spec = crate::node::linked_services::unseal_service(node, &ir.id, &service)
-        .map_err(|s| CopyError::fatal(s.message()))?;
+    let spec = service
+        .unseal(&node.data_key, &ir.id)
+        .map_err(|e| CopyError::fatal(e.to_string()))?;
     Ok(Endpoint {
         service_name: side.service.clone(),
         service: spec,
