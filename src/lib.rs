@@ -11,6 +11,7 @@ pub mod job_spec;
 pub mod node;
 pub mod pki;
 pub mod proto_conv;
+pub mod protocol;
 pub mod raft;
 pub mod secrets;
 pub mod state;

@@ -47,7 +47,7 @@ fn info(node: &Node, j: &Job) -> proto::JobInfo {
     proto::JobInfo {
         id: j.id.clone(),
         name: j.spec.name.clone(),
-        state: j.state.as_str().to_string(),
+        state: proto::JobState::from(j.state).into(),
         node: j.node.and_then(|id| node.node_name(id)).unwrap_or_default(),
         attempt: j.attempt,
         rows,
@@ -60,11 +60,7 @@ fn info(node: &Node, j: &Job) -> proto::JobInfo {
         started_at_ms: j.started_at_ms.unwrap_or(0),
         finished_at_ms: j.finished_at_ms.unwrap_or(0),
         max_attempts: j.spec.retry.max_attempts,
-        check_json: j
-            .check
-            .as_ref()
-            .map(|c| serde_json::to_string(c).expect("a check serialises"))
-            .unwrap_or_default(),
+        check: j.check.clone().map(Into::into),
         cancel_requested: j.cancel_requested,
         stall_timeout_ms: j.spec.stall_timeout_ms,
     }
@@ -72,16 +68,13 @@ fn info(node: &Node, j: &Job) -> proto::JobInfo {
 
 pub async fn list(node: &Node, req: proto::JobListRequest) -> Result<proto::JobListReply, Status> {
     up_to_date(node).await?;
-    let wanted = match req.state.to_ascii_lowercase().as_str() {
-        "" => None,
-        "queued" => Some(JobState::Queued),
-        "running" => Some(JobState::Running),
-        "succeeded" => Some(JobState::Succeeded),
-        "failed" => Some(JobState::Failed),
-        "cancelled" => Some(JobState::Cancelled),
-        other => {
+    let wanted = match proto::JobState::try_from(req.state) {
+        Ok(proto::JobState::Unspecified) => None,
+        Ok(state) => Some(JobState::try_from(state).map_err(|e| invalid(e.0))?),
+        Err(_) => {
             return Err(invalid(format!(
-                "unknown job state '{other}': use queued, running, succeeded, failed or cancelled"
+                "unknown job state {}: use queued, running, succeeded, failed or cancelled",
+                req.state
             )));
         }
     };
