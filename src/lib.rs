@@ -17,6 +17,7 @@ pub mod state;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
+pub mod timing;
 pub mod transport;
 pub mod worker;
 

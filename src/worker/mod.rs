@@ -19,13 +19,7 @@ use crate::node::{Calling, Hop, Node};
 use crate::proto;
 use crate::state::jobs::{DatasetRef, Job, JobState, Outcome};
 
-/// How often a running attempt reports its progress: "a few times a second at most".
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-
-/// How long a worker keeps trying to reach a dispatcher with a publish request or an
-/// outcome before it gives up on the attempt. Longer than an election and an offline
-/// timeout: by then the dispatcher has requeued the attempt anyway.
-const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+use crate::timing::{PROGRESS_EVERY, REPORT_PATIENCE};
 
 pub async fn worker_loop(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
