@@ -22,9 +22,7 @@ use crate::state::jobs::{JobState, Outcome};
 use crate::state::{Command, NodeId};
 use placement::{Candidate, Waiting};
 
-/// How often the dispatcher looks again when nothing wakes it (liveness changes are only
-/// seen by looking).
-const IDLE_ROUND: Duration = Duration::from_millis(200);
+use crate::timing::DISPATCH_IDLE_ROUND as IDLE_ROUND;
 
 /// The latest progress of running attempts, as their workers report it.
 #[derive(Default)]

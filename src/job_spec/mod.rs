@@ -126,9 +126,8 @@ pub struct JobSpec {
     pub stall_timeout_ms: u64,
 }
 
-/// Ten minutes: longer than any pause a healthy source takes before its first row (a big
-/// sort, a cold share), short enough that a hung one gives its slot back the same hour.
-pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+/// [`crate::timing::DEFAULT_STALL_TIMEOUT`] in the milliseconds a job spec carries.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = crate::timing::DEFAULT_STALL_TIMEOUT.as_millis() as u64;
 
 fn default_stall_timeout() -> u64 {
     DEFAULT_STALL_TIMEOUT_MS

@@ -13,9 +13,8 @@ use crate::pki;
 use crate::proto;
 use crate::state::{Command, NodeRecord, auth_key_aad, validate_node_name};
 
-/// A proof is accepted only this close to the dispatcher's clock, so a captured request
-/// cannot be replayed later; five minutes tolerates ordinary clock drift between machines.
-pub const PROOF_MAX_AGE_SECS: i64 = 300;
+/// [`crate::timing::JOIN_PROOF_MAX_AGE`] in the seconds a proof's timestamp carries.
+pub const PROOF_MAX_AGE_SECS: i64 = crate::timing::JOIN_PROOF_MAX_AGE.as_secs() as i64;
 
 /// Bound on remembered nonces; a flood of joins cannot grow memory past it.
 const MAX_REMEMBERED_NONCES: usize = 10_000;

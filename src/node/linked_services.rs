@@ -6,7 +6,7 @@
 //! dispatcher (`admin::read_index`), and unseal only what a connector needs right then.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -23,8 +23,7 @@ use crate::state::{Command, LinkedService, ProxySettings, Sealed};
 /// Prefix of blobs made by `shir credential encrypt`; the number is the format version.
 const CREDENTIAL_PREFIX: &str = "SHIRCRED1";
 
-/// A connection test gives up after this long even if the connector would wait longer.
-const TEST_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::timing::LINKED_SERVICE_TEST_TIMEOUT as TEST_TIMEOUT;
 
 fn invalid(why: impl Into<String>) -> Status {
     Status::invalid_argument(why.into())

@@ -9,17 +9,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::{Node, sysload};
 use crate::proto::{self, NodeLoad};
 use crate::protocol::{self, ProtocolMismatch};
 
-/// Heartbeat period. Once a second, as the runtimes shir replaces do; cheap for four nodes.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub use crate::timing::HEARTBEAT_INTERVAL;
 
-/// A heartbeat that takes longer than this counts as "peer not reachable" for the round.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(900);
+use crate::timing::HEARTBEAT_TIMEOUT;
 
 /// How a node is doing, as judged from what was last heard of every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

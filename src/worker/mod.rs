@@ -5,6 +5,8 @@
 //! current attempt, through the log), publish, report the outcome. An attempt that is no
 //! longer current (requeued, cancelled) is stopped; its staged output is thrown away.
 
+mod failpoints;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +20,7 @@ use crate::node::{Calling, Hop, Node};
 use crate::proto::{self, job_report_request::Phase};
 use crate::state::jobs::{Job, JobState, Outcome};
 
-/// How often a running attempt reports its progress: "a few times a second at most".
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-
-/// How long a worker keeps trying to reach a dispatcher with a publish request or an
-/// outcome before it gives up on the attempt. Longer than an election and an offline
-/// timeout: by then the dispatcher has requeued the attempt anyway.
-const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+use crate::timing::{PROGRESS_EVERY, REPORT_PATIENCE};
 
 pub async fn worker_loop(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
@@ -190,7 +186,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
         Ok(staged) => staged,
         Err(e) => return Ended::Report(failed(e)),
     };
-    if let Some(hold) = test_hold("SHIR_TEST_HOLD_BEFORE_PUBLISH", &job.spec.name) {
+    if let Some(hold) = failpoints::hold_before_publish(&job.spec.name) {
         // Tests widen the window between staging and publishing, to kill or pause a node
         // exactly there.
         tokio::select! {
@@ -237,7 +233,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
     let published = staged.publish().await;
-    if let Some(hold) = test_hold("SHIR_TEST_HOLD_AFTER_PUBLISH", &job.spec.name) {
+    if let Some(hold) = failpoints::hold_after_publish(&job.spec.name) {
         // Tests kill the node here: published, not yet reported.
         tokio::time::sleep(hold).await;
     }
@@ -276,19 +272,6 @@ fn humantime(d: Duration) -> String {
         s if s >= 1 => format!("{s} s"),
         _ => format!("{} ms", d.as_millis()),
     }
-}
-
-/// Fault-injection hooks for tests, never set in production: with `VAR=PREFIX:MS`, jobs whose
-/// name starts with PREFIX wait MS milliseconds at that point, so that a test can kill or
-/// pause their node exactly there. `SHIR_TEST_HOLD_BEFORE_PUBLISH`: between staging and
-/// asking to publish; `SHIR_TEST_HOLD_AFTER_PUBLISH`: published, before reporting it.
-fn test_hold(var: &str, job_name: &str) -> Option<Duration> {
-    let setting = std::env::var(var).ok()?;
-    let (prefix, ms) = setting.rsplit_once(':')?;
-    job_name
-        .starts_with(prefix)
-        .then(|| ms.parse().ok().map(Duration::from_millis))
-        .flatten()
 }
 
 /// A stop asked for: report Cancelled if the job asked to be cancelled, else nothing (the

@@ -51,8 +51,6 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio_postgres::Client;
@@ -74,9 +72,7 @@ pub const BATCH_BYTES: usize = 32 << 20;
 /// memory bounded (at most this many times [`BATCH_BYTES`]).
 const BATCHES_AHEAD: usize = 4;
 
-/// How long connecting and logging in may take before the attempt fails (transiently):
-/// generous for a server across a VPN, short next to a copy's retry interval.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::timing::POSTGRES_CONNECT_TIMEOUT as CONNECT_TIMEOUT;
 
 /// The idempotency record: one row per published job, in every database shir writes to.
 /// A role that may not create schemas needs it made once by an owner (the statement is
