@@ -293,9 +293,11 @@ impl LocalIr {
             let s = self.status(via).await.ok()?;
             let ok = !s.dispatcher.is_empty()
                 && running.iter().all(|name| {
-                    s.nodes
-                        .iter()
-                        .any(|n| &n.name == name && n.status == "Online" && n.raft_role == "Voter")
+                    s.nodes.iter().any(|n| {
+                        &n.name == name
+                            && n.status() == proto::NodeHealth::Online
+                            && n.raft_role() == proto::RaftRole::Voter
+                    })
                 });
             ok.then_some(s)
         })

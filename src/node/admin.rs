@@ -360,6 +360,7 @@ async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
                 name: node.config.name.clone(),
                 load: None,
                 sent_at_ms: 0,
+                protocol_version: crate::protocol::PROTOCOL_VERSION,
             };
             let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(1), cluster.heartbeat(probe)).await else {
                 continue;

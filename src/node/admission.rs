@@ -61,6 +61,9 @@ fn denied(msg: impl Into<String>) -> Status {
 /// Admits the node described by `req`, or says in one line why not. Nothing is written
 /// unless every check passes.
 pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinResponse, Status> {
+    // First: a joiner of another protocol version may have written every other field
+    // differently (the proof's form included).
+    crate::protocol::check(req.protocol_version).map_err(|e| Status::failed_precondition(e.to_string()))?;
     let _one_at_a_time = node.admission.serial.lock().await;
     let ir = node.ir()?;
     let slot: u8 = match req.key_slot {

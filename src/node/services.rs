@@ -155,8 +155,10 @@ impl proto::cluster_server::Cluster for Services {
         req: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatReply>, Status> {
         let name = self.require_node(&req, "Heartbeat")?;
-        let load = req.into_inner().load.unwrap_or_default();
-        self.node.liveness.record(&name, load);
+        self.node
+            .liveness
+            .heard(&name, req.into_inner())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let dispatcher = self
             .node
             .leader()

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::copy::{self, AttemptId, CopyError, Counters, Endpoint};
+use crate::job_spec::DatasetRef;
 use crate::node::{Calling, Hop, Node};
-use crate::proto;
-use crate::state::jobs::{DatasetRef, Job, JobState, Outcome};
+use crate::proto::{self, job_report_request::Phase};
+use crate::state::jobs::{Job, JobState, Outcome};
 
 use crate::timing::{PROGRESS_EVERY, REPORT_PATIENCE};
 
@@ -81,8 +82,9 @@ fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
     let service = node
         .read_state(|s| s.linked_services.get(&side.service).cloned())
         .ok_or_else(|| CopyError::fatal(format!("linked service '{}' does not exist", side.service)))?;
-    let spec = crate::node::linked_services::unseal_service(node, &ir.id, &service)
-        .map_err(|s| CopyError::fatal(s.message()))?;
+    let spec = service
+        .unseal(&node.data_key, &ir.id)
+        .map_err(|e| CopyError::fatal(e.to_string()))?;
     Ok(Endpoint {
         service_name: side.service.clone(),
         service: spec,
@@ -107,8 +109,7 @@ async fn run_attempt(
     let start = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "start".into(),
-        ..Default::default()
+        phase: Some(Phase::Start(proto::ReportStart {})),
     };
     let confirmed = matches!(report(&node, start, Duration::from_secs(5)).await, Ok(reply) if reply.accepted);
     if !confirmed {
@@ -139,13 +140,10 @@ async fn run_attempt(
         Outcome::Cancelled => "cancelled".to_string(),
     };
     tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt {label}");
-    let outcome_json = serde_json::to_vec(&outcome).expect("an outcome serialises");
     let request = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "finish".into(),
-        outcome_json,
-        ..Default::default()
+        phase: Some(Phase::Finish(outcome.into())),
     };
     if let Err(e) = report(&node, request, REPORT_PATIENCE).await {
         tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the attempt will run again");
@@ -203,8 +201,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     let permission = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "publish".into(),
-        ..Default::default()
+        phase: Some(Phase::Publish(proto::ReportPublish {})),
     };
     // The log can move on while the request waits for a dispatcher (a partition heals, the
     // job was requeued): stop waiting then, instead of holding the staged output for the
@@ -305,11 +302,11 @@ async fn report_progress(node: Arc<Node>, id: AttemptId, counters: Arc<Counters>
         let request = proto::JobReportRequest {
             job_id: id.job_id.clone(),
             attempt: id.attempt,
-            phase: "progress".into(),
-            rows: now.0,
-            bytes: now.1,
-            files: now.2,
-            ..Default::default()
+            phase: Some(Phase::Progress(proto::ReportProgress {
+                rows: now.0,
+                bytes: now.1,
+                files: now.2,
+            })),
         };
         let _ = report(&node, request, Duration::from_secs(1)).await;
     }

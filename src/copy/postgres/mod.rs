@@ -48,7 +48,6 @@
 
 mod decode;
 mod encode;
-pub mod names;
 #[cfg(test)]
 mod tests;
 
@@ -59,7 +58,7 @@ use tokio_postgres::Client;
 use super::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, Location, Staged, StagedOutput};
 use crate::connectors::one_line;
 use crate::connectors::postgres::{connect as connect_service, is_retryable};
-use names::quote_ident;
+use crate::job_spec::names::quote_ident;
 
 /// Rows per record batch: large enough that per-batch costs vanish, small enough that a
 /// batch of wide rows stays a few megabytes.
