@@ -2,9 +2,11 @@
 //! queue and places queued jobs on the least-loaded Online nodes. Its decisions are Raft
 //! entries; workers learn of them by applying the log.
 //!
-//! It also takes the workers' reports on their attempts (`report`): progress, kept in
-//! memory here (a few times a second per job is not worth a log entry), permission to
-//! publish, and outcomes, which are committed.
+//! It also takes the workers' reports on their attempts (`Dispatcher::report`): progress,
+//! kept in memory here (a few times a second per job is not worth a log entry), permission
+//! to publish, outcomes and hand-backs, which are committed. What it keeps (the progress
+//! board, its wake-up) is behind the `Dispatcher` handle the wiring gives to the services
+//! and to the loop.
 
 pub mod placement;
 
@@ -13,9 +15,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::node::Node;
+use crate::node::forward::{Calling, FORWARD_TIMEOUT, Hop, Reports, not_dispatcher};
+use crate::node::handle::Node;
 use crate::proto;
 use crate::state::jobs::{JobState, Outcome};
 use crate::state::{Command, NodeId};
@@ -54,16 +58,51 @@ impl ProgressBoard {
     }
 }
 
-/// Runs on every node; acts while this node is the dispatcher.
-pub async fn dispatch_loop(node: Arc<Node>) {
+/// How long a node that handed its attempts back (it is shutting down) gets nothing new,
+/// whatever its heartbeats said before: its heartbeats say limit 0 from the moment it began
+/// to stop, and this covers one that arrives after the hand-back.
+const DRAINING_FOR: Duration = Duration::from_secs(10);
+
+/// What the dispatcher keeps between rounds and reports, shared by the services (job
+/// reports, `job show`'s progress, wake-ups on submit) and the dispatch loop.
+#[derive(Default)]
+pub struct Dispatcher {
+    progress: ProgressBoard,
+    /// Wakes the dispatch loop at once (a job submitted or finished).
+    wake: Notify,
+    /// Nodes that handed their attempts back because they are shutting down, and since when.
+    draining: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Dispatcher {
+    /// The latest progress of `attempt` of `job_id`, if its worker reported any here.
+    pub fn progress(&self, job_id: &str, attempt: u32) -> Option<Progress> {
+        self.progress.get(job_id, attempt)
+    }
+
+    /// Asks for a dispatch round now rather than at the next idle tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn is_draining(&self, node: NodeId) -> bool {
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|_, since| since.elapsed() < DRAINING_FOR);
+        draining.contains_key(&node)
+    }
+}
+
+/// Runs on every node; acts while this node is the dispatcher, until the node shuts down.
+pub async fn dispatch_loop(node: Arc<Node>, dispatcher: Arc<Dispatcher>) {
     let mut metrics = node.raft.metrics();
     let mut leading_since: Option<(u64, Instant)> = None;
     let offline_timeout = Duration::from_millis(node.config.offline_timeout_ms);
     loop {
         tokio::select! {
             _ = metrics.changed() => {}
-            _ = node.dispatch_wake.notified() => {}
+            _ = dispatcher.wake.notified() => {}
             _ = tokio::time::sleep(IDLE_ROUND) => {}
+            _ = node.shutdown.cancelled() => return,
         }
         if !node.is_leader() {
             leading_since = None;
@@ -83,13 +122,13 @@ pub async fn dispatch_loop(node: Arc<Node>) {
         // A new dispatcher has heard nobody yet: it waits one offline timeout before it
         // takes anyone for gone.
         let may_judge = since.elapsed() >= offline_timeout;
-        if let Err(e) = round(&node, may_judge).await {
+        if let Err(e) = round(&node, &dispatcher, may_judge).await {
             tracing::debug!(error = %e.message(), "dispatch round did not complete");
         }
     }
 }
 
-async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
+async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<(), Status> {
     let view = node.liveness.view(node);
     let now = crate::unix_now_ms();
     if may_judge {
@@ -113,7 +152,7 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
                     "node is offline; its jobs go back to the queue"
                 );
                 for (job, _) in &lost {
-                    node.progress.forget(job);
+                    dispatcher.progress.forget(job);
                 }
                 node.propose(Command::RequeueNode {
                     node: *id,
@@ -144,9 +183,14 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
             .iter()
             .map(|(id, status, load)| Candidate {
                 id: *id,
-                online: *status == "Online",
+                online: *status == "Online" && !dispatcher.is_draining(*id),
                 running: s.running_on(*id),
-                limit: s.node_limits.get(id).copied().unwrap_or(load.concurrent_jobs_limit),
+                // A node that stops says limit 0 in its heartbeats; `node set-limit` must
+                // not override that.
+                limit: match load.concurrent_jobs_limit {
+                    0 => 0,
+                    heard => s.node_limits.get(id).copied().unwrap_or(heard),
+                },
                 cpu_percent: load.cpu_percent,
                 available_memory_mb: load.available_memory_mb,
             })
@@ -171,69 +215,127 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
     Ok(())
 }
 
-/// A worker's report on attempt `req.attempt` of a job (start, progress, publish, finish), from node `from` (read from its
-/// certificate by the caller). Runs on the dispatcher. Refused reports (a stale attempt, an
-/// ended job) answer `accepted: false`: fencing, not an error.
-pub async fn report(node: &Node, from: NodeId, req: proto::JobReportRequest) -> Result<proto::JobReportReply, Status> {
-    let command = match req.phase.as_str() {
-        // A node that restarts may believe for a moment that it still leads (its last vote
-        // was its own): the answer to "may this attempt start?" must come from a dispatcher
-        // a majority confirms, never from a stale one.
-        "start" if !node.confirm_leadership().await => return Err(crate::node::not_dispatcher()),
-        "progress" | "start" => {
-            let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
-            let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
-            if accepted {
-                let p = Progress {
-                    attempt: req.attempt,
-                    rows: req.rows,
-                    bytes: req.bytes,
-                    files: req.files,
-                };
-                node.progress.set(&req.job_id, p);
+impl Dispatcher {
+    /// A worker's report on attempt `req.attempt` of a job (start, progress, publish, finish,
+    /// release), from node `from` (read from its certificate by the caller). Runs on the
+    /// dispatcher. Refused reports (a stale attempt, an ended job) answer `accepted: false`:
+    /// fencing, not an error.
+    pub async fn report(
+        &self,
+        node: &Node,
+        from: NodeId,
+        req: proto::JobReportRequest,
+    ) -> Result<proto::JobReportReply, Status> {
+        let command = match req.phase.as_str() {
+            // A node that restarts may believe for a moment that it still leads (its last vote
+            // was its own): the answer to "may this attempt start?" must come from a dispatcher
+            // a majority confirms, never from a stale one.
+            "start" if !node.confirm_leadership().await => return Err(not_dispatcher()),
+            "progress" | "start" => {
+                let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
+                let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
+                if accepted {
+                    let p = Progress {
+                        attempt: req.attempt,
+                        rows: req.rows,
+                        bytes: req.bytes,
+                        files: req.files,
+                    };
+                    self.progress.set(&req.job_id, p);
+                }
+                return Ok(proto::JobReportReply {
+                    accepted,
+                    message: String::new(),
+                });
             }
-            return Ok(proto::JobReportReply {
-                accepted,
-                message: String::new(),
-            });
-        }
-        "publish" => Command::BeginPublish {
-            job_id: req.job_id.clone(),
-            attempt: req.attempt,
-            node: from,
-        },
-        "finish" => {
-            let outcome: Outcome = serde_json::from_slice(&req.outcome_json)
-                .map_err(|e| Status::invalid_argument(format!("malformed job outcome: {e}")))?;
-            Command::FinishJob {
+            "publish" => Command::BeginPublish {
                 job_id: req.job_id.clone(),
                 attempt: req.attempt,
                 node: from,
-                outcome,
-                now_ms: crate::unix_now_ms(),
+            },
+            "finish" => {
+                let outcome: Outcome = serde_json::from_slice(&req.outcome_json)
+                    .map_err(|e| Status::invalid_argument(format!("malformed job outcome: {e}")))?;
+                Command::FinishJob {
+                    job_id: req.job_id.clone(),
+                    attempt: req.attempt,
+                    node: from,
+                    outcome,
+                    now_ms: crate::unix_now_ms(),
+                }
             }
-        }
-        other => return Err(Status::invalid_argument(format!("unknown job report phase '{other}'"))),
-    };
-    let finishing = req.phase == "finish";
-    match node.propose(command).await {
-        Ok(_) => {
-            if finishing {
-                node.progress.forget(&req.job_id);
-                node.dispatch_wake.notify_one();
+            "release" => {
+                // Marked before the job is requeued, so that no round places it back there.
+                self.draining
+                    .lock()
+                    .expect("draining lock")
+                    .insert(from, Instant::now());
+                Command::ReleaseJob {
+                    job_id: req.job_id.clone(),
+                    attempt: req.attempt,
+                    node: from,
+                    now_ms: crate::unix_now_ms(),
+                }
             }
-            Ok(proto::JobReportReply {
-                accepted: true,
-                message: String::new(),
-            })
+            other => return Err(Status::invalid_argument(format!("unknown job report phase '{other}'"))),
+        };
+        let ending = matches!(req.phase.as_str(), "finish" | "release");
+        match node.propose(command).await {
+            Ok(_) => {
+                if ending {
+                    self.progress.forget(&req.job_id);
+                    self.wake();
+                }
+                Ok(proto::JobReportReply {
+                    accepted: true,
+                    message: String::new(),
+                })
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::info!(job = %req.job_id, attempt = req.attempt, node = from, why = %s.message(), "report refused");
+                Ok(proto::JobReportReply {
+                    accepted: false,
+                    message: s.message().to_string(),
+                })
+            }
+            Err(s) => Err(s),
         }
-        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-            tracing::info!(job = %req.job_id, attempt = req.attempt, node = from, why = %s.message(), "report refused");
-            Ok(proto::JobReportReply {
-                accepted: false,
-                message: s.message().to_string(),
-            })
-        }
-        Err(s) => Err(s),
+    }
+}
+
+/// Where this node's worker sends its reports: the dispatcher here if this node leads, else
+/// over the node channel. The wiring hands it to the worker as its `Reports`.
+pub struct ToDispatcher {
+    pub node: Arc<Node>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+#[tonic::async_trait]
+impl Reports for ToDispatcher {
+    async fn report(
+        &self,
+        request: proto::JobReportRequest,
+        patience: Duration,
+    ) -> Result<proto::JobReportReply, Status> {
+        let calling = Calling {
+            patience,
+            attempt: FORWARD_TIMEOUT,
+            // The state machine takes a repeated report for the same attempt as the first.
+            idempotent: true,
+        };
+        let node = &self.node;
+        node.at_dispatcher(calling, |hop| {
+            let request = request.clone();
+            async move {
+                match hop {
+                    Hop::Here => self.dispatcher.report(node, node.id(), request).await,
+                    Hop::There(channel) => proto::cluster_client::ClusterClient::new(channel)
+                        .job_report(request)
+                        .await
+                        .map(|r| r.into_inner()),
+                }
+            }
+        })
+        .await
     }
 }

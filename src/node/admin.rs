@@ -11,9 +11,10 @@ use openraft::ChangeMembers;
 use prost::Message;
 use tonic::Status;
 
-use super::services::FORWARD_PATIENCE;
-use super::{Calling, FORWARD_TIMEOUT, Hop, Node, jobs_admin, linked_services, liveness};
+use super::forward::{Calling, FORWARD_PATIENCE, FORWARD_TIMEOUT, Hop, no_dispatcher};
+use super::{Node, jobs_admin, linked_services, liveness};
 use crate::auth_key::AuthKey;
+use crate::dispatch::Dispatcher;
 use crate::pki;
 use crate::proto;
 use crate::secrets::DataKey;
@@ -28,8 +29,14 @@ const STATUS_PATIENCE: Duration = Duration::from_secs(3);
 const STATUS_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Runs `method` where it belongs and returns the encoded reply.
-pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Caller) -> Result<Vec<u8>, Status> {
-    if let Some(reply) = answer_here(node, method, &request, caller).await {
+pub async fn route(
+    node: &Arc<Node>,
+    dispatcher: &Dispatcher,
+    method: &str,
+    request: Vec<u8>,
+    caller: &Caller,
+) -> Result<Vec<u8>, Status> {
+    if let Some(reply) = answer_here(node, dispatcher, method, &request, caller).await {
         return reply;
     }
     let calling = match method {
@@ -49,7 +56,7 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
             idempotent: false,
         },
     };
-    let result = on_dispatcher(node, calling, method, &request, &caller.to_string()).await;
+    let result = on_dispatcher(node, dispatcher, calling, method, &request, &caller.to_string()).await;
     match result {
         // Without a dispatcher, status is still worth having: this node's own view says
         // which nodes it hears from, and `dispatcher` is empty.
@@ -68,6 +75,7 @@ pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Ca
 /// that run on the dispatcher.
 async fn answer_here(
     node: &Arc<Node>,
+    dispatcher: &Dispatcher,
     method: &str,
     request: &[u8],
     caller: &Caller,
@@ -83,19 +91,19 @@ async fn answer_here(
             .encode_to_vec()
         }),
         "LinkedServiceList" => {
-            let stale = !read_index(node, caller).await;
+            let stale = !read_index(node, dispatcher, caller).await;
             Ok(linked_services::list(node, stale).encode_to_vec())
         }
         "LinkedServiceShow" => match decode::<proto::LinkedServiceShowRequest>(request) {
             Ok(req) => {
-                let stale = !read_index(node, caller).await;
+                let stale = !read_index(node, dispatcher, caller).await;
                 linked_services::show(node, &req.name, stale).map(|r| r.encode_to_vec())
             }
             Err(e) => Err(e),
         },
         "LinkedServiceTest" => match decode::<proto::LinkedServiceTestRequest>(request) {
             Ok(req) => {
-                let stale = !read_index(node, caller).await;
+                let stale = !read_index(node, dispatcher, caller).await;
                 linked_services::test(node, &req.name, stale)
                     .await
                     .map(|r| r.encode_to_vec())
@@ -103,7 +111,7 @@ async fn answer_here(
             Err(e) => Err(e),
         },
         "ProxyShow" => {
-            let stale = !read_index(node, caller).await;
+            let stale = !read_index(node, dispatcher, caller).await;
             Ok(linked_services::proxy_show(node, stale).encode_to_vec())
         }
         // Sealing needs only the data key, which every node holds.
@@ -123,13 +131,13 @@ const READ_PATIENCE: Duration = Duration::from_secs(3);
 /// dispatcher has confirmed with a majority that it still leads (a read index). Every write
 /// acknowledged before the read began is then in this node's state. False if that could
 /// not be done in time (no dispatcher): the caller answers from its own view, marked stale.
-async fn read_index(node: &Arc<Node>, caller: &Caller) -> bool {
+async fn read_index(node: &Arc<Node>, dispatcher: &Dispatcher, caller: &Caller) -> bool {
     let calling = Calling {
         patience: READ_PATIENCE,
         attempt: STATUS_ATTEMPT,
         idempotent: true,
     };
-    let index = match on_dispatcher(node, calling, "ReadIndex", &[], &caller.to_string()).await {
+    let index = match on_dispatcher(node, dispatcher, calling, "ReadIndex", &[], &caller.to_string()).await {
         Ok(bytes) => match proto::ReadIndexReply::decode(bytes.as_slice()) {
             Ok(reply) => reply.applied_index,
             Err(_) => return false,
@@ -146,6 +154,7 @@ async fn read_index(node: &Arc<Node>, caller: &Caller) -> bool {
 /// Runs `method` on the dispatcher: here, or forwarded with this node's member proof.
 async fn on_dispatcher(
     node: &Arc<Node>,
+    dispatcher: &Dispatcher,
     calling: Calling,
     method: &str,
     request: &[u8],
@@ -153,7 +162,7 @@ async fn on_dispatcher(
 ) -> Result<Vec<u8>, Status> {
     node.at_dispatcher(calling, |hop| async move {
         match hop {
-            Hop::Here => execute(node, method, request).await,
+            Hop::Here => execute(node, dispatcher, method, request).await,
             Hop::There(channel) => {
                 let timestamp = crate::unix_now();
                 let proof = forward_proof(&node.data_key, method, request, on_behalf_of, timestamp);
@@ -205,18 +214,23 @@ fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {
 }
 
 /// Runs an admin call on this node, which must be the dispatcher.
-pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<Vec<u8>, Status> {
+pub async fn execute(
+    node: &Arc<Node>,
+    dispatcher: &Dispatcher,
+    method: &str,
+    request: &[u8],
+) -> Result<Vec<u8>, Status> {
     let reply = match method {
         "Status" => {
             if !node.confirm_leadership().await {
-                return Err(super::no_dispatcher());
+                return Err(no_dispatcher());
             }
             liveness::status_reply(node, Some(node.id())).encode_to_vec()
         }
         "KeyShow" => {
             // A linearizable read: a key regenerated a moment ago is never shown stale.
             if !node.confirm_leadership().await {
-                return Err(super::no_dispatcher());
+                return Err(no_dispatcher());
             }
             show_keys(node)?.encode_to_vec()
         }
@@ -255,7 +269,7 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
         }
         "ReadIndex" => {
             if !node.confirm_leadership().await {
-                return Err(super::no_dispatcher());
+                return Err(no_dispatcher());
             }
             let applied_index = node.metrics().last_applied.map(|l| l.index).unwrap_or(0);
             proto::ReadIndexReply { applied_index }.encode_to_vec()
@@ -267,11 +281,21 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
             .await?
             .encode_to_vec(),
         "ProxyClear" => linked_services::proxy_clear(node).await?.encode_to_vec(),
-        "JobSubmit" => jobs_admin::submit(node, decode(request)?).await?.encode_to_vec(),
-        "JobList" => jobs_admin::list(node, decode(request)?).await?.encode_to_vec(),
-        "JobShow" => jobs_admin::show(node, decode(request)?).await?.encode_to_vec(),
-        "JobCancel" => jobs_admin::cancel(node, decode(request)?).await?.encode_to_vec(),
-        "NodeSetLimit" => jobs_admin::set_limit(node, decode(request)?).await?.encode_to_vec(),
+        "JobSubmit" => jobs_admin::submit(node, dispatcher, decode(request)?)
+            .await?
+            .encode_to_vec(),
+        "JobList" => jobs_admin::list(node, dispatcher, decode(request)?)
+            .await?
+            .encode_to_vec(),
+        "JobShow" => jobs_admin::show(node, dispatcher, decode(request)?)
+            .await?
+            .encode_to_vec(),
+        "JobCancel" => jobs_admin::cancel(node, dispatcher, decode(request)?)
+            .await?
+            .encode_to_vec(),
+        "NodeSetLimit" => jobs_admin::set_limit(node, dispatcher, decode(request)?)
+            .await?
+            .encode_to_vec(),
         other => return Err(Status::unimplemented(format!("unknown admin call '{other}'"))),
     };
     Ok(reply)
@@ -400,7 +424,7 @@ async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
             }
         }
         if Instant::now() > deadline {
-            return Err(super::no_dispatcher());
+            return Err(no_dispatcher());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use tonic::Status;
 
-use super::Node;
+use super::handle::Node;
 use crate::auth_key::{JoinProofInput, verify_join_proof};
 use crate::pki;
 use crate::proto;

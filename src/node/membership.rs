@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
 
-use super::Node;
+use super::handle::Node;
 use crate::raft::NodeId;
 
 /// How often the dispatcher re-checks membership when nothing wakes it.
@@ -25,6 +25,7 @@ pub async fn reconcile_loop(node: Arc<Node>) {
         tokio::select! {
             _ = node.membership_changed.notified() => {}
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = node.shutdown.cancelled() => return,
         }
         if node.is_leader()
             && let Err(e) = reconcile_once(&node).await

@@ -113,7 +113,7 @@ async fn submit(raft: &Raft, mut batch: Vec<(Command, Reply)>) {
 async fn write(raft: &Raft, cmd: Command) -> Result<(u64, CommandResult), Status> {
     match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(cmd)).await {
         Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(super::not_dispatcher()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(super::forward::not_dispatcher()),
         Ok(Err(e)) => Err(Status::unavailable(format!("write not committed: {e}"))),
         Err(_) => Err(not_committed_in_time()),
     }

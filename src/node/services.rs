@@ -10,19 +10,20 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
-use super::{Hop, Node, admin, admission, not_dispatcher};
+use super::forward::{Calling, FORWARD_TIMEOUT, Hop, not_dispatcher};
+use super::{Node, admin, admission};
+use crate::dispatch::Dispatcher;
 use crate::proto::{self, RaftPayload};
 use crate::raft::network;
 use crate::secrets::member_proof::ProofError;
 use crate::transport::{Caller, caller_of};
 
-/// How long a forwarded call waits for a dispatcher to exist (an election takes well under
-/// a second; a little more covers a leader that dies while the call is in flight).
-pub const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+pub use super::forward::FORWARD_PATIENCE;
 
 #[derive(Clone)]
 pub struct Services {
     node: Arc<Node>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl Services {
@@ -48,8 +49,8 @@ impl Services {
         })
     }
 
-    pub fn new(node: Arc<Node>) -> Self {
-        Services { node }
+    pub fn new(node: Arc<Node>, dispatcher: Arc<Dispatcher>) -> Self {
+        Services { node, dispatcher }
     }
     pub fn raft(&self) -> proto::raft_server::RaftServer<Self> {
         proto::raft_server::RaftServer::new(self.clone())
@@ -182,7 +183,7 @@ impl proto::cluster_server::Cluster for Services {
             return Err(not_dispatcher());
         }
         tracing::debug!(method = %call.method, via = %from, on_behalf_of = %call.on_behalf_of, "forwarded admin call");
-        let response = admin::execute(&self.node, &call.method, &call.request).await?;
+        let response = admin::execute(&self.node, &self.dispatcher, &call.method, &call.request).await?;
         Ok(Response::new(proto::ForwardedReply { response }))
     }
 
@@ -199,7 +200,8 @@ impl proto::cluster_server::Cluster for Services {
             .node
             .read_state(|s| s.node_by_name(&name).map(|n| n.id))
             .ok_or_else(|| Status::permission_denied(format!("{name} is not a member")))?;
-        crate::dispatch::report(&self.node, from, req.into_inner())
+        self.dispatcher
+            .report(&self.node, from, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -218,9 +220,9 @@ impl proto::join_server::Join for Services {
     async fn join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
         let join = req.into_inner();
         let node = &self.node;
-        let calling = super::Calling {
+        let calling = Calling {
             patience: FORWARD_PATIENCE,
-            attempt: super::FORWARD_TIMEOUT,
+            attempt: FORWARD_TIMEOUT,
             idempotent: false,
         };
         node.at_dispatcher(calling, |hop| {
@@ -253,7 +255,14 @@ impl Services {
                 "{caller} may not call {method}: an admin certificate or the local socket is required"
             )));
         }
-        let bytes = admin::route(&self.node, method, req.into_inner().encode_to_vec(), &caller).await?;
+        let bytes = admin::route(
+            &self.node,
+            &self.dispatcher,
+            method,
+            req.into_inner().encode_to_vec(),
+            &caller,
+        )
+        .await?;
         Resp::decode(bytes.as_slice())
             .map(Response::new)
             .map_err(|e| Status::internal(format!("malformed reply to {method}: {e}")))

@@ -357,6 +357,28 @@ impl IrState {
         CommandResult::Ok
     }
 
+    /// A worker that shuts down hands its attempt back: the job goes back to the queue (or
+    /// ends cancelled, if that was asked for) like the attempt of a node gone Offline, but a
+    /// hand-back is no failure, so it does not use up the job's attempts.
+    pub(super) fn release_job(&mut self, job_id: &str, attempt: u32, node: NodeId, now_ms: i64) -> CommandResult {
+        let j = match self.current(job_id, attempt, node) {
+            Ok(j) => j,
+            Err(refused) => return refused,
+        };
+        j.publishing = false;
+        if j.cancel_requested && !j.publish_granted {
+            j.state = JobState::Cancelled;
+            j.finished_at_ms = Some(now_ms);
+        } else {
+            j.state = JobState::Queued;
+            j.not_before_ms = now_ms;
+            // The next assignment numbers its attempt `attempt + 1` (fencing needs a new
+            // number); the limit counts attempts that failed, so it grows by the one handed back.
+            j.spec.retry.max_attempts = j.spec.retry.max_attempts.saturating_add(1);
+        }
+        CommandResult::Ok
+    }
+
     pub(super) fn cancel_job(&mut self, job_id: &str, now_ms: i64) -> CommandResult {
         match self.jobs.get_mut(job_id) {
             None => CommandResult::Rejected(format!("no job {job_id}")),
@@ -608,6 +630,37 @@ mod tests {
             attempt,
             node,
         })
+    }
+
+    fn release(s: &mut IrState, id: &str, attempt: u32, node: NodeId) -> CommandResult {
+        s.apply(&Command::ReleaseJob {
+            job_id: id.into(),
+            attempt,
+            node,
+            now_ms: 8,
+        })
+    }
+
+    #[test]
+    fn a_handed_back_attempt_requeues_without_using_up_the_attempts() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 1) });
+        assign(&mut s, "j1", 1, 1, 4);
+        // Fenced like every report: another node, or another attempt, cannot hand it back.
+        assert!(matches!(release(&mut s, "j1", 1, 2), CommandResult::Rejected(m) if m.contains("stale")));
+        assert!(matches!(release(&mut s, "j1", 2, 1), CommandResult::Rejected(m) if m.contains("stale")));
+        assert_eq!(release(&mut s, "j1", 1, 1), CommandResult::Ok);
+        assert_eq!(s.jobs["j1"].state, JobState::Queued);
+        // Its one attempt was handed back, not failed: the next one may still fail and retry
+        // no more, but it runs.
+        assign(&mut s, "j1", 2, 2, 4);
+        assert_eq!(s.jobs["j1"].state, JobState::Running);
+        let failed = Outcome::Failed {
+            error: "gone".into(),
+            retryable: true,
+        };
+        assert_eq!(finish(&mut s, "j1", 2, 2, failed), CommandResult::Ok);
+        assert_eq!(s.jobs["j1"].state, JobState::Failed);
     }
 
     #[test]

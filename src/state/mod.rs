@@ -196,6 +196,14 @@ pub enum Command {
     },
     /// Several commands proposed together (group commit); applied in order, each as if alone.
     Batch(#[serde(deserialize_with = "bounded_batch")] Vec<Command>),
+    /// A worker shutting down hands its current attempt back before it began publishing
+    /// (last, so that the variants before keep their encoding).
+    ReleaseJob {
+        job_id: String,
+        attempt: u32,
+        node: NodeId,
+        now_ms: i64,
+    },
 }
 
 /// The proposer batches single commands, so a real entry nests one level, two at most.
@@ -342,6 +350,12 @@ impl IrState {
                 now_ms,
             } => self.finish_job(job_id, *attempt, *node, outcome, *now_ms),
             Command::RequeueNode { node, jobs, now_ms } => self.requeue_node(*node, Some(jobs), *now_ms),
+            Command::ReleaseJob {
+                job_id,
+                attempt,
+                node,
+                now_ms,
+            } => self.release_job(job_id, *attempt, *node, *now_ms),
             Command::CancelJob { job_id, now_ms } => self.cancel_job(job_id, *now_ms),
             Command::SetNodeLimit { node, limit } => {
                 match limit {
