@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod calls;
 pub mod forward;
 pub mod handle;
 pub mod jobs_admin;
