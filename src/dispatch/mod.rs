@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::node::forward::{Calling, FORWARD_TIMEOUT, Hop, Reports, not_dispatcher};
+use crate::node::forward::{Calling, FORWARD_TIMEOUT, Hop, Reports};
 use crate::node::handle::Node;
+use crate::node::proposer::ProposeError;
 use crate::proto;
 use crate::state::jobs::{JobState, Outcome};
-use crate::state::{Command, NodeId};
+use crate::state::{Command, NodeId, Rejection};
 use placement::{Candidate, Waiting};
 
 /// How often the dispatcher looks again when nothing wakes it (liveness changes are only
@@ -55,6 +56,32 @@ impl ProgressBoard {
 
     fn forget(&self, job_id: &str) {
         self.by_job.lock().expect("progress lock").remove(job_id);
+    }
+}
+
+/// Why the dispatcher could not take a report (a refused one is an answer, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// This node does not lead, or a majority does not confirm it: the report did not run.
+    #[error("this node is not the dispatcher")]
+    NotDispatcher,
+    #[error("malformed job outcome: {0}")]
+    MalformedOutcome(String),
+    #[error("unknown job report phase '{0}'")]
+    UnknownPhase(String),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+}
+
+impl From<DispatchError> for Status {
+    fn from(e: DispatchError) -> Status {
+        match e {
+            DispatchError::NotDispatcher => crate::node::forward::not_dispatcher(),
+            DispatchError::MalformedOutcome(_) | DispatchError::UnknownPhase(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            DispatchError::Propose(e) => e.into(),
+        }
     }
 }
 
@@ -123,12 +150,12 @@ pub async fn dispatch_loop(node: Arc<Node>, dispatcher: Arc<Dispatcher>) {
         // takes anyone for gone.
         let may_judge = since.elapsed() >= offline_timeout;
         if let Err(e) = round(&node, &dispatcher, may_judge).await {
-            tracing::debug!(error = %e.message(), "dispatch round did not complete");
+            tracing::debug!(error = %e, "dispatch round did not complete");
         }
     }
 }
 
-async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<(), Status> {
+async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<(), ProposeError> {
     let view = node.liveness.view(node);
     let now = crate::unix_now_ms();
     if may_judge {
@@ -225,12 +252,12 @@ impl Dispatcher {
         node: &Node,
         from: NodeId,
         req: proto::JobReportRequest,
-    ) -> Result<proto::JobReportReply, Status> {
+    ) -> Result<proto::JobReportReply, DispatchError> {
         let command = match req.phase.as_str() {
             // A node that restarts may believe for a moment that it still leads (its last vote
             // was its own): the answer to "may this attempt start?" must come from a dispatcher
             // a majority confirms, never from a stale one.
-            "start" if !node.confirm_leadership().await => return Err(not_dispatcher()),
+            "start" if !node.confirm_leadership().await => return Err(DispatchError::NotDispatcher),
             "progress" | "start" => {
                 let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
                 let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
@@ -245,7 +272,7 @@ impl Dispatcher {
                 }
                 return Ok(proto::JobReportReply {
                     accepted,
-                    message: String::new(),
+                    ..Default::default()
                 });
             }
             "publish" => Command::BeginPublish {
@@ -255,7 +282,7 @@ impl Dispatcher {
             },
             "finish" => {
                 let outcome: Outcome = serde_json::from_slice(&req.outcome_json)
-                    .map_err(|e| Status::invalid_argument(format!("malformed job outcome: {e}")))?;
+                    .map_err(|e| DispatchError::MalformedOutcome(e.to_string()))?;
                 Command::FinishJob {
                     job_id: req.job_id.clone(),
                     attempt: req.attempt,
@@ -277,7 +304,7 @@ impl Dispatcher {
                     now_ms: crate::unix_now_ms(),
                 }
             }
-            other => return Err(Status::invalid_argument(format!("unknown job report phase '{other}'"))),
+            other => return Err(DispatchError::UnknownPhase(other.to_string())),
         };
         let ending = matches!(req.phase.as_str(), "finish" | "release");
         match node.propose(command).await {
@@ -288,17 +315,18 @@ impl Dispatcher {
                 }
                 Ok(proto::JobReportReply {
                     accepted: true,
-                    message: String::new(),
+                    ..Default::default()
                 })
             }
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                tracing::info!(job = %req.job_id, attempt = req.attempt, node = from, why = %s.message(), "report refused");
+            Err(ProposeError::Rejected(why)) => {
+                tracing::info!(job = %req.job_id, attempt = req.attempt, node = from, why = %why, "report refused");
                 Ok(proto::JobReportReply {
                     accepted: false,
-                    message: s.message().to_string(),
+                    message: why.to_string(),
+                    cancelled: matches!(why, Rejection::CancelledBeforePublish { .. }),
                 })
             }
-            Err(s) => Err(s),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -328,7 +356,11 @@ impl Reports for ToDispatcher {
             let request = request.clone();
             async move {
                 match hop {
-                    Hop::Here => self.dispatcher.report(node, node.id(), request).await,
+                    Hop::Here => self
+                        .dispatcher
+                        .report(node, node.id(), request)
+                        .await
+                        .map_err(Status::from),
                     Hop::There(channel) => proto::cluster_client::ClusterClient::new(channel)
                         .job_report(request)
                         .await

@@ -37,32 +37,43 @@ pub struct Calling {
 
 impl Calling {
     /// Whether `failure` leaves the call safe to try again. Our own "no dispatcher" and
-    /// "not the dispatcher" answers mean it did not run; so does a connection that never
-    /// opened. Anything else (a reset, a timeout) may have come after the dispatcher acted,
-    /// so only an idempotent call tries again.
+    /// "not the dispatcher" answers mean it did not run (they say so in their metadata);
+    /// so does a connection that never opened. Anything else (a reset, a timeout) may have
+    /// come after the dispatcher acted, so only an idempotent call tries again.
     fn may_retry(&self, failure: &Status) -> bool {
-        let m = failure.message();
-        let did_not_run = failure.code() == tonic::Code::Unavailable
-            && (m.starts_with(NOT_DISPATCHER)
-                || m.starts_with(NO_DISPATCHER)
-                || m.contains("Connection refused")
-                || m.contains("connecting to"));
         let transient = matches!(failure.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded);
-        did_not_run || (self.idempotent && transient)
+        did_not_run(failure) || (self.idempotent && transient)
     }
 }
 
-const NOT_DISPATCHER: &str = "this node is not the dispatcher";
-const NO_DISPATCHER: &str = "there is no dispatcher";
+/// Status metadata that marks an answer given before the call ran at all. It crosses the
+/// node channel with the status, so a forwarding node knows without reading the message.
+const NOT_RUN: &str = "shir-not-run";
+
+/// True if the call that failed with `failure` certainly did not run: refused before it
+/// started (marked `NOT_RUN`), or its connection never opened.
+pub fn did_not_run(failure: &Status) -> bool {
+    failure.code() == tonic::Code::Unavailable
+        && (failure.metadata().contains_key(NOT_RUN) || crate::transport::client::never_connected(failure))
+}
+
+fn not_run(mut status: Status) -> Status {
+    status
+        .metadata_mut()
+        .insert(NOT_RUN, tonic::metadata::MetadataValue::from_static("1"));
+    status
+}
 
 pub fn not_dispatcher() -> Status {
-    Status::unavailable(format!("{NOT_DISPATCHER} (it changed during the call); retry"))
+    not_run(Status::unavailable(
+        "this node is not the dispatcher (it changed during the call); retry",
+    ))
 }
 
 pub fn no_dispatcher() -> Status {
-    Status::unavailable(format!(
-        "{NO_DISPATCHER}: fewer than a majority of the IR's nodes can reach each other; \
-         it resumes when enough nodes are back"
+    not_run(Status::unavailable(
+        "there is no dispatcher: fewer than a majority of the IR's nodes can reach each other; \
+         it resumes when enough nodes are back",
     ))
 }
 
@@ -110,4 +121,22 @@ pub trait Reports: Send + Sync {
         request: proto::JobReportRequest,
         patience: Duration,
     ) -> Result<proto::JobReportReply, Status>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_marked_answers_say_the_call_did_not_run() {
+        assert!(did_not_run(&not_dispatcher()));
+        assert!(did_not_run(&no_dispatcher()));
+        // The same words without the mark (from anything else) prove nothing.
+        assert!(!did_not_run(&Status::unavailable(
+            "this node is not the dispatcher (it changed during the call); retry"
+        )));
+        assert!(!did_not_run(&Status::deadline_exceeded(
+            "the dispatcher did not answer within 1.0 s"
+        )));
+    }
 }

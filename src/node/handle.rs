@@ -110,7 +110,7 @@ impl Node {
 
     /// Commits `cmd` through Raft (group-committed with concurrent proposals); returns its
     /// log index once it is applied on this (leader) node.
-    pub async fn propose(&self, cmd: Command) -> Result<u64, Status> {
+    pub async fn propose(&self, cmd: Command) -> Result<u64, proposer::ProposeError> {
         self.proposer.propose(cmd).await
     }
 

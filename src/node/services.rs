@@ -206,6 +206,7 @@ impl proto::cluster_server::Cluster for Services {
             .report(&self.node, from, req.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn forward_join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CommandResult, IrState, NodeId};
+use super::{CommandResult, IrState, NodeId, Rejection};
 use crate::copy::{Consistency, Format, Location};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,7 +191,7 @@ impl IrState {
 
     pub(super) fn submit_job(&mut self, job: &Job) -> CommandResult {
         if self.jobs.contains_key(&job.id) {
-            return CommandResult::Rejected(format!("job {} exists already", job.id));
+            return CommandResult::refused(format!("job {} exists already", job.id));
         }
         let mut job = job.clone();
         self.job_seq += 1;
@@ -209,13 +209,11 @@ impl IrState {
             // A `node set-limit` committed after the dispatcher decided still counts.
             let limit = self.node_limits.get(&a.node).map_or(a.limit, |set| a.limit.min(*set));
             let result = match self.jobs.get_mut(&a.job_id) {
-                None => CommandResult::Rejected(format!("no job {}", a.job_id)),
-                Some(_) if !known => CommandResult::Rejected(format!("no node {}", a.node)),
-                Some(_) if running >= limit => {
-                    CommandResult::Rejected(format!("node {} is at its limit of {limit}", a.node))
-                }
+                None => CommandResult::refused(format!("no job {}", a.job_id)),
+                Some(_) if !known => CommandResult::refused(format!("no node {}", a.node)),
+                Some(_) if running >= limit => CommandResult::Rejected(Rejection::AtLimit { node: a.node, limit }),
                 Some(j) if j.state != JobState::Queued || j.attempt.checked_add(1) != Some(a.attempt) => {
-                    CommandResult::Rejected(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
+                    CommandResult::refused(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
                 }
                 Some(j) => {
                     j.state = JobState::Running;
@@ -234,13 +232,14 @@ impl IrState {
     /// The job's current attempt on `node`, or why a report about it is refused.
     fn current<'a>(&'a mut self, job_id: &str, attempt: u32, node: NodeId) -> Result<&'a mut Job, CommandResult> {
         match self.jobs.get_mut(job_id) {
-            None => Err(CommandResult::Rejected(format!("no job {job_id}"))),
+            None => Err(CommandResult::refused(format!("no job {job_id}"))),
             Some(j) if j.state != JobState::Running || j.attempt != attempt || j.node != Some(node) => {
-                Err(CommandResult::Rejected(format!(
-                    "stale report: job {job_id} attempt {attempt} is not running on that node (now attempt {}, {})",
-                    j.attempt,
-                    j.state.as_str()
-                )))
+                Err(CommandResult::Rejected(Rejection::StaleAttempt {
+                    job_id: job_id.to_string(),
+                    attempt,
+                    now_attempt: j.attempt,
+                    now_state: j.state.as_str().to_string(),
+                }))
             }
             Some(j) => Ok(j),
         }
@@ -249,7 +248,9 @@ impl IrState {
     pub(super) fn begin_publish(&mut self, job_id: &str, attempt: u32, node: NodeId) -> CommandResult {
         match self.current(job_id, attempt, node) {
             Ok(j) if j.cancel_requested && !j.publish_granted => {
-                CommandResult::Rejected(format!("{CANCELLED_BEFORE_PUBLISH}: job {job_id}"))
+                CommandResult::Rejected(Rejection::CancelledBeforePublish {
+                    job_id: job_id.to_string(),
+                })
             }
             Ok(j) => {
                 j.publishing = true;
@@ -280,7 +281,7 @@ impl IrState {
                 check,
             } => {
                 if !j.publishing {
-                    return CommandResult::Rejected(format!("job {job_id} attempt {attempt} never began publishing"));
+                    return CommandResult::refused(format!("job {job_id} attempt {attempt} never began publishing"));
                 }
                 (j.rows, j.bytes, j.files) = (*rows, *bytes, *files);
                 j.check = Some(check.clone());
@@ -381,11 +382,11 @@ impl IrState {
 
     pub(super) fn cancel_job(&mut self, job_id: &str, now_ms: i64) -> CommandResult {
         match self.jobs.get_mut(job_id) {
-            None => CommandResult::Rejected(format!("no job {job_id}")),
+            None => CommandResult::refused(format!("no job {job_id}")),
             Some(j) if j.state.is_final() => {
-                CommandResult::Rejected(format!("job {job_id} has already ended ({})", j.state.as_str()))
+                CommandResult::refused(format!("job {job_id} has already ended ({})", j.state.as_str()))
             }
-            Some(j) if j.publishing || j.publish_granted => CommandResult::Rejected(format!(
+            Some(j) if j.publishing || j.publish_granted => CommandResult::refused(format!(
                 "job {job_id} has begun publishing its output; it is too late to cancel it"
             )),
             Some(j) if j.state == JobState::Queued => {
@@ -518,7 +519,7 @@ mod tests {
             attempt: 1,
             node: 1,
         });
-        assert!(matches!(begin, CommandResult::Rejected(m) if m.contains("stale")));
+        assert!(matches!(begin, CommandResult::Rejected(m) if m.to_string().contains("stale")));
         assert!(matches!(
             finish(&mut s, "j1", 1, 1, success()),
             CommandResult::Rejected(_)
@@ -560,7 +561,7 @@ mod tests {
         }
         assert_eq!(assign(&mut s, "j0", 1, 1, 2), CommandResult::Ok);
         assert_eq!(assign(&mut s, "j1", 1, 1, 2), CommandResult::Ok);
-        assert!(matches!(assign(&mut s, "j2", 1, 1, 2), CommandResult::Rejected(m) if m.contains("limit")));
+        assert!(matches!(assign(&mut s, "j2", 1, 1, 2), CommandResult::Rejected(m) if m.to_string().contains("limit")));
         assert_eq!(s.running_on(1), 2);
         assert_eq!(s.queued_jobs(), 1);
     }
@@ -613,7 +614,7 @@ mod tests {
             job_id: "r".into(),
             now_ms: 3,
         });
-        assert!(matches!(again, CommandResult::Rejected(m) if m.contains("already ended")));
+        assert!(matches!(again, CommandResult::Rejected(m) if m.to_string().contains("already ended")));
     }
 
     fn requeue(s: &mut IrState, node: NodeId, jobs: &[(&str, u32)]) {
@@ -647,8 +648,8 @@ mod tests {
         s.apply(&Command::SubmitJob { job: job("j1", 1) });
         assign(&mut s, "j1", 1, 1, 4);
         // Fenced like every report: another node, or another attempt, cannot hand it back.
-        assert!(matches!(release(&mut s, "j1", 1, 2), CommandResult::Rejected(m) if m.contains("stale")));
-        assert!(matches!(release(&mut s, "j1", 2, 1), CommandResult::Rejected(m) if m.contains("stale")));
+        assert!(matches!(release(&mut s, "j1", 1, 2), CommandResult::Rejected(m) if m.to_string().contains("stale")));
+        assert!(matches!(release(&mut s, "j1", 2, 1), CommandResult::Rejected(m) if m.to_string().contains("stale")));
         assert_eq!(release(&mut s, "j1", 1, 1), CommandResult::Ok);
         assert_eq!(s.jobs["j1"].state, JobState::Queued);
         // Its one attempt was handed back, not failed: the next one may still fail and retry
@@ -678,7 +679,7 @@ mod tests {
             job_id: "j1".into(),
             now_ms: 8,
         });
-        assert!(matches!(cancel, CommandResult::Rejected(m) if m.contains("too late")));
+        assert!(matches!(cancel, CommandResult::Rejected(m) if m.to_string().contains("too late")));
         assert_eq!(assign(&mut s, "j1", 2, 2, 4), CommandResult::Ok);
         assert_eq!(begin(&mut s, "j1", 2, 2), CommandResult::Ok);
         assert_eq!(finish(&mut s, "j1", 2, 2, success()), CommandResult::Ok);
@@ -715,7 +716,7 @@ mod tests {
             now_ms: 2,
         });
         let begin = begin(&mut s, "j1", 1, 1);
-        assert!(matches!(begin, CommandResult::Rejected(m) if m.starts_with(CANCELLED_BEFORE_PUBLISH)));
+        assert!(matches!(begin, CommandResult::Rejected(m) if m.to_string().starts_with(CANCELLED_BEFORE_PUBLISH)));
         assert_eq!(finish(&mut s, "j1", 1, 1, Outcome::Cancelled), CommandResult::Ok);
         assert_eq!(s.jobs["j1"].state, JobState::Cancelled);
     }
@@ -746,6 +747,8 @@ mod tests {
             limit: Some(1),
         });
         assert_eq!(assign(&mut s, "j1", 1, 2, 4), CommandResult::Ok);
-        assert!(matches!(assign(&mut s, "j2", 1, 1, 4), CommandResult::Rejected(m) if m.contains("limit of 1")));
+        assert!(
+            matches!(assign(&mut s, "j2", 1, 1, 4), CommandResult::Rejected(m) if m.to_string().contains("limit of 1"))
+        );
     }
 }

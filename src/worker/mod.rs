@@ -280,7 +280,7 @@ async fn attempt(
     };
     match asked {
         Ok(reply) if reply.accepted => {}
-        Ok(reply) if reply.message.starts_with(crate::state::jobs::CANCELLED_BEFORE_PUBLISH) => {
+        Ok(reply) if reply.cancelled => {
             staged.discard().await;
             return Ended::Report(Outcome::Cancelled);
         }
