@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use shir::cli::local_ir::LocalIr;
 use shir::proto;
 
-/// Jobs named `hold-…` wait this long between staging and publishing (the worker's test
-/// hook): the window in which the node is stopped. The next attempt holds as long too.
+/// Jobs named `hold-…` wait this long between staging and publishing (the worker's fail
+/// point): the window in which the node is stopped. The next attempt holds as long too.
 const HOLD_MS: u64 = 8_000;
 
 /// Far longer than the test waits for the job: without a hand-back the job would stay
@@ -50,7 +50,7 @@ async fn sigterm_mid_job_hands_the_attempt_back_and_exits_0() {
     let mut ir = common::local_ir(tmp.path(), common::free_port(4), 4);
     ir.offline_timeout_ms = Some(OFFLINE_TIMEOUT_MS);
     ir.env
-        .push(("SHIR_TEST_HOLD_BEFORE_PUBLISH".into(), format!("hold-:{HOLD_MS}")));
+        .push(common::failpoints(&[(common::HOLD_BEFORE_PUBLISH, "hold-", HOLD_MS)]));
     let _logs = common::DumpLogsOnPanic::new(&ir);
     ir.form("shutdown-ir").await.expect("four nodes form an IR");
     let share = tmp.path().join("share");

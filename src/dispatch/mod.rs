@@ -20,15 +20,14 @@ use tonic::Status;
 
 use crate::node::forward::{Calling, FORWARD_TIMEOUT, Hop, Reports};
 use crate::node::handle::Node;
+use crate::node::liveness::Health;
 use crate::node::proposer::ProposeError;
-use crate::proto;
+use crate::proto::{self, job_report_request::Phase};
 use crate::state::jobs::{JobState, Outcome};
 use crate::state::{Command, NodeId, Rejection};
 use placement::{Candidate, Waiting};
 
-/// How often the dispatcher looks again when nothing wakes it (liveness changes are only
-/// seen by looking).
-const IDLE_ROUND: Duration = Duration::from_millis(200);
+use crate::timing::DISPATCH_IDLE_ROUND as IDLE_ROUND;
 
 /// The latest progress of running attempts, as their workers report it.
 #[derive(Default)]
@@ -67,8 +66,8 @@ pub enum DispatchError {
     NotDispatcher,
     #[error("malformed job outcome: {0}")]
     MalformedOutcome(String),
-    #[error("unknown job report phase '{0}'")]
-    UnknownPhase(String),
+    #[error("a job report without a phase (start, progress, publish or finish)")]
+    NoPhase,
     #[error(transparent)]
     Propose(#[from] ProposeError),
 }
@@ -77,9 +76,7 @@ impl From<DispatchError> for Status {
     fn from(e: DispatchError) -> Status {
         match e {
             DispatchError::NotDispatcher => crate::node::forward::not_dispatcher(),
-            DispatchError::MalformedOutcome(_) | DispatchError::UnknownPhase(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            DispatchError::MalformedOutcome(_) | DispatchError::NoPhase => Status::invalid_argument(e.to_string()),
             DispatchError::Propose(e) => e.into(),
         }
     }
@@ -160,7 +157,7 @@ async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<
     let now = crate::unix_now_ms();
     if may_judge {
         for (id, status, _) in &view {
-            if *status != "Offline" {
+            if *status != Health::Offline {
                 continue;
             }
             // The exact attempts judged lost, so that a late commit of this entry cannot
@@ -210,7 +207,7 @@ async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<
             .iter()
             .map(|(id, status, load)| Candidate {
                 id: *id,
-                online: *status == "Online" && !dispatcher.is_draining(*id),
+                online: *status == Health::Online && !dispatcher.is_draining(*id),
                 running: s.running_on(*id),
                 // A node that stops says limit 0 in its heartbeats; `node set-limit` must
                 // not override that.
@@ -253,20 +250,24 @@ impl Dispatcher {
         from: NodeId,
         req: proto::JobReportRequest,
     ) -> Result<proto::JobReportReply, DispatchError> {
-        let command = match req.phase.as_str() {
+        let command = match &req.phase {
             // A node that restarts may believe for a moment that it still leads (its last vote
             // was its own): the answer to "may this attempt start?" must come from a dispatcher
             // a majority confirms, never from a stale one.
-            "start" if !node.confirm_leadership().await => return Err(DispatchError::NotDispatcher),
-            "progress" | "start" => {
+            Some(Phase::Start(_)) if !node.confirm_leadership().await => return Err(DispatchError::NotDispatcher),
+            Some(phase @ (Phase::Progress(_) | Phase::Start(_))) => {
+                let moved = match phase {
+                    Phase::Progress(p) => *p,
+                    _ => proto::ReportProgress::default(),
+                };
                 let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
                 let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
                 if accepted {
                     let p = Progress {
                         attempt: req.attempt,
-                        rows: req.rows,
-                        bytes: req.bytes,
-                        files: req.files,
+                        rows: moved.rows,
+                        bytes: moved.bytes,
+                        files: moved.files,
                     };
                     self.progress.set(&req.job_id, p);
                 }
@@ -275,14 +276,14 @@ impl Dispatcher {
                     ..Default::default()
                 });
             }
-            "publish" => Command::BeginPublish {
+            Some(Phase::Publish(_)) => Command::BeginPublish {
                 job_id: req.job_id.clone(),
                 attempt: req.attempt,
                 node: from,
             },
-            "finish" => {
-                let outcome: Outcome = serde_json::from_slice(&req.outcome_json)
-                    .map_err(|e| DispatchError::MalformedOutcome(e.to_string()))?;
+            Some(Phase::Finish(outcome)) => {
+                let outcome =
+                    Outcome::try_from(outcome.clone()).map_err(|e| DispatchError::MalformedOutcome(e.to_string()))?;
                 Command::FinishJob {
                     job_id: req.job_id.clone(),
                     attempt: req.attempt,
@@ -291,7 +292,7 @@ impl Dispatcher {
                     now_ms: crate::unix_now_ms(),
                 }
             }
-            "release" => {
+            Some(Phase::Release(_)) => {
                 // Marked before the job is requeued, so that no round places it back there.
                 self.draining
                     .lock()
@@ -304,9 +305,9 @@ impl Dispatcher {
                     now_ms: crate::unix_now_ms(),
                 }
             }
-            other => return Err(DispatchError::UnknownPhase(other.to_string())),
+            None => return Err(DispatchError::NoPhase),
         };
-        let ending = matches!(req.phase.as_str(), "finish" | "release");
+        let ending = matches!(req.phase, Some(Phase::Finish(_) | Phase::Release(_)));
         match node.propose(command).await {
             Ok(_) => {
                 if ending {

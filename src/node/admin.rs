@@ -12,7 +12,7 @@ use openraft::ChangeMembers;
 use prost::Message;
 use tonic::Status;
 
-use super::calls::{AdminCall, Place, READ_PATIENCE};
+use super::calls::{AdminCall, Place};
 use super::forward::{FORWARD_PATIENCE, Hop, no_dispatcher};
 use super::{Node, jobs_admin, linked_services, liveness};
 use crate::auth_key::AuthKey;
@@ -22,6 +22,7 @@ use crate::proto;
 use crate::secrets::DataKey;
 use crate::secrets::member_proof::{MemberProof, ProofError};
 use crate::state::{AdminCertRecord, Command, auth_key_aad};
+use crate::timing::READ_PATIENCE;
 
 /// Runs `call` where it belongs and returns the encoded reply. `on_behalf_of` names the
 /// operator, for the dispatcher's log.
@@ -306,6 +307,7 @@ async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
                 name: node.config.name.clone(),
                 load: None,
                 sent_at_ms: 0,
+                protocol_version: crate::protocol::PROTOCOL_VERSION,
             };
             let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(1), cluster.heartbeat(probe)).await else {
                 continue;

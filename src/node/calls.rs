@@ -4,8 +4,6 @@
 //! dispatcher. `admin` executes them; `services` generates the gRPC handlers from the same
 //! list.
 
-use std::time::Duration;
-
 use prost::Message;
 use tonic::Status;
 
@@ -22,15 +20,7 @@ pub enum Place {
     Dispatcher,
 }
 
-/// How long `status` keeps trying the dispatcher before answering from this node's own view,
-/// and how long one try may take. Short: during an election an operator wants an answer, not
-/// a hang; a try at a dispatcher that froze gives up in time to try the one elected next.
-const STATUS_PATIENCE: Duration = Duration::from_secs(3);
-pub(super) const STATUS_ATTEMPT: Duration = Duration::from_secs(1);
-
-/// How long a read waits for the dispatcher's read index, and then for this node to apply
-/// up to it, before answering from what it has (marked stale).
-pub(super) const READ_PATIENCE: Duration = Duration::from_secs(3);
+use crate::timing::{READ_PATIENCE, STATUS_ATTEMPT, STATUS_PATIENCE};
 
 /// Declares `AdminCall` with one variant per call, named as its gRPC method, holding its
 /// request, and the gRPC handlers of the `Admin` service (in `services`), from one list.

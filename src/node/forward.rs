@@ -9,7 +9,6 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::handle::Node;
-use super::proposer;
 use crate::proto;
 
 /// Where a call that must run on the dispatcher goes.
@@ -18,13 +17,9 @@ pub enum Hop {
     There(Channel),
 }
 
-/// How long a call forwarded to the dispatcher may take: a write's own time limit plus
-/// the hop.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(proposer::WRITE_TIMEOUT.as_secs() + 2);
+pub use crate::timing::FORWARD_TIMEOUT;
 
-/// How long a forwarded call waits for a dispatcher to exist (an election takes well under
-/// a second; a little more covers a leader that dies while the call is in flight).
-pub const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+pub use crate::timing::FORWARD_PATIENCE;
 
 /// How a call goes to the dispatcher: how long to keep trying, how long one attempt may
 /// take, and whether running it twice is harmless.

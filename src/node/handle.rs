@@ -3,7 +3,6 @@
 //! `run` builds it and hands it to the servers and loops.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -42,9 +41,7 @@ pub struct Node {
     pub shutdown: CancellationToken,
 }
 
-/// How long the dispatcher waits for a majority to confirm it still leads (one heartbeat
-/// round on a healthy IR, milliseconds).
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::timing::CONFIRM_TIMEOUT;
 
 impl Node {
     pub fn id(&self) -> NodeId {

@@ -112,11 +112,7 @@ pub struct Removed {
 /// `RestartPreventExitStatus`.
 pub const EXIT_REMOVED: u8 = 3;
 
-/// How long a node that was a member may be out of the Raft membership before it takes
-/// itself for removed. A removed dispatcher leaves the membership before its certificate is
-/// revoked (by the next dispatcher, whose entries it no longer receives); the grace lets it
-/// finish handing over the removal first.
-const OUT_OF_MEMBERSHIP_GRACE: Duration = Duration::from_secs(5);
+use crate::timing::OUT_OF_MEMBERSHIP_GRACE;
 
 /// Resolves once this node was removed: its certificate is on the replicated revoked list,
 /// or most peers refuse it as revoked (it missed its removal: see `liveness`), or, having

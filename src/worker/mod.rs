@@ -10,6 +10,8 @@
 //! been allowed to publish stops and is handed back (the dispatcher requeues it), one that
 //! publishes finishes and reports, and the loop returns once every attempt has ended.
 
+mod failpoints;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +20,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::copy::{self, AttemptId, CopyError, Counters, Endpoint};
+use crate::job_spec::DatasetRef;
 use crate::node::forward::Reports;
 use crate::node::handle::Node;
-use crate::proto;
-use crate::state::jobs::{DatasetRef, Job, JobState, Outcome};
+use crate::proto::{self, job_report_request::Phase};
+use crate::state::jobs::{Job, JobState, Outcome};
 
-/// How often a running attempt reports its progress: "a few times a second at most".
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-
-/// How long a worker keeps trying to reach a dispatcher with a publish request or an
-/// outcome before it gives up on the attempt. Longer than an election and an offline
-/// timeout: by then the dispatcher has requeued the attempt anyway.
-const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+use crate::timing::{PROGRESS_EVERY, REPORT_PATIENCE};
 
 /// How long a hand-back may take to reach a dispatcher: the node is stopping, and an
 /// attempt not handed back is requeued anyway once the node is Offline.
@@ -111,8 +108,9 @@ fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
     let service = node
         .read_state(|s| s.linked_services.get(&side.service).cloned())
         .ok_or_else(|| CopyError::fatal(format!("linked service '{}' does not exist", side.service)))?;
-    let spec = crate::node::linked_services::unseal_service(node, &ir.id, &service)
-        .map_err(|s| CopyError::fatal(s.message()))?;
+    let spec = service
+        .unseal(&node.data_key, &ir.id)
+        .map_err(|e| CopyError::fatal(e.to_string()))?;
     Ok(Endpoint {
         service_name: side.service.clone(),
         service: spec,
@@ -138,8 +136,7 @@ async fn run_attempt(
     let start = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "start".into(),
-        ..Default::default()
+        phase: Some(Phase::Start(proto::ReportStart {})),
     };
     let confirmed = !node.shutdown.is_cancelled()
         && matches!(reports.report(start, Duration::from_secs(5)).await, Ok(reply) if reply.accepted);
@@ -163,8 +160,7 @@ async fn run_attempt(
             let request = proto::JobReportRequest {
                 job_id: id.job_id.clone(),
                 attempt: id.attempt,
-                phase: "release".into(),
-                ..Default::default()
+                phase: Some(Phase::Release(proto::ReportRelease {})),
             };
             match reports.report(request, RELEASE_PATIENCE).await {
                 Ok(reply) if reply.accepted => {
@@ -191,13 +187,10 @@ async fn run_attempt(
         Outcome::Cancelled => "cancelled".to_string(),
     };
     tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt {label}");
-    let outcome_json = serde_json::to_vec(&outcome).expect("an outcome serialises");
     let request = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "finish".into(),
-        outcome_json,
-        ..Default::default()
+        phase: Some(Phase::Finish(outcome.into())),
     };
     if let Err(e) = reports.report(request, REPORT_PATIENCE).await {
         tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the attempt will run again");
@@ -249,7 +242,7 @@ async fn attempt(
         Ok(staged) => staged,
         Err(e) => return Ended::Report(failed(e)),
     };
-    if let Some(hold) = test_hold("SHIR_TEST_HOLD_BEFORE_PUBLISH", &job.spec.name) {
+    if let Some(hold) = failpoints::hold_before_publish(&job.spec.name) {
         // Tests widen the window between staging and publishing, to kill or pause a node
         // exactly there.
         tokio::select! {
@@ -264,8 +257,7 @@ async fn attempt(
     let permission = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "publish".into(),
-        ..Default::default()
+        phase: Some(Phase::Publish(proto::ReportPublish {})),
     };
     // The log can move on while the request waits for a dispatcher (a partition heals, the
     // job was requeued): stop waiting then, instead of holding the staged output for the
@@ -297,7 +289,7 @@ async fn attempt(
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
     let published = staged.publish().await;
-    if let Some(hold) = test_hold("SHIR_TEST_HOLD_AFTER_PUBLISH", &job.spec.name) {
+    if let Some(hold) = failpoints::hold_after_publish(&job.spec.name) {
         // Tests kill the node here: published, not yet reported.
         tokio::time::sleep(hold).await;
     }
@@ -338,19 +330,6 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-/// Fault-injection hooks for tests, never set in production: with `VAR=PREFIX:MS`, jobs whose
-/// name starts with PREFIX wait MS milliseconds at that point, so that a test can kill or
-/// pause their node exactly there. `SHIR_TEST_HOLD_BEFORE_PUBLISH`: between staging and
-/// asking to publish; `SHIR_TEST_HOLD_AFTER_PUBLISH`: published, before reporting it.
-fn test_hold(var: &str, job_name: &str) -> Option<Duration> {
-    let setting = std::env::var(var).ok()?;
-    let (prefix, ms) = setting.rsplit_once(':')?;
-    job_name
-        .starts_with(prefix)
-        .then(|| ms.parse().ok().map(Duration::from_millis))
-        .flatten()
-}
-
 /// A stop asked for: report Cancelled if the job asked to be cancelled, hand the attempt back
 /// if the node is shutting down, else nothing (the attempt was superseded).
 fn cancelled(node: &Node, job: &Job) -> Ended {
@@ -381,11 +360,11 @@ async fn report_progress(reports: Arc<dyn Reports>, id: AttemptId, counters: Arc
         let request = proto::JobReportRequest {
             job_id: id.job_id.clone(),
             attempt: id.attempt,
-            phase: "progress".into(),
-            rows: now.0,
-            bytes: now.1,
-            files: now.2,
-            ..Default::default()
+            phase: Some(Phase::Progress(proto::ReportProgress {
+                rows: now.0,
+                bytes: now.1,
+                files: now.2,
+            })),
         };
         let _ = reports.report(request, Duration::from_secs(1)).await;
     }
