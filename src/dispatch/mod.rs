@@ -2,9 +2,11 @@
 //! queue and places queued jobs on the least-loaded Online nodes. Its decisions are Raft
 //! entries; workers learn of them by applying the log.
 //!
-//! It also takes the workers' reports on their attempts (`report`): progress, kept in
-//! memory here (a few times a second per job is not worth a log entry), permission to
-//! publish, and outcomes, which are committed.
+//! It also takes the workers' reports on their attempts (`Dispatcher::report`): progress,
+//! kept in memory here (a few times a second per job is not worth a log entry), permission
+//! to publish, outcomes and hand-backs, which are committed. What it keeps (the progress
+//! board, its wake-up) is behind the `Dispatcher` handle the wiring gives to the services
+//! and to the loop.
 
 pub mod placement;
 
@@ -13,13 +15,16 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::node::Node;
+use crate::node::forward::{Calling, FORWARD_TIMEOUT, Hop, Reports};
+use crate::node::handle::Node;
 use crate::node::liveness::Health;
+use crate::node::proposer::ProposeError;
 use crate::proto::{self, job_report_request::Phase};
 use crate::state::jobs::{JobState, Outcome};
-use crate::state::{Command, NodeId};
+use crate::state::{Command, NodeId, Rejection};
 use placement::{Candidate, Waiting};
 
 use crate::timing::DISPATCH_IDLE_ROUND as IDLE_ROUND;
@@ -53,16 +58,75 @@ impl ProgressBoard {
     }
 }
 
-/// Runs on every node; acts while this node is the dispatcher.
-pub async fn dispatch_loop(node: Arc<Node>) {
+/// Why the dispatcher could not take a report (a refused one is an answer, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// This node does not lead, or a majority does not confirm it: the report did not run.
+    #[error("this node is not the dispatcher")]
+    NotDispatcher,
+    #[error("malformed job outcome: {0}")]
+    MalformedOutcome(String),
+    #[error("a job report without a phase (start, progress, publish or finish)")]
+    NoPhase,
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+}
+
+impl From<DispatchError> for Status {
+    fn from(e: DispatchError) -> Status {
+        match e {
+            DispatchError::NotDispatcher => crate::node::forward::not_dispatcher(),
+            DispatchError::MalformedOutcome(_) | DispatchError::NoPhase => Status::invalid_argument(e.to_string()),
+            DispatchError::Propose(e) => e.into(),
+        }
+    }
+}
+
+/// How long a node that handed its attempts back (it is shutting down) gets nothing new,
+/// whatever its heartbeats said before: its heartbeats say limit 0 from the moment it began
+/// to stop, and this covers one that arrives after the hand-back.
+const DRAINING_FOR: Duration = Duration::from_secs(10);
+
+/// What the dispatcher keeps between rounds and reports, shared by the services (job
+/// reports, `job show`'s progress, wake-ups on submit) and the dispatch loop.
+#[derive(Default)]
+pub struct Dispatcher {
+    progress: ProgressBoard,
+    /// Wakes the dispatch loop at once (a job submitted or finished).
+    wake: Notify,
+    /// Nodes that handed their attempts back because they are shutting down, and since when.
+    draining: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Dispatcher {
+    /// The latest progress of `attempt` of `job_id`, if its worker reported any here.
+    pub fn progress(&self, job_id: &str, attempt: u32) -> Option<Progress> {
+        self.progress.get(job_id, attempt)
+    }
+
+    /// Asks for a dispatch round now rather than at the next idle tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn is_draining(&self, node: NodeId) -> bool {
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|_, since| since.elapsed() < DRAINING_FOR);
+        draining.contains_key(&node)
+    }
+}
+
+/// Runs on every node; acts while this node is the dispatcher, until the node shuts down.
+pub async fn dispatch_loop(node: Arc<Node>, dispatcher: Arc<Dispatcher>) {
     let mut metrics = node.raft.metrics();
     let mut leading_since: Option<(u64, Instant)> = None;
     let offline_timeout = Duration::from_millis(node.config.offline_timeout_ms);
     loop {
         tokio::select! {
             _ = metrics.changed() => {}
-            _ = node.dispatch_wake.notified() => {}
+            _ = dispatcher.wake.notified() => {}
             _ = tokio::time::sleep(IDLE_ROUND) => {}
+            _ = node.shutdown.cancelled() => return,
         }
         if !node.is_leader() {
             leading_since = None;
@@ -82,13 +146,13 @@ pub async fn dispatch_loop(node: Arc<Node>) {
         // A new dispatcher has heard nobody yet: it waits one offline timeout before it
         // takes anyone for gone.
         let may_judge = since.elapsed() >= offline_timeout;
-        if let Err(e) = round(&node, may_judge).await {
-            tracing::debug!(error = %e.message(), "dispatch round did not complete");
+        if let Err(e) = round(&node, &dispatcher, may_judge).await {
+            tracing::debug!(error = %e, "dispatch round did not complete");
         }
     }
 }
 
-async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
+async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<(), ProposeError> {
     let view = node.liveness.view(node);
     let now = crate::unix_now_ms();
     if may_judge {
@@ -112,7 +176,7 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
                     "node is offline; its jobs go back to the queue"
                 );
                 for (job, _) in &lost {
-                    node.progress.forget(job);
+                    dispatcher.progress.forget(job);
                 }
                 node.propose(Command::RequeueNode {
                     node: *id,
@@ -143,9 +207,14 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
             .iter()
             .map(|(id, status, load)| Candidate {
                 id: *id,
-                online: *status == Health::Online,
+                online: *status == Health::Online && !dispatcher.is_draining(*id),
                 running: s.running_on(*id),
-                limit: s.node_limits.get(id).copied().unwrap_or(load.concurrent_jobs_limit),
+                // A node that stops says limit 0 in its heartbeats; `node set-limit` must
+                // not override that.
+                limit: match load.concurrent_jobs_limit {
+                    0 => 0,
+                    heard => s.node_limits.get(id).copied().unwrap_or(heard),
+                },
                 cpu_percent: load.cpu_percent,
                 available_memory_mb: load.available_memory_mb,
             })
@@ -170,77 +239,136 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
     Ok(())
 }
 
-/// A worker's report on attempt `req.attempt` of a job (start, progress, publish, finish), from node `from` (read from its
-/// certificate by the caller). Runs on the dispatcher. Refused reports (a stale attempt, an
-/// ended job) answer `accepted: false`: fencing, not an error.
-pub async fn report(node: &Node, from: NodeId, req: proto::JobReportRequest) -> Result<proto::JobReportReply, Status> {
-    let command = match &req.phase {
-        // A node that restarts may believe for a moment that it still leads (its last vote
-        // was its own): the answer to "may this attempt start?" must come from a dispatcher
-        // a majority confirms, never from a stale one.
-        Some(Phase::Start(_)) if !node.confirm_leadership().await => return Err(crate::node::not_dispatcher()),
-        Some(phase @ (Phase::Progress(_) | Phase::Start(_))) => {
-            let moved = match phase {
-                Phase::Progress(p) => *p,
-                _ => proto::ReportProgress::default(),
-            };
-            let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
-            let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
-            if accepted {
-                let p = Progress {
-                    attempt: req.attempt,
-                    rows: moved.rows,
-                    bytes: moved.bytes,
-                    files: moved.files,
+impl Dispatcher {
+    /// A worker's report on attempt `req.attempt` of a job (start, progress, publish, finish,
+    /// release), from node `from` (read from its certificate by the caller). Runs on the
+    /// dispatcher. Refused reports (a stale attempt, an ended job) answer `accepted: false`:
+    /// fencing, not an error.
+    pub async fn report(
+        &self,
+        node: &Node,
+        from: NodeId,
+        req: proto::JobReportRequest,
+    ) -> Result<proto::JobReportReply, DispatchError> {
+        let command = match &req.phase {
+            // A node that restarts may believe for a moment that it still leads (its last vote
+            // was its own): the answer to "may this attempt start?" must come from a dispatcher
+            // a majority confirms, never from a stale one.
+            Some(Phase::Start(_)) if !node.confirm_leadership().await => return Err(DispatchError::NotDispatcher),
+            Some(phase @ (Phase::Progress(_) | Phase::Start(_))) => {
+                let moved = match phase {
+                    Phase::Progress(p) => *p,
+                    _ => proto::ReportProgress::default(),
                 };
-                node.progress.set(&req.job_id, p);
+                let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
+                let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
+                if accepted {
+                    let p = Progress {
+                        attempt: req.attempt,
+                        rows: moved.rows,
+                        bytes: moved.bytes,
+                        files: moved.files,
+                    };
+                    self.progress.set(&req.job_id, p);
+                }
+                return Ok(proto::JobReportReply {
+                    accepted,
+                    ..Default::default()
+                });
             }
-            return Ok(proto::JobReportReply {
-                accepted,
-                message: String::new(),
-            });
-        }
-        Some(Phase::Publish(_)) => Command::BeginPublish {
-            job_id: req.job_id.clone(),
-            attempt: req.attempt,
-            node: from,
-        },
-        Some(Phase::Finish(outcome)) => {
-            let outcome = Outcome::try_from(outcome.clone())
-                .map_err(|e| Status::invalid_argument(format!("malformed job outcome: {e}")))?;
-            Command::FinishJob {
+            Some(Phase::Publish(_)) => Command::BeginPublish {
                 job_id: req.job_id.clone(),
                 attempt: req.attempt,
                 node: from,
-                outcome,
-                now_ms: crate::unix_now_ms(),
+            },
+            Some(Phase::Finish(outcome)) => {
+                let outcome =
+                    Outcome::try_from(outcome.clone()).map_err(|e| DispatchError::MalformedOutcome(e.to_string()))?;
+                Command::FinishJob {
+                    job_id: req.job_id.clone(),
+                    attempt: req.attempt,
+                    node: from,
+                    outcome,
+                    now_ms: crate::unix_now_ms(),
+                }
             }
-        }
-        None => {
-            return Err(Status::invalid_argument(
-                "a job report without a phase (start, progress, publish or finish)",
-            ));
-        }
-    };
-    let finishing = matches!(req.phase, Some(Phase::Finish(_)));
-    match node.propose(command).await {
-        Ok(_) => {
-            if finishing {
-                node.progress.forget(&req.job_id);
-                node.dispatch_wake.notify_one();
+            Some(Phase::Release(_)) => {
+                // Marked before the job is requeued, so that no round places it back there.
+                self.draining
+                    .lock()
+                    .expect("draining lock")
+                    .insert(from, Instant::now());
+                Command::ReleaseJob {
+                    job_id: req.job_id.clone(),
+                    attempt: req.attempt,
+                    node: from,
+                    now_ms: crate::unix_now_ms(),
+                }
             }
-            Ok(proto::JobReportReply {
-                accepted: true,
-                message: String::new(),
-            })
+            None => return Err(DispatchError::NoPhase),
+        };
+        let ending = matches!(req.phase, Some(Phase::Finish(_) | Phase::Release(_)));
+        match node.propose(command).await {
+            Ok(_) => {
+                if ending {
+                    self.progress.forget(&req.job_id);
+                    self.wake();
+                }
+                Ok(proto::JobReportReply {
+                    accepted: true,
+                    ..Default::default()
+                })
+            }
+            Err(ProposeError::Rejected(why)) => {
+                tracing::info!(job = %req.job_id, attempt = req.attempt, node = from, why = %why, "report refused");
+                Ok(proto::JobReportReply {
+                    accepted: false,
+                    message: why.to_string(),
+                    cancelled: matches!(why, Rejection::CancelledBeforePublish { .. }),
+                })
+            }
+            Err(e) => Err(e.into()),
         }
-        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-            tracing::info!(job = %req.job_id, attempt = req.attempt, node = from, why = %s.message(), "report refused");
-            Ok(proto::JobReportReply {
-                accepted: false,
-                message: s.message().to_string(),
-            })
-        }
-        Err(s) => Err(s),
+    }
+}
+
+/// Where this node's worker sends its reports: the dispatcher here if this node leads, else
+/// over the node channel. The wiring hands it to the worker as its `Reports`.
+pub struct ToDispatcher {
+    pub node: Arc<Node>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+#[tonic::async_trait]
+impl Reports for ToDispatcher {
+    async fn report(
+        &self,
+        request: proto::JobReportRequest,
+        patience: Duration,
+    ) -> Result<proto::JobReportReply, Status> {
+        let calling = Calling {
+            patience,
+            attempt: FORWARD_TIMEOUT,
+            // The state machine takes a repeated report for the same attempt as the first.
+            idempotent: true,
+        };
+        let node = &self.node;
+        node.at_dispatcher(calling, |hop| {
+            let request = request.clone();
+            async move {
+                match hop {
+                    Hop::Here => self
+                        .dispatcher
+                        .report(node, node.id(), request)
+                        .await
+                        .map_err(Status::from),
+                    Hop::There(channel) => proto::cluster_client::ClusterClient::new(channel)
+                        .job_report(request)
+                        .await
+                        .map(|r| r.into_inner()),
+                }
+            }
+        })
+        .await
     }
 }

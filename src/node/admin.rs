@@ -1,6 +1,7 @@
-//! Operator calls: where each runs (the dispatcher, or this node for local views) and what
-//! it does. A call that must run on the dispatcher and arrives elsewhere is forwarded over
-//! the node channel as its protobuf bytes, and executed there by the same code.
+//! Operator calls: what each does, run where its `AdminCall` says (the dispatcher, or this
+//! node for local views). A call that must run on the dispatcher and arrives elsewhere is
+//! forwarded over the node channel as its protobuf bytes, and executed there by the same
+//! code.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,117 +12,46 @@ use openraft::ChangeMembers;
 use prost::Message;
 use tonic::Status;
 
-use super::services::FORWARD_PATIENCE;
-use super::{Calling, FORWARD_TIMEOUT, Hop, Node, jobs_admin, linked_services, liveness};
+use super::calls::{AdminCall, Place};
+use super::forward::{FORWARD_PATIENCE, Hop, no_dispatcher};
+use super::{Node, jobs_admin, linked_services, liveness};
 use crate::auth_key::AuthKey;
+use crate::dispatch::Dispatcher;
 use crate::pki;
 use crate::proto;
 use crate::secrets::DataKey;
 use crate::secrets::member_proof::{MemberProof, ProofError};
 use crate::state::{AdminCertRecord, Command, auth_key_aad};
-use crate::transport::Caller;
+use crate::timing::READ_PATIENCE;
 
-use crate::timing::{READ_PATIENCE, STATUS_ATTEMPT, STATUS_PATIENCE};
-
-/// Runs `method` where it belongs and returns the encoded reply.
-pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Caller) -> Result<Vec<u8>, Status> {
-    if let Some(reply) = answer_here(node, method, &request, caller).await {
-        return reply;
+/// Runs `call` where it belongs and returns the encoded reply. `on_behalf_of` names the
+/// operator, for the dispatcher's log.
+pub async fn route(
+    node: &Arc<Node>,
+    dispatcher: &Dispatcher,
+    call: AdminCall,
+    on_behalf_of: &str,
+) -> Result<Vec<u8>, Status> {
+    if call.place() == Place::Here {
+        return execute(node, dispatcher, call, on_behalf_of).await;
     }
-    let calling = match method {
-        "Status" => Calling {
-            patience: STATUS_PATIENCE,
-            attempt: STATUS_ATTEMPT,
-            idempotent: true,
-        },
-        "KeyShow" | "JobList" | "JobShow" => Calling {
-            patience: FORWARD_PATIENCE,
-            attempt: FORWARD_TIMEOUT,
-            idempotent: true,
-        },
-        _ => Calling {
-            patience: FORWARD_PATIENCE,
-            attempt: FORWARD_TIMEOUT,
-            idempotent: false,
-        },
-    };
-    let result = on_dispatcher(node, calling, method, &request, &caller.to_string()).await;
-    match result {
+    let status = matches!(call, AdminCall::Status(_));
+    match on_dispatcher(node, dispatcher, call, on_behalf_of).await {
         // Without a dispatcher, status is still worth having: this node's own view says
         // which nodes it hears from, and `dispatcher` is empty.
-        Err(s)
-            if method == "Status" && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) =>
-        {
+        Err(s) if status && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
             Ok(liveness::status_reply(node, None).encode_to_vec())
         }
         other => other,
     }
 }
 
-/// Calls answered by the node called, from its own state: views of this node, and reads
-/// and connection tests that must work from wherever the operator asks (after catching up
-/// with the dispatcher, so they see every write acknowledged before them). `None` for calls
-/// that run on the dispatcher.
-async fn answer_here(
-    node: &Arc<Node>,
-    method: &str,
-    request: &[u8],
-    caller: &Caller,
-) -> Option<Result<Vec<u8>, Status>> {
-    let reply = match method {
-        "LocalView" => Ok(local_view(node).encode_to_vec()),
-        "Get" => decode::<proto::GetRequest>(request).map(|req| {
-            let value = node.read_state(|s| s.kv.get(&req.key).cloned());
-            proto::GetReply {
-                found: value.is_some(),
-                value: value.unwrap_or_default(),
-            }
-            .encode_to_vec()
-        }),
-        "LinkedServiceList" => {
-            let stale = !read_index(node, caller).await;
-            Ok(linked_services::list(node, stale).encode_to_vec())
-        }
-        "LinkedServiceShow" => match decode::<proto::LinkedServiceShowRequest>(request) {
-            Ok(req) => {
-                let stale = !read_index(node, caller).await;
-                linked_services::show(node, &req.name, stale).map(|r| r.encode_to_vec())
-            }
-            Err(e) => Err(e),
-        },
-        "LinkedServiceTest" => match decode::<proto::LinkedServiceTestRequest>(request) {
-            Ok(req) => {
-                let stale = !read_index(node, caller).await;
-                linked_services::test(node, &req.name, stale)
-                    .await
-                    .map(|r| r.encode_to_vec())
-            }
-            Err(e) => Err(e),
-        },
-        "ProxyShow" => {
-            let stale = !read_index(node, caller).await;
-            Ok(linked_services::proxy_show(node, stale).encode_to_vec())
-        }
-        // Sealing needs only the data key, which every node holds.
-        "CredentialEncrypt" => decode::<proto::CredentialEncryptRequest>(request)
-            .and_then(|req| linked_services::encrypt_credential(node, req))
-            .map(|r| r.encode_to_vec()),
-        _ => return None,
-    };
-    Some(reply)
-}
-
 /// Brings this node up to everything the dispatcher had applied when asked, once the
 /// dispatcher has confirmed with a majority that it still leads (a read index). Every write
 /// acknowledged before the read began is then in this node's state. False if that could
 /// not be done in time (no dispatcher): the caller answers from its own view, marked stale.
-async fn read_index(node: &Arc<Node>, caller: &Caller) -> bool {
-    let calling = Calling {
-        patience: READ_PATIENCE,
-        attempt: STATUS_ATTEMPT,
-        idempotent: true,
-    };
-    let index = match on_dispatcher(node, calling, "ReadIndex", &[], &caller.to_string()).await {
+async fn read_index(node: &Arc<Node>, dispatcher: &Dispatcher, on_behalf_of: &str) -> bool {
+    let index = match Box::pin(on_dispatcher(node, dispatcher, AdminCall::ReadIndex(()), on_behalf_of)).await {
         Ok(bytes) => match proto::ReadIndexReply::decode(bytes.as_slice()) {
             Ok(reply) => reply.applied_index,
             Err(_) => return false,
@@ -135,23 +65,24 @@ async fn read_index(node: &Arc<Node>, caller: &Caller) -> bool {
         .is_ok()
 }
 
-/// Runs `method` on the dispatcher: here, or forwarded with this node's member proof.
+/// Runs `call` on the dispatcher: here, or forwarded with this node's member proof.
 async fn on_dispatcher(
     node: &Arc<Node>,
-    calling: Calling,
-    method: &str,
-    request: &[u8],
+    dispatcher: &Dispatcher,
+    call: AdminCall,
     on_behalf_of: &str,
 ) -> Result<Vec<u8>, Status> {
-    node.at_dispatcher(calling, |hop| async move {
+    let (method, request) = (call.method(), call.encode_request());
+    let (call, request) = (&call, &request);
+    node.at_dispatcher(call.calling(), |hop| async move {
         match hop {
-            Hop::Here => execute(node, method, request).await,
+            Hop::Here => Box::pin(execute(node, dispatcher, call.clone(), on_behalf_of)).await,
             Hop::There(channel) => {
                 let timestamp = crate::unix_now();
                 let proof = forward_proof(&node.data_key, method, request, on_behalf_of, timestamp);
                 let call = proto::ForwardedCall {
                     method: method.to_string(),
-                    request: request.to_vec(),
+                    request: request.clone(),
                     on_behalf_of: on_behalf_of.to_string(),
                     timestamp,
                     proof,
@@ -192,44 +123,63 @@ pub fn verify_forwarded(node: &Node, call: &proto::ForwardedCall) -> Result<(), 
     }
 }
 
-fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {
-    T::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
-}
-
-/// Runs an admin call on this node, which must be the dispatcher.
-pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<Vec<u8>, Status> {
-    let reply = match method {
-        "Status" => {
+/// Runs `call` on this node: the dispatcher, unless the call's place is `Here`.
+pub async fn execute(
+    node: &Arc<Node>,
+    dispatcher: &Dispatcher,
+    call: AdminCall,
+    on_behalf_of: &str,
+) -> Result<Vec<u8>, Status> {
+    let reply = match call {
+        AdminCall::LocalView(_) => local_view(node).encode_to_vec(),
+        AdminCall::Get(req) => {
+            let value = node.read_state(|s| s.kv.get(&req.key).cloned());
+            proto::GetReply {
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+            }
+            .encode_to_vec()
+        }
+        AdminCall::LinkedServiceList(_) => {
+            let stale = !read_index(node, dispatcher, on_behalf_of).await;
+            linked_services::list(node, stale).encode_to_vec()
+        }
+        AdminCall::LinkedServiceShow(req) => {
+            let stale = !read_index(node, dispatcher, on_behalf_of).await;
+            linked_services::show(node, &req.name, stale)?.encode_to_vec()
+        }
+        AdminCall::LinkedServiceTest(req) => {
+            let stale = !read_index(node, dispatcher, on_behalf_of).await;
+            linked_services::test(node, &req.name, stale).await?.encode_to_vec()
+        }
+        AdminCall::ProxyShow(_) => {
+            let stale = !read_index(node, dispatcher, on_behalf_of).await;
+            linked_services::proxy_show(node, stale).encode_to_vec()
+        }
+        AdminCall::CredentialEncrypt(req) => linked_services::encrypt_credential(node, req)?.encode_to_vec(),
+        AdminCall::Status(_) => {
             if !node.confirm_leadership().await {
-                return Err(super::no_dispatcher());
+                return Err(no_dispatcher());
             }
             liveness::status_reply(node, Some(node.id())).encode_to_vec()
         }
-        "KeyShow" => {
+        AdminCall::KeyShow(_) => {
             // A linearizable read: a key regenerated a moment ago is never shown stale.
             if !node.confirm_leadership().await {
-                return Err(super::no_dispatcher());
+                return Err(no_dispatcher());
             }
             show_keys(node)?.encode_to_vec()
         }
-        "KeyRegenerate" => {
-            let req: proto::KeyRegenerateRequest = decode(request)?;
-            regenerate_key(node, req.slot).await?.encode_to_vec()
-        }
-        "NodeRemove" => {
-            let req: proto::NodeRemoveRequest = decode(request)?;
+        AdminCall::KeyRegenerate(req) => regenerate_key(node, req.slot).await?.encode_to_vec(),
+        AdminCall::NodeRemove(req) => {
             let target = node.read_state(|s| s.node_by_name(&req.name).map(|r| r.id));
             if target == Some(node.id()) && node.read_state(|s| s.nodes.len()) > 1 {
-                return remove_self(node, request).await;
+                return remove_self(node, &req.encode_to_vec()).await;
             }
             remove_node(node, &req.name).await?.encode_to_vec()
         }
-        "AdminCertIssue" => {
-            let req: proto::AdminCertIssueRequest = decode(request)?;
-            issue_admin_cert(node, &req.name, &req.csr_der).await?.encode_to_vec()
-        }
-        "Put" => {
-            let req: proto::PutRequest = decode(request)?;
+        AdminCall::AdminCertIssue(req) => issue_admin_cert(node, &req.name, &req.csr_der).await?.encode_to_vec(),
+        AdminCall::Put(req) => {
             if req.key.len() > crate::state::MAX_KEY_BYTES || req.value.len() > crate::state::MAX_VALUE_BYTES {
                 return Err(Status::invalid_argument(format!(
                     "key or value too large (at most {} and {} bytes)",
@@ -245,26 +195,23 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
                 .await?;
             proto::PutReply { log_index }.encode_to_vec()
         }
-        "ReadIndex" => {
+        AdminCall::ReadIndex(()) => {
             if !node.confirm_leadership().await {
-                return Err(super::no_dispatcher());
+                return Err(no_dispatcher());
             }
             let applied_index = node.metrics().last_applied.map(|l| l.index).unwrap_or(0);
             proto::ReadIndexReply { applied_index }.encode_to_vec()
         }
-        "LinkedServiceCreate" => linked_services::create(node, decode(request)?).await?.encode_to_vec(),
-        "LinkedServiceUpdate" => linked_services::update(node, decode(request)?).await?.encode_to_vec(),
-        "LinkedServiceDelete" => linked_services::delete(node, decode(request)?).await?.encode_to_vec(),
-        "ProxySet" => linked_services::proxy_set(node, decode(request)?)
-            .await?
-            .encode_to_vec(),
-        "ProxyClear" => linked_services::proxy_clear(node).await?.encode_to_vec(),
-        "JobSubmit" => jobs_admin::submit(node, decode(request)?).await?.encode_to_vec(),
-        "JobList" => jobs_admin::list(node, decode(request)?).await?.encode_to_vec(),
-        "JobShow" => jobs_admin::show(node, decode(request)?).await?.encode_to_vec(),
-        "JobCancel" => jobs_admin::cancel(node, decode(request)?).await?.encode_to_vec(),
-        "NodeSetLimit" => jobs_admin::set_limit(node, decode(request)?).await?.encode_to_vec(),
-        other => return Err(Status::unimplemented(format!("unknown admin call '{other}'"))),
+        AdminCall::LinkedServiceCreate(req) => linked_services::create(node, req).await?.encode_to_vec(),
+        AdminCall::LinkedServiceUpdate(req) => linked_services::update(node, req).await?.encode_to_vec(),
+        AdminCall::LinkedServiceDelete(req) => linked_services::delete(node, req).await?.encode_to_vec(),
+        AdminCall::ProxySet(req) => linked_services::proxy_set(node, req).await?.encode_to_vec(),
+        AdminCall::ProxyClear(_) => linked_services::proxy_clear(node).await?.encode_to_vec(),
+        AdminCall::JobSubmit(req) => jobs_admin::submit(node, dispatcher, req).await?.encode_to_vec(),
+        AdminCall::JobList(req) => jobs_admin::list(node, dispatcher, req).await?.encode_to_vec(),
+        AdminCall::JobShow(req) => jobs_admin::show(node, dispatcher, req).await?.encode_to_vec(),
+        AdminCall::JobCancel(req) => jobs_admin::cancel(node, dispatcher, req).await?.encode_to_vec(),
+        AdminCall::NodeSetLimit(req) => jobs_admin::set_limit(node, dispatcher, req).await?.encode_to_vec(),
     };
     Ok(reply)
 }
@@ -393,7 +340,7 @@ async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
             }
         }
         if Instant::now() > deadline {
-            return Err(super::no_dispatcher());
+            return Err(no_dispatcher());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use tonic::Status;
 
-use super::Node;
+use super::handle::Node;
 use crate::auth_key::{JoinProofInput, verify_join_proof};
 use crate::pki;
 use crate::proto;
@@ -136,7 +136,7 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
     };
     if let Err(e) = node.propose(Command::AddNode { node: record }).await {
         node.admission.forget(&req.nonce);
-        return Err(e);
+        return Err(e.into());
     }
     node.membership_changed.notify_one();
     tracing::info!(name = %req.name, id = node_id, address = %req.address, slot, "node admitted");

@@ -5,6 +5,7 @@
 use tonic::Status;
 
 use super::Node;
+use crate::dispatch::Dispatcher;
 use crate::job_spec::Submission;
 use crate::proto;
 use crate::secrets::SecretBytes;
@@ -20,11 +21,15 @@ async fn up_to_date(node: &Node) -> Result<(), Status> {
     if node.confirm_leadership().await {
         Ok(())
     } else {
-        Err(super::no_dispatcher())
+        Err(super::forward::no_dispatcher())
     }
 }
 
-pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::JobSubmitReply, Status> {
+pub async fn submit(
+    node: &Node,
+    dispatcher: &Dispatcher,
+    req: proto::JobSubmitRequest,
+) -> Result<proto::JobSubmitReply, Status> {
     up_to_date(node).await?;
     let spec = Submission::from(req)
         .parse(|service| node.read_state(|s| s.linked_services.get(service).map(|l| l.kind)))
@@ -32,15 +37,15 @@ pub async fn submit(node: &Node, req: proto::JobSubmitRequest) -> Result<proto::
     let id = hex::encode(SecretBytes::random(6).expose());
     let job = Job::queued(id.clone(), spec, crate::unix_now_ms());
     node.propose(Command::SubmitJob { job }).await?;
-    node.dispatch_wake.notify_one();
+    dispatcher.wake();
     tracing::info!(job = %id, "job submitted");
     Ok(proto::JobSubmitReply { id })
 }
 
-fn info(node: &Node, j: &Job) -> proto::JobInfo {
+fn info(node: &Node, dispatcher: &Dispatcher, j: &Job) -> proto::JobInfo {
     let (mut rows, mut bytes, mut files) = (j.rows, j.bytes, j.files);
     if j.state == JobState::Running
-        && let Some(p) = node.progress.get(&j.id, j.attempt)
+        && let Some(p) = dispatcher.progress(&j.id, j.attempt)
     {
         (rows, bytes, files) = (p.rows, p.bytes, p.files);
     }
@@ -66,7 +71,11 @@ fn info(node: &Node, j: &Job) -> proto::JobInfo {
     }
 }
 
-pub async fn list(node: &Node, req: proto::JobListRequest) -> Result<proto::JobListReply, Status> {
+pub async fn list(
+    node: &Node,
+    dispatcher: &Dispatcher,
+    req: proto::JobListRequest,
+) -> Result<proto::JobListReply, Status> {
     up_to_date(node).await?;
     let wanted = match proto::JobState::try_from(req.state) {
         Ok(proto::JobState::Unspecified) => None,
@@ -89,7 +98,7 @@ pub async fn list(node: &Node, req: proto::JobListRequest) -> Result<proto::JobL
     });
     jobs.sort_by_key(|j| j.seq);
     Ok(proto::JobListReply {
-        jobs: jobs.iter().map(|j| info(node, j)).collect(),
+        jobs: jobs.iter().map(|j| info(node, dispatcher, j)).collect(),
         queued,
     })
 }
@@ -99,12 +108,16 @@ fn lookup(node: &Node, id: &str) -> Result<Job, Status> {
         .ok_or_else(|| Status::not_found(format!("no job {id}")))
 }
 
-pub async fn show(node: &Node, req: proto::JobShowRequest) -> Result<proto::JobInfo, Status> {
+pub async fn show(node: &Node, dispatcher: &Dispatcher, req: proto::JobShowRequest) -> Result<proto::JobInfo, Status> {
     up_to_date(node).await?;
-    Ok(info(node, &lookup(node, &req.id)?))
+    Ok(info(node, dispatcher, &lookup(node, &req.id)?))
 }
 
-pub async fn cancel(node: &Node, req: proto::JobCancelRequest) -> Result<proto::JobInfo, Status> {
+pub async fn cancel(
+    node: &Node,
+    dispatcher: &Dispatcher,
+    req: proto::JobCancelRequest,
+) -> Result<proto::JobInfo, Status> {
     up_to_date(node).await?;
     lookup(node, &req.id)?;
     node.propose(Command::CancelJob {
@@ -113,13 +126,17 @@ pub async fn cancel(node: &Node, req: proto::JobCancelRequest) -> Result<proto::
     })
     .await?;
     tracing::info!(job = %req.id, "job cancel requested");
-    Ok(info(node, &lookup(node, &req.id)?))
+    Ok(info(node, dispatcher, &lookup(node, &req.id)?))
 }
 
 /// Jobs a node may run at once, at most: more would only queue inside one machine.
 const MAX_LIMIT: u32 = 256;
 
-pub async fn set_limit(node: &Node, req: proto::NodeSetLimitRequest) -> Result<proto::NodeSetLimitReply, Status> {
+pub async fn set_limit(
+    node: &Node,
+    dispatcher: &Dispatcher,
+    req: proto::NodeSetLimitRequest,
+) -> Result<proto::NodeSetLimitReply, Status> {
     up_to_date(node).await?;
     let id = node
         .read_state(|s| s.node_by_name(&req.name).map(|n| n.id))
@@ -129,7 +146,7 @@ pub async fn set_limit(node: &Node, req: proto::NodeSetLimitRequest) -> Result<p
     }
     let limit = (req.limit > 0).then_some(req.limit);
     node.propose(Command::SetNodeLimit { node: id, limit }).await?;
-    node.dispatch_wake.notify_one();
+    dispatcher.wake();
     tracing::info!(node = %req.name, ?limit, "concurrent jobs limit set");
     Ok(proto::NodeSetLimitReply {
         name: req.name,

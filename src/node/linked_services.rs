@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use super::Node;
+use super::handle::Node;
 use crate::connectors::{self, ProxyConfig, ServiceSpec, ServiceType};
 use crate::proto;
 use crate::secrets::{self, SecretBytes, SecretString};
@@ -93,7 +93,7 @@ async fn up_to_date(node: &Node) -> Result<(), Status> {
     if node.confirm_leadership().await {
         Ok(())
     } else {
-        Err(super::no_dispatcher())
+        Err(super::forward::no_dispatcher())
     }
 }
 

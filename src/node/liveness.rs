@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Node, sysload};
+use super::handle::Node;
+use super::sysload;
 use crate::proto::{self, NodeLoad};
 use crate::protocol::{self, ProtocolMismatch};
 
@@ -131,12 +132,19 @@ impl Liveness {
     }
 }
 
-/// Sends this node's load to every peer once per interval, forever.
-pub async fn heartbeat_loop(node: Arc<Node>) {
+/// Sends this node's load to every peer once per interval, until `until`. When the node
+/// begins to shut down it sends at once (its limit is 0 from then: no more jobs for it),
+/// and goes on until `until` so that its peers do not take it for Offline while it drains.
+pub async fn heartbeat_loop(node: Arc<Node>, until: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.shutdown.cancelled(), if !announced => announced = true,
+            _ = until.cancelled() => return,
+        }
         let load = node.liveness.own_load(&node);
         node.liveness.record(&node.config.name, load.clone());
         let me = node.id();

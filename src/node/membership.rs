@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use openraft::{BasicNode, ChangeMembers};
 
-use super::Node;
+use super::handle::Node;
 use crate::raft::NodeId;
 
 use crate::timing::RECONCILE_INTERVAL;
@@ -23,6 +23,7 @@ pub async fn reconcile_loop(node: Arc<Node>) {
         tokio::select! {
             _ = node.membership_changed.notified() => {}
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = node.shutdown.cancelled() => return,
         }
         if node.is_leader()
             && let Err(e) = reconcile_once(&node).await

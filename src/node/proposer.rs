@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use crate::raft::Raft;
-use crate::state::{Command, CommandResult};
+use crate::state::{Command, CommandResult, Rejection};
 
 /// Most commands in one log entry, and most bytes (roughly) of payload: bound the entry's
 /// size, so every Raft message stays small, and the apply step's latency.
@@ -27,7 +27,44 @@ const MAX_IN_FLIGHT: usize = 4;
 /// Queue depth before proposers wait (back-pressure instead of unbounded memory).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<u64, Status>>;
+/// Why a proposal did not commit, or committed and changed nothing.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node does not lead (any more): nothing was written; the caller may go to the
+    /// dispatcher and try again.
+    #[error("this node is not the dispatcher")]
+    NotDispatcher,
+    /// Raft refused the write (no quorum, shutting down).
+    #[error("write not committed: {0}")]
+    NotCommitted(String),
+    #[error(
+        "write not committed within {} s: the dispatcher cannot reach a majority of nodes; \
+         it may still commit once they are back",
+        WRITE_TIMEOUT.as_secs()
+    )]
+    TimedOut,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("batch applied with an unexpected result: {0}")]
+    UnexpectedResult(String),
+    /// Committed, and refused when applied: nothing changed.
+    #[error(transparent)]
+    Rejected(Rejection),
+}
+
+impl From<ProposeError> for Status {
+    fn from(e: ProposeError) -> Status {
+        match e {
+            ProposeError::NotDispatcher => super::forward::not_dispatcher(),
+            ProposeError::NotCommitted(_) | ProposeError::ShuttingDown => Status::unavailable(e.to_string()),
+            ProposeError::TimedOut => Status::deadline_exceeded(e.to_string()),
+            ProposeError::UnexpectedResult(_) => Status::internal(e.to_string()),
+            ProposeError::Rejected(why) => Status::failed_precondition(why.to_string()),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<u64, ProposeError>>;
 
 pub struct Proposer {
     queue: mpsc::Sender<(Command, Reply)>,
@@ -42,18 +79,18 @@ impl Proposer {
 
     /// Commits `cmd`; returns its log index once it is applied on this (leader) node. The
     /// time limit covers the whole way, queue included.
-    pub async fn propose(&self, cmd: Command) -> Result<u64, Status> {
+    pub async fn propose(&self, cmd: Command) -> Result<u64, ProposeError> {
         let (tx, rx) = oneshot::channel();
         let whole = async {
             self.queue
                 .send((cmd, tx))
                 .await
-                .map_err(|_| Status::unavailable("the node is shutting down"))?;
-            rx.await.map_err(|_| Status::unavailable("the node is shutting down"))?
+                .map_err(|_| ProposeError::ShuttingDown)?;
+            rx.await.map_err(|_| ProposeError::ShuttingDown)?
         };
         tokio::time::timeout(WRITE_TIMEOUT, whole)
             .await
-            .unwrap_or_else(|_| Err(not_committed_in_time()))
+            .unwrap_or(Err(ProposeError::TimedOut))
     }
 }
 
@@ -101,33 +138,25 @@ async fn submit(raft: &Raft, mut batch: Vec<(Command, Reply)>) {
             }
         }
         Ok((_, other)) => {
-            let status = Status::internal(format!("batch applied with an unexpected result: {other:?}"));
-            replies.into_iter().for_each(|r| drop(r.send(Err(status.clone()))));
+            let error = ProposeError::UnexpectedResult(format!("{other:?}"));
+            replies.into_iter().for_each(|r| drop(r.send(Err(error.clone()))));
         }
-        Err(status) => replies.into_iter().for_each(|r| drop(r.send(Err(status.clone())))),
+        Err(error) => replies.into_iter().for_each(|r| drop(r.send(Err(error.clone())))),
     }
 }
 
-async fn write(raft: &Raft, cmd: Command) -> Result<(u64, CommandResult), Status> {
+async fn write(raft: &Raft, cmd: Command) -> Result<(u64, CommandResult), ProposeError> {
     match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(cmd)).await {
         Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(super::not_dispatcher()),
-        Ok(Err(e)) => Err(Status::unavailable(format!("write not committed: {e}"))),
-        Err(_) => Err(not_committed_in_time()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ProposeError::NotDispatcher),
+        Ok(Err(e)) => Err(ProposeError::NotCommitted(e.to_string())),
+        Err(_) => Err(ProposeError::TimedOut),
     }
 }
 
-fn not_committed_in_time() -> Status {
-    Status::deadline_exceeded(format!(
-        "write not committed within {} s: the dispatcher cannot reach a majority of nodes; \
-         it may still commit once they are back",
-        WRITE_TIMEOUT.as_secs()
-    ))
-}
-
-fn outcome(index: u64, result: CommandResult) -> Result<u64, Status> {
+fn outcome(index: u64, result: CommandResult) -> Result<u64, ProposeError> {
     match result {
-        CommandResult::Rejected(why) => Err(Status::failed_precondition(why)),
+        CommandResult::Rejected(why) => Err(ProposeError::Rejected(why)),
         _ => Ok(index),
     }
 }

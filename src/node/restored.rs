@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::Node;
+use super::handle::Node;
 use crate::datadir::DataDir;
 
 pub struct RestoreGuard {
@@ -83,6 +83,9 @@ pub async fn watch(node: Arc<Node>) {
         }
         // A change of metrics, or a first append that set the target, both come with a
         // metrics update; the timeout only bounds how late a lifted guard is noticed.
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), metrics.changed()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(std::time::Duration::from_millis(200), metrics.changed()) => {}
+            _ = node.shutdown.cancelled() => return,
+        }
     }
 }

@@ -9,17 +9,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
-use super::{Hop, Node, admin, admission, not_dispatcher};
+use super::calls::{AdminCall, admin_handlers};
+use super::forward::{Calling, FORWARD_TIMEOUT, Hop, not_dispatcher};
+use super::{Node, admin, admission};
+use crate::dispatch::Dispatcher;
 use crate::proto::{self, RaftPayload};
 use crate::raft::network;
 use crate::secrets::member_proof::ProofError;
 use crate::transport::{Caller, caller_of};
 
-pub use crate::timing::FORWARD_PATIENCE;
+pub use super::forward::FORWARD_PATIENCE;
 
 #[derive(Clone)]
 pub struct Services {
     node: Arc<Node>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl Services {
@@ -45,8 +49,8 @@ impl Services {
         })
     }
 
-    pub fn new(node: Arc<Node>) -> Self {
-        Services { node }
+    pub fn new(node: Arc<Node>, dispatcher: Arc<Dispatcher>) -> Self {
+        Services { node, dispatcher }
     }
     pub fn raft(&self) -> proto::raft_server::RaftServer<Self> {
         proto::raft_server::RaftServer::new(self.clone())
@@ -178,7 +182,8 @@ impl proto::cluster_server::Cluster for Services {
             return Err(not_dispatcher());
         }
         tracing::debug!(method = %call.method, via = %from, on_behalf_of = %call.on_behalf_of, "forwarded admin call");
-        let response = admin::execute(&self.node, &call.method, &call.request).await?;
+        let admin_call = AdminCall::decode(&call.method, &call.request)?;
+        let response = admin::execute(&self.node, &self.dispatcher, admin_call, &call.on_behalf_of).await?;
         Ok(Response::new(proto::ForwardedReply { response }))
     }
 
@@ -195,9 +200,11 @@ impl proto::cluster_server::Cluster for Services {
             .node
             .read_state(|s| s.node_by_name(&name).map(|n| n.id))
             .ok_or_else(|| Status::permission_denied(format!("{name} is not a member")))?;
-        crate::dispatch::report(&self.node, from, req.into_inner())
+        self.dispatcher
+            .report(&self.node, from, req.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn forward_join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
@@ -214,9 +221,9 @@ impl proto::join_server::Join for Services {
     async fn join(&self, req: Request<proto::JoinRequest>) -> Result<Response<proto::JoinResponse>, Status> {
         let join = req.into_inner();
         let node = &self.node;
-        let calling = super::Calling {
+        let calling = Calling {
             patience: FORWARD_PATIENCE,
-            attempt: super::FORWARD_TIMEOUT,
+            attempt: FORWARD_TIMEOUT,
             idempotent: false,
         };
         node.at_dispatcher(calling, |hop| {
@@ -237,133 +244,25 @@ impl proto::join_server::Join for Services {
 }
 
 impl Services {
-    /// Every admin RPC: check the caller is an operator, then run it where it must run.
-    async fn admin_call<Req: Message, Resp: Message + Default>(
+    /// Every admin RPC: check the caller is an operator, then run the call where it must run.
+    async fn admin_call<Req, Resp: Message + Default>(
         &self,
-        method: &'static str,
+        call: fn(Req) -> AdminCall,
         req: Request<Req>,
     ) -> Result<Response<Resp>, Status> {
         let caller = self.caller(&req)?;
+        let call = call(req.into_inner());
+        let method = call.method();
         if !caller.is_admin() {
             return Err(Status::permission_denied(format!(
                 "{caller} may not call {method}: an admin certificate or the local socket is required"
             )));
         }
-        let bytes = admin::route(&self.node, method, req.into_inner().encode_to_vec(), &caller).await?;
+        let bytes = admin::route(&self.node, &self.dispatcher, call, &caller.to_string()).await?;
         Resp::decode(bytes.as_slice())
             .map(Response::new)
             .map_err(|e| Status::internal(format!("malformed reply to {method}: {e}")))
     }
 }
 
-#[tonic::async_trait]
-impl proto::admin_server::Admin for Services {
-    async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
-        self.admin_call("Status", req).await
-    }
-    async fn key_show(&self, req: Request<proto::KeyShowRequest>) -> Result<Response<proto::KeyShowReply>, Status> {
-        self.admin_call("KeyShow", req).await
-    }
-    async fn key_regenerate(
-        &self,
-        req: Request<proto::KeyRegenerateRequest>,
-    ) -> Result<Response<proto::KeyShowReply>, Status> {
-        self.admin_call("KeyRegenerate", req).await
-    }
-    async fn node_remove(
-        &self,
-        req: Request<proto::NodeRemoveRequest>,
-    ) -> Result<Response<proto::NodeRemoveReply>, Status> {
-        self.admin_call("NodeRemove", req).await
-    }
-    async fn admin_cert_issue(
-        &self,
-        req: Request<proto::AdminCertIssueRequest>,
-    ) -> Result<Response<proto::AdminCertIssueReply>, Status> {
-        self.admin_call("AdminCertIssue", req).await
-    }
-    async fn put(&self, req: Request<proto::PutRequest>) -> Result<Response<proto::PutReply>, Status> {
-        self.admin_call("Put", req).await
-    }
-    async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetReply>, Status> {
-        self.admin_call("Get", req).await
-    }
-    async fn local_view(
-        &self,
-        req: Request<proto::LocalViewRequest>,
-    ) -> Result<Response<proto::LocalViewReply>, Status> {
-        self.admin_call("LocalView", req).await
-    }
-    async fn linked_service_create(
-        &self,
-        req: Request<proto::LinkedServiceCreateRequest>,
-    ) -> Result<Response<proto::LinkedServiceInfo>, Status> {
-        self.admin_call("LinkedServiceCreate", req).await
-    }
-    async fn linked_service_update(
-        &self,
-        req: Request<proto::LinkedServiceUpdateRequest>,
-    ) -> Result<Response<proto::LinkedServiceInfo>, Status> {
-        self.admin_call("LinkedServiceUpdate", req).await
-    }
-    async fn linked_service_delete(
-        &self,
-        req: Request<proto::LinkedServiceDeleteRequest>,
-    ) -> Result<Response<proto::LinkedServiceDeleteReply>, Status> {
-        self.admin_call("LinkedServiceDelete", req).await
-    }
-    async fn linked_service_list(
-        &self,
-        req: Request<proto::LinkedServiceListRequest>,
-    ) -> Result<Response<proto::LinkedServiceListReply>, Status> {
-        self.admin_call("LinkedServiceList", req).await
-    }
-    async fn linked_service_show(
-        &self,
-        req: Request<proto::LinkedServiceShowRequest>,
-    ) -> Result<Response<proto::LinkedServiceInfo>, Status> {
-        self.admin_call("LinkedServiceShow", req).await
-    }
-    async fn linked_service_test(
-        &self,
-        req: Request<proto::LinkedServiceTestRequest>,
-    ) -> Result<Response<proto::LinkedServiceTestReply>, Status> {
-        self.admin_call("LinkedServiceTest", req).await
-    }
-    async fn credential_encrypt(
-        &self,
-        req: Request<proto::CredentialEncryptRequest>,
-    ) -> Result<Response<proto::CredentialEncryptReply>, Status> {
-        self.admin_call("CredentialEncrypt", req).await
-    }
-    async fn proxy_set(&self, req: Request<proto::ProxySetRequest>) -> Result<Response<proto::ProxyInfo>, Status> {
-        self.admin_call("ProxySet", req).await
-    }
-    async fn proxy_show(&self, req: Request<proto::ProxyShowRequest>) -> Result<Response<proto::ProxyInfo>, Status> {
-        self.admin_call("ProxyShow", req).await
-    }
-    async fn proxy_clear(&self, req: Request<proto::ProxyClearRequest>) -> Result<Response<proto::ProxyInfo>, Status> {
-        self.admin_call("ProxyClear", req).await
-    }
-    async fn job_submit(
-        &self,
-        req: Request<proto::JobSubmitRequest>,
-    ) -> Result<Response<proto::JobSubmitReply>, Status> {
-        self.admin_call("JobSubmit", req).await
-    }
-    async fn job_list(&self, req: Request<proto::JobListRequest>) -> Result<Response<proto::JobListReply>, Status> {
-        self.admin_call("JobList", req).await
-    }
-    async fn job_show(&self, req: Request<proto::JobShowRequest>) -> Result<Response<proto::JobInfo>, Status> {
-        self.admin_call("JobShow", req).await
-    }
-    async fn job_cancel(&self, req: Request<proto::JobCancelRequest>) -> Result<Response<proto::JobInfo>, Status> {
-        self.admin_call("JobCancel", req).await
-    }
-    async fn node_set_limit(
-        &self,
-        req: Request<proto::NodeSetLimitRequest>,
-    ) -> Result<Response<proto::NodeSetLimitReply>, Status> {
-        self.admin_call("NodeSetLimit", req).await
-    }
-}
+admin_handlers!(Services);

@@ -716,7 +716,7 @@ mod tests {
             vec![
                 CommandResult::Ok,
                 CommandResult::Ok,
-                CommandResult::Rejected("no node named 'ghost'".into()),
+                CommandResult::refused("no node named 'ghost'"),
             ]
         );
         let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CommandResult, IrState, NodeId};
+use super::{CommandResult, IrState, NodeId, Rejection};
 use crate::job_spec::{Consistency, JobSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ impl IrState {
 
     pub(super) fn submit_job(&mut self, job: &Job) -> CommandResult {
         if self.jobs.contains_key(&job.id) {
-            return CommandResult::Rejected(format!("job {} exists already", job.id));
+            return CommandResult::refused(format!("job {} exists already", job.id));
         }
         let mut job = job.clone();
         self.job_seq += 1;
@@ -160,13 +160,11 @@ impl IrState {
             // A `node set-limit` committed after the dispatcher decided still counts.
             let limit = self.node_limits.get(&a.node).map_or(a.limit, |set| a.limit.min(*set));
             let result = match self.jobs.get_mut(&a.job_id) {
-                None => CommandResult::Rejected(format!("no job {}", a.job_id)),
-                Some(_) if !known => CommandResult::Rejected(format!("no node {}", a.node)),
-                Some(_) if running >= limit => {
-                    CommandResult::Rejected(format!("node {} is at its limit of {limit}", a.node))
-                }
+                None => CommandResult::refused(format!("no job {}", a.job_id)),
+                Some(_) if !known => CommandResult::refused(format!("no node {}", a.node)),
+                Some(_) if running >= limit => CommandResult::Rejected(Rejection::AtLimit { node: a.node, limit }),
                 Some(j) if j.state != JobState::Queued || j.attempt.checked_add(1) != Some(a.attempt) => {
-                    CommandResult::Rejected(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
+                    CommandResult::refused(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
                 }
                 Some(j) => {
                     j.state = JobState::Running;
@@ -185,13 +183,14 @@ impl IrState {
     /// The job's current attempt on `node`, or why a report about it is refused.
     fn current<'a>(&'a mut self, job_id: &str, attempt: u32, node: NodeId) -> Result<&'a mut Job, CommandResult> {
         match self.jobs.get_mut(job_id) {
-            None => Err(CommandResult::Rejected(format!("no job {job_id}"))),
+            None => Err(CommandResult::refused(format!("no job {job_id}"))),
             Some(j) if j.state != JobState::Running || j.attempt != attempt || j.node != Some(node) => {
-                Err(CommandResult::Rejected(format!(
-                    "stale report: job {job_id} attempt {attempt} is not running on that node (now attempt {}, {})",
-                    j.attempt,
-                    j.state.as_str()
-                )))
+                Err(CommandResult::Rejected(Rejection::StaleAttempt {
+                    job_id: job_id.to_string(),
+                    attempt,
+                    now_attempt: j.attempt,
+                    now_state: j.state.as_str().to_string(),
+                }))
             }
             Some(j) => Ok(j),
         }
@@ -200,7 +199,9 @@ impl IrState {
     pub(super) fn begin_publish(&mut self, job_id: &str, attempt: u32, node: NodeId) -> CommandResult {
         match self.current(job_id, attempt, node) {
             Ok(j) if j.cancel_requested && !j.publish_granted => {
-                CommandResult::Rejected(format!("{CANCELLED_BEFORE_PUBLISH}: job {job_id}"))
+                CommandResult::Rejected(Rejection::CancelledBeforePublish {
+                    job_id: job_id.to_string(),
+                })
             }
             Ok(j) => {
                 j.publishing = true;
@@ -231,7 +232,7 @@ impl IrState {
                 check,
             } => {
                 if !j.publishing {
-                    return CommandResult::Rejected(format!("job {job_id} attempt {attempt} never began publishing"));
+                    return CommandResult::refused(format!("job {job_id} attempt {attempt} never began publishing"));
                 }
                 (j.rows, j.bytes, j.files) = (*rows, *bytes, *files);
                 j.check = Some(check.clone());
@@ -308,13 +309,35 @@ impl IrState {
         CommandResult::Ok
     }
 
+    /// A worker that shuts down hands its attempt back: the job goes back to the queue (or
+    /// ends cancelled, if that was asked for) like the attempt of a node gone Offline, but a
+    /// hand-back is no failure, so it does not use up the job's attempts.
+    pub(super) fn release_job(&mut self, job_id: &str, attempt: u32, node: NodeId, now_ms: i64) -> CommandResult {
+        let j = match self.current(job_id, attempt, node) {
+            Ok(j) => j,
+            Err(refused) => return refused,
+        };
+        j.publishing = false;
+        if j.cancel_requested && !j.publish_granted {
+            j.state = JobState::Cancelled;
+            j.finished_at_ms = Some(now_ms);
+        } else {
+            j.state = JobState::Queued;
+            j.not_before_ms = now_ms;
+            // The next assignment numbers its attempt `attempt + 1` (fencing needs a new
+            // number); the limit counts attempts that failed, so it grows by the one handed back.
+            j.spec.retry.max_attempts = j.spec.retry.max_attempts.saturating_add(1);
+        }
+        CommandResult::Ok
+    }
+
     pub(super) fn cancel_job(&mut self, job_id: &str, now_ms: i64) -> CommandResult {
         match self.jobs.get_mut(job_id) {
-            None => CommandResult::Rejected(format!("no job {job_id}")),
+            None => CommandResult::refused(format!("no job {job_id}")),
             Some(j) if j.state.is_final() => {
-                CommandResult::Rejected(format!("job {job_id} has already ended ({})", j.state.as_str()))
+                CommandResult::refused(format!("job {job_id} has already ended ({})", j.state.as_str()))
             }
-            Some(j) if j.publishing || j.publish_granted => CommandResult::Rejected(format!(
+            Some(j) if j.publishing || j.publish_granted => CommandResult::refused(format!(
                 "job {job_id} has begun publishing its output; it is too late to cancel it"
             )),
             Some(j) if j.state == JobState::Queued => {
@@ -447,7 +470,7 @@ mod tests {
             attempt: 1,
             node: 1,
         });
-        assert!(matches!(begin, CommandResult::Rejected(m) if m.contains("stale")));
+        assert!(matches!(begin, CommandResult::Rejected(m) if m.to_string().contains("stale")));
         assert!(matches!(
             finish(&mut s, "j1", 1, 1, success()),
             CommandResult::Rejected(_)
@@ -489,7 +512,7 @@ mod tests {
         }
         assert_eq!(assign(&mut s, "j0", 1, 1, 2), CommandResult::Ok);
         assert_eq!(assign(&mut s, "j1", 1, 1, 2), CommandResult::Ok);
-        assert!(matches!(assign(&mut s, "j2", 1, 1, 2), CommandResult::Rejected(m) if m.contains("limit")));
+        assert!(matches!(assign(&mut s, "j2", 1, 1, 2), CommandResult::Rejected(m) if m.to_string().contains("limit")));
         assert_eq!(s.running_on(1), 2);
         assert_eq!(s.queued_jobs(), 1);
     }
@@ -542,7 +565,7 @@ mod tests {
             job_id: "r".into(),
             now_ms: 3,
         });
-        assert!(matches!(again, CommandResult::Rejected(m) if m.contains("already ended")));
+        assert!(matches!(again, CommandResult::Rejected(m) if m.to_string().contains("already ended")));
     }
 
     fn requeue(s: &mut IrState, node: NodeId, jobs: &[(&str, u32)]) {
@@ -561,6 +584,37 @@ mod tests {
         })
     }
 
+    fn release(s: &mut IrState, id: &str, attempt: u32, node: NodeId) -> CommandResult {
+        s.apply(&Command::ReleaseJob {
+            job_id: id.into(),
+            attempt,
+            node,
+            now_ms: 8,
+        })
+    }
+
+    #[test]
+    fn a_handed_back_attempt_requeues_without_using_up_the_attempts() {
+        let mut s = state_with_nodes();
+        s.apply(&Command::SubmitJob { job: job("j1", 1) });
+        assign(&mut s, "j1", 1, 1, 4);
+        // Fenced like every report: another node, or another attempt, cannot hand it back.
+        assert!(matches!(release(&mut s, "j1", 1, 2), CommandResult::Rejected(m) if m.to_string().contains("stale")));
+        assert!(matches!(release(&mut s, "j1", 2, 1), CommandResult::Rejected(m) if m.to_string().contains("stale")));
+        assert_eq!(release(&mut s, "j1", 1, 1), CommandResult::Ok);
+        assert_eq!(s.jobs["j1"].state, JobState::Queued);
+        // Its one attempt was handed back, not failed: the next one may still fail and retry
+        // no more, but it runs.
+        assign(&mut s, "j1", 2, 2, 4);
+        assert_eq!(s.jobs["j1"].state, JobState::Running);
+        let failed = Outcome::Failed {
+            error: "gone".into(),
+            retryable: true,
+        };
+        assert_eq!(finish(&mut s, "j1", 2, 2, failed), CommandResult::Ok);
+        assert_eq!(s.jobs["j1"].state, JobState::Failed);
+    }
+
     #[test]
     fn once_publishing_was_allowed_the_job_can_only_succeed() {
         let mut s = state_with_nodes();
@@ -576,7 +630,7 @@ mod tests {
             job_id: "j1".into(),
             now_ms: 8,
         });
-        assert!(matches!(cancel, CommandResult::Rejected(m) if m.contains("too late")));
+        assert!(matches!(cancel, CommandResult::Rejected(m) if m.to_string().contains("too late")));
         assert_eq!(assign(&mut s, "j1", 2, 2, 4), CommandResult::Ok);
         assert_eq!(begin(&mut s, "j1", 2, 2), CommandResult::Ok);
         assert_eq!(finish(&mut s, "j1", 2, 2, success()), CommandResult::Ok);
@@ -613,7 +667,7 @@ mod tests {
             now_ms: 2,
         });
         let begin = begin(&mut s, "j1", 1, 1);
-        assert!(matches!(begin, CommandResult::Rejected(m) if m.starts_with(CANCELLED_BEFORE_PUBLISH)));
+        assert!(matches!(begin, CommandResult::Rejected(m) if m.to_string().starts_with(CANCELLED_BEFORE_PUBLISH)));
         assert_eq!(finish(&mut s, "j1", 1, 1, Outcome::Cancelled), CommandResult::Ok);
         assert_eq!(s.jobs["j1"].state, JobState::Cancelled);
     }
@@ -644,6 +698,8 @@ mod tests {
             limit: Some(1),
         });
         assert_eq!(assign(&mut s, "j1", 1, 2, 4), CommandResult::Ok);
-        assert!(matches!(assign(&mut s, "j2", 1, 1, 4), CommandResult::Rejected(m) if m.contains("limit of 1")));
+        assert!(
+            matches!(assign(&mut s, "j2", 1, 1, 4), CommandResult::Rejected(m) if m.to_string().contains("limit of 1"))
+        );
     }
 }

@@ -162,14 +162,14 @@ impl IrState {
         let current = self.linked_services.get(&service.name);
         match (previous_version, current) {
             (0, Some(_)) => {
-                return CommandResult::Rejected(format!("a linked service named '{}' already exists", service.name));
+                return CommandResult::refused(format!("a linked service named '{}' already exists", service.name));
             }
             (0, None) => {}
             (_, None) => {
-                return CommandResult::Rejected(format!("linked service '{}' was deleted meanwhile", service.name));
+                return CommandResult::refused(format!("linked service '{}' was deleted meanwhile", service.name));
             }
             (previous, Some(current)) if current.id != service.id || current.version != previous => {
-                return CommandResult::Rejected(format!(
+                return CommandResult::refused(format!(
                     "linked service '{}' was changed meanwhile (now version {}); run the update again",
                     service.name, current.version
                 ));
@@ -177,7 +177,7 @@ impl IrState {
             _ => {}
         }
         if previous_version.checked_add(1) != Some(service.version) {
-            return CommandResult::Rejected(format!(
+            return CommandResult::refused(format!(
                 "version {} does not follow version {previous_version}",
                 service.version
             ));
@@ -194,7 +194,7 @@ impl IrState {
             .map(|j| j.id.as_str())
             .collect();
         if !users.is_empty() {
-            return CommandResult::Rejected(format!(
+            return CommandResult::refused(format!(
                 "linked service '{name}' is used by {} queued or running job(s) ({}); cancel them or let them finish first",
                 users.len(),
                 users.join(", ")
@@ -205,19 +205,19 @@ impl IrState {
                 self.linked_services.remove(name);
                 CommandResult::Ok
             }
-            Some(_) => CommandResult::Rejected(format!("linked service '{name}' was replaced meanwhile")),
-            None => CommandResult::Rejected(format!("no linked service named '{name}'")),
+            Some(_) => CommandResult::refused(format!("linked service '{name}' was replaced meanwhile")),
+            None => CommandResult::refused(format!("no linked service named '{name}'")),
         }
     }
 
     pub(super) fn set_proxy(&mut self, proxy: &Option<ProxySettings>, version: u64) -> CommandResult {
         if version != self.proxy_version + 1 {
-            return CommandResult::Rejected("the proxy settings were changed meanwhile; run the command again".into());
+            return CommandResult::refused("the proxy settings were changed meanwhile; run the command again");
         }
         if let Some(p) = proxy
             && p.version != version
         {
-            return CommandResult::Rejected("proxy settings carry the wrong version".into());
+            return CommandResult::refused("proxy settings carry the wrong version");
         }
         self.proxy = proxy.clone();
         self.proxy_version = version;
@@ -255,12 +255,12 @@ mod tests {
         let mut state = IrState::default();
         assert_eq!(put(&mut state, service(1, "a"), 0), CommandResult::Ok);
         assert!(
-            matches!(put(&mut state, service(1, "a"), 0), CommandResult::Rejected(m) if m.contains("already exists"))
+            matches!(put(&mut state, service(1, "a"), 0), CommandResult::Rejected(m) if m.to_string().contains("already exists"))
         );
         assert_eq!(put(&mut state, service(2, "a"), 1), CommandResult::Ok);
         // A second writer that read version 1 loses.
         assert!(
-            matches!(put(&mut state, service(2, "a"), 1), CommandResult::Rejected(m) if m.contains("now version 2"))
+            matches!(put(&mut state, service(2, "a"), 1), CommandResult::Rejected(m) if m.to_string().contains("now version 2"))
         );
         // Skipping a version is refused.
         assert!(matches!(

@@ -196,6 +196,14 @@ pub enum Command {
     },
     /// Several commands proposed together (group commit); applied in order, each as if alone.
     Batch(#[serde(deserialize_with = "bounded_batch")] Vec<Command>),
+    /// A worker shutting down hands its current attempt back before it began publishing
+    /// (last, so that the variants before keep their encoding).
+    ReleaseJob {
+        job_id: String,
+        attempt: u32,
+        node: NodeId,
+        now_ms: i64,
+    },
 }
 
 /// The proposer batches single commands, so a real entry nests one level, two at most.
@@ -230,6 +238,38 @@ fn bounded_batch<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<Vec<Com
     Vec::<Command>::deserialize(decoder)
 }
 
+/// Why a command that was valid when proposed changed nothing when applied. The refusals
+/// the dispatcher and the worker act on are variants; the others carry their one line for
+/// the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// A report about an attempt that is not the job's current one on that node (fencing).
+    #[error(
+        "stale report: job {job_id} attempt {attempt} is not running on that node (now attempt {now_attempt}, {now_state})"
+    )]
+    StaleAttempt {
+        job_id: String,
+        attempt: u32,
+        now_attempt: u32,
+        now_state: String,
+    },
+    /// Permission to publish refused: the job was cancelled first.
+    #[error("{}: job {job_id}", jobs::CANCELLED_BEFORE_PUBLISH)]
+    CancelledBeforePublish { job_id: String },
+    /// A placement on a node that already runs its limit.
+    #[error("node {node} is at its limit of {limit}")]
+    AtLimit { node: NodeId, limit: u32 },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CommandResult {
+    /// A refusal that nothing acts on but the operator reading it.
+    pub fn refused(why: impl Into<String>) -> Self {
+        CommandResult::Rejected(Rejection::Other(why.into()))
+    }
+}
+
 /// What applying a command produced, returned to the proposer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
@@ -237,7 +277,7 @@ pub enum CommandResult {
     Ok,
     /// The command was valid when proposed but is not any more (e.g. a concurrent join took
     /// the name); nothing changed.
-    Rejected(String),
+    Rejected(Rejection),
     /// One result per command of a `Batch`, in order.
     Batch(Vec<CommandResult>),
 }
@@ -269,10 +309,10 @@ impl IrState {
                 auth_keys,
             } => {
                 if self.ir.is_some() {
-                    return CommandResult::Rejected("the IR is already initialised".into());
+                    return CommandResult::refused("the IR is already initialised");
                 }
                 let Some(next_id) = first_node.id.checked_add(1) else {
-                    return CommandResult::Rejected(format!("node id {} is out of range", first_node.id));
+                    return CommandResult::refused(format!("node id {} is out of range", first_node.id));
                 };
                 self.ir = Some(ir.clone());
                 self.auth_keys = auth_keys.clone();
@@ -282,13 +322,13 @@ impl IrState {
             }
             Command::AddNode { node } => {
                 if let Err(why) = self.check_admission(&node.name, &node.address) {
-                    return CommandResult::Rejected(why);
+                    return CommandResult::refused(why);
                 }
                 if node.id < self.next_node_id {
-                    return CommandResult::Rejected(format!("node id {} already used", node.id));
+                    return CommandResult::refused(format!("node id {} already used", node.id));
                 }
                 let Some(next_id) = node.id.checked_add(1) else {
-                    return CommandResult::Rejected(format!("node id {} is out of range", node.id));
+                    return CommandResult::refused(format!("node id {} is out of range", node.id));
                 };
                 self.next_node_id = next_id;
                 self.nodes.insert(node.id, node.clone());
@@ -305,7 +345,7 @@ impl IrState {
                     self.node_limits.remove(&id);
                     CommandResult::Ok
                 }
-                None => CommandResult::Rejected(format!("no node named '{name}'")),
+                None => CommandResult::refused(format!("no node named '{name}'")),
             },
             Command::RegenerateKey { slot, secret } => {
                 match self.auth_keys.get_mut(usize::from(*slot).wrapping_sub(1)) {
@@ -314,7 +354,7 @@ impl IrState {
                         k.secret = secret.clone();
                         CommandResult::Ok
                     }
-                    None => CommandResult::Rejected(format!("no key slot {slot}")),
+                    None => CommandResult::refused(format!("no key slot {slot}")),
                 }
             }
             Command::RecordAdminCert { record } => {
@@ -342,6 +382,12 @@ impl IrState {
                 now_ms,
             } => self.finish_job(job_id, *attempt, *node, outcome, *now_ms),
             Command::RequeueNode { node, jobs, now_ms } => self.requeue_node(*node, Some(jobs), *now_ms),
+            Command::ReleaseJob {
+                job_id,
+                attempt,
+                node,
+                now_ms,
+            } => self.release_job(job_id, *attempt, *node, *now_ms),
             Command::CancelJob { job_id, now_ms } => self.cancel_job(job_id, *now_ms),
             Command::SetNodeLimit { node, limit } => {
                 match limit {

@@ -29,9 +29,42 @@ pub async fn connect_tls(address: &str, config: Arc<ClientConfig>) -> io::Result
             .await
             .map_err(|e| io::Error::new(e.kind(), crate::pki::tls::describe_tls_error(&e)))
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, handshake)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {address} timed out")))?
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            ConnectTimedOut {
+                address: address.to_string(),
+            },
+        )
+    })?
+}
+
+/// A TCP connect plus TLS handshake that did not complete within `CONNECT_TIMEOUT`: nothing
+/// was sent on it.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to {address} timed out")]
+pub struct ConnectTimedOut {
+    pub address: String,
+}
+
+/// Whether a failed call never reached its peer: the connection was refused or could not be
+/// opened in time. Read from the error's causes (the connector's `io::Error`), never from
+/// its text.
+pub fn never_connected(failure: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(failure);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            let timed_out = io.get_ref().is_some_and(|inner| inner.is::<ConnectTimedOut>());
+            if io.kind() == io::ErrorKind::ConnectionRefused || timed_out {
+                return true;
+            }
+        }
+        if e.is::<ConnectTimedOut>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn endpoint(address: &str) -> Endpoint {
@@ -94,4 +127,35 @@ pub async fn unix_channel(socket: &Path) -> io::Result<Channel> {
         }))
         .await
         .map_err(|e| io::Error::other(crate::error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Arc<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_closed_port_is_known_never_to_have_connected() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let channel = tls_channel(&address, config());
+        let failure = crate::proto::cluster_client::ClusterClient::new(channel)
+            .heartbeat(crate::proto::HeartbeatRequest::default())
+            .await
+            .unwrap_err();
+        assert!(never_connected(&failure), "{failure:?}");
+        let refused = tonic::Status::unavailable("Connection refused (by its text only)");
+        assert!(!never_connected(&refused));
+    }
 }

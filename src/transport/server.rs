@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 use tokio_rustls::LazyConfigAcceptor;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use super::Caller;
@@ -128,16 +129,24 @@ pub struct PortTls {
     pub ir_id: String,
 }
 
-/// Accepts on `listener` forever, sorting connections into the members' stream and the
+/// Accepts on `listener` until `stop`, sorting connections into the members' stream and the
 /// joiners' stream.
-pub fn accept_node_port(listener: TcpListener, tls: PortTls) -> (Incoming<TlsConn>, Incoming<TlsConn>) {
+pub fn accept_node_port(
+    listener: TcpListener,
+    tls: PortTls,
+    stop: CancellationToken,
+) -> (Incoming<TlsConn>, Incoming<TlsConn>) {
     let (member_tx, member_rx) = mpsc::channel(64);
     let (join_tx, join_rx) = mpsc::channel(16);
     let pending = Arc::new(Pending::default());
     let joiner_slots = Arc::new(tokio::sync::Semaphore::new(MAX_JOINER_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.cancelled() => return,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -228,12 +237,16 @@ async fn handshake(
     })
 }
 
-/// Accepts local operators on the owner-only Unix socket.
-pub fn accept_local(listener: UnixListener) -> Incoming<LocalConn> {
+/// Accepts local operators on the owner-only Unix socket until `stop`.
+pub fn accept_local(listener: UnixListener, stop: CancellationToken) -> Incoming<LocalConn> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.cancelled() => return,
+            };
+            match accepted {
                 Ok((io, _)) => {
                     if tx
                         .send(Ok(Conn {

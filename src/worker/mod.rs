@@ -4,6 +4,11 @@
 //! stage the copy, ask the dispatcher for permission to publish (granted only to the
 //! current attempt, through the log), publish, report the outcome. An attempt that is no
 //! longer current (requeued, cancelled) is stopped; its staged output is thrown away.
+//!
+//! Reports go through the `Reports` handle the wiring gives it, wherever the dispatcher
+//! runs. When the node shuts down the worker starts nothing more; an attempt that has not
+//! been allowed to publish stops and is handed back (the dispatcher requeues it), one that
+//! publishes finishes and reports, and the loop returns once every attempt has ended.
 
 mod failpoints;
 
@@ -11,20 +16,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::copy::{self, AttemptId, CopyError, Counters, Endpoint};
 use crate::job_spec::DatasetRef;
-use crate::node::{Calling, Hop, Node};
+use crate::node::forward::Reports;
+use crate::node::handle::Node;
 use crate::proto::{self, job_report_request::Phase};
 use crate::state::jobs::{Job, JobState, Outcome};
 
 use crate::timing::{PROGRESS_EVERY, REPORT_PATIENCE};
 
-pub async fn worker_loop(node: Arc<Node>) {
+/// How long a hand-back may take to reach a dispatcher: the node is stopping, and an
+/// attempt not handed back is requeued anyway once the node is Offline.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Runs the attempts the log assigns to this node, until the node shuts down and every
+/// attempt has ended.
+pub async fn worker_loop(node: Arc<Node>, reports: Arc<dyn Reports>) {
     let mut metrics = node.raft.metrics();
     let mut running: HashMap<String, (u32, CancellationToken)> = HashMap::new();
+    let mut tasks = JoinSet::new();
     // Attempts that ended without their outcome reaching a dispatcher: forgotten here, so
     // that if the log still says they run on this node they are run again (publishing is
     // idempotent) instead of staying Running forever.
@@ -33,7 +46,9 @@ pub async fn worker_loop(node: Arc<Node>) {
         tokio::select! {
             _ = metrics.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = node.shutdown.cancelled() => break,
         }
+        while tasks.try_join_next().is_some() {}
         while let Ok((id, attempt)) = unsettled.try_recv() {
             if running.get(&id).is_some_and(|(a, _)| *a == attempt) {
                 running.remove(&id);
@@ -69,11 +84,22 @@ pub async fn worker_loop(node: Arc<Node>) {
                     let token = CancellationToken::new();
                     running.insert(job.id.clone(), (job.attempt, token.clone()));
                     tracing::info!(job = %job.id, attempt = job.attempt, "running job");
-                    tokio::spawn(run_attempt(node.clone(), job, token, unsettled_tx.clone()));
+                    tasks.spawn(run_attempt(
+                        node.clone(),
+                        reports.clone(),
+                        job,
+                        token,
+                        unsettled_tx.clone(),
+                    ));
                 }
             }
         }
     }
+    // Shutting down: every attempt stops at its next safe point (see `cancelled`).
+    for (_, token) in running.values() {
+        token.cancel();
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// A linked service's definition, unsealed for this attempt.
@@ -95,6 +121,7 @@ fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
 
 async fn run_attempt(
     node: Arc<Node>,
+    reports: Arc<dyn Reports>,
     job: Job,
     cancel: CancellationToken,
     unsettled: tokio::sync::mpsc::UnboundedSender<(String, u32)>,
@@ -111,7 +138,8 @@ async fn run_attempt(
         attempt: id.attempt,
         phase: Some(Phase::Start(proto::ReportStart {})),
     };
-    let confirmed = matches!(report(&node, start, Duration::from_secs(5)).await, Ok(reply) if reply.accepted);
+    let confirmed = !node.shutdown.is_cancelled()
+        && matches!(reports.report(start, Duration::from_secs(5)).await, Ok(reply) if reply.accepted);
     if !confirmed {
         // Not current, or the dispatcher has not applied the assignment yet, or it cannot be
         // reached (it would not allow publishing either): look again in a moment, if the log
@@ -122,12 +150,31 @@ async fn run_attempt(
         return;
     }
     let counters = Arc::new(Counters::default());
-    let reporter = tokio::spawn(report_progress(node.clone(), id.clone(), counters.clone()));
-    let ended = attempt(&node, &job, &id, &counters, &cancel).await;
+    let reporter = tokio::spawn(report_progress(reports.clone(), id.clone(), counters.clone()));
+    let ended = attempt(&node, reports.as_ref(), &job, &id, &counters, &cancel).await;
     reporter.abort();
     let outcome = match ended {
         Ended::Report(outcome) => outcome,
         Ended::Superseded => return,
+        Ended::Released => {
+            let request = proto::JobReportRequest {
+                job_id: id.job_id.clone(),
+                attempt: id.attempt,
+                phase: Some(Phase::Release(proto::ReportRelease {})),
+            };
+            match reports.report(request, RELEASE_PATIENCE).await {
+                Ok(reply) if reply.accepted => {
+                    tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt handed back: this node is shutting down");
+                }
+                Ok(reply) => {
+                    tracing::info!(job = %id.job_id, attempt = id.attempt, why = %reply.message, "hand-back refused");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id.job_id, error = %e.message(), "could not hand the attempt back; it is requeued once this node is offline");
+                }
+            }
+            return;
+        }
         Ended::Unsettled => {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let _ = unsettled.send((id.job_id, id.attempt));
@@ -145,7 +192,7 @@ async fn run_attempt(
         attempt: id.attempt,
         phase: Some(Phase::Finish(outcome.into())),
     };
-    if let Err(e) = report(&node, request, REPORT_PATIENCE).await {
+    if let Err(e) = reports.report(request, REPORT_PATIENCE).await {
         tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the attempt will run again");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let _ = unsettled.send((id.job_id, id.attempt));
@@ -158,13 +205,22 @@ enum Ended {
     Report(Outcome),
     /// It is no longer current: another attempt owns the job now; nothing to report.
     Superseded,
+    /// The node is shutting down and the attempt had not begun publishing: hand it back.
+    Released,
     /// No dispatcher could be asked for permission to publish: run it again later if the
     /// log still says it is ours.
     Unsettled,
 }
 
 /// Runs one attempt up to its outcome.
-async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, cancel: &CancellationToken) -> Ended {
+async fn attempt(
+    node: &Node,
+    reports: &dyn Reports,
+    job: &Job,
+    id: &AttemptId,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> Ended {
     let failed = |e: CopyError| Outcome::Failed {
         error: e.message,
         retryable: e.retryable,
@@ -208,7 +264,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     // whole patience. A permission granted meanwhile is harmless: the job's next attempt
     // publishes again.
     let asked = tokio::select! {
-        asked = report(node, permission, REPORT_PATIENCE) => asked,
+        asked = reports.report(permission, REPORT_PATIENCE) => asked,
         _ = cancel.cancelled() => {
             staged.discard().await;
             return cancelled(node, job);
@@ -216,7 +272,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     };
     match asked {
         Ok(reply) if reply.accepted => {}
-        Ok(reply) if reply.message.starts_with(crate::state::jobs::CANCELLED_BEFORE_PUBLISH) => {
+        Ok(reply) if reply.cancelled => {
             staged.discard().await;
             return Ended::Report(Outcome::Cancelled);
         }
@@ -274,8 +330,8 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-/// A stop asked for: report Cancelled if the job asked to be cancelled, else nothing (the
-/// attempt was superseded).
+/// A stop asked for: report Cancelled if the job asked to be cancelled, hand the attempt back
+/// if the node is shutting down, else nothing (the attempt was superseded).
 fn cancelled(node: &Node, job: &Job) -> Ended {
     let asked = node.read_state(|s| {
         s.jobs
@@ -284,13 +340,15 @@ fn cancelled(node: &Node, job: &Job) -> Ended {
     });
     if asked {
         Ended::Report(Outcome::Cancelled)
+    } else if node.shutdown.is_cancelled() {
+        Ended::Released
     } else {
         tracing::info!(job = %job.id, attempt = job.attempt, "attempt superseded (no longer current); its output is discarded");
         Ended::Superseded
     }
 }
 
-async fn report_progress(node: Arc<Node>, id: AttemptId, counters: Arc<Counters>) {
+async fn report_progress(reports: Arc<dyn Reports>, id: AttemptId, counters: Arc<Counters>) {
     let mut last = (u64::MAX, 0, 0);
     loop {
         tokio::time::sleep(PROGRESS_EVERY).await;
@@ -308,33 +366,6 @@ async fn report_progress(node: Arc<Node>, id: AttemptId, counters: Arc<Counters>
                 files: now.2,
             })),
         };
-        let _ = report(&node, request, Duration::from_secs(1)).await;
+        let _ = reports.report(request, Duration::from_secs(1)).await;
     }
-}
-
-/// Sends a report to the dispatcher (here, or over the node channel).
-async fn report(
-    node: &Node,
-    request: proto::JobReportRequest,
-    patience: Duration,
-) -> Result<proto::JobReportReply, Status> {
-    let calling = Calling {
-        patience,
-        attempt: crate::node::FORWARD_TIMEOUT,
-        // The state machine takes a repeated report for the same attempt as the first.
-        idempotent: true,
-    };
-    node.at_dispatcher(calling, |hop| {
-        let request = request.clone();
-        async move {
-            match hop {
-                Hop::Here => crate::dispatch::report(node, node.id(), request).await,
-                Hop::There(channel) => proto::cluster_client::ClusterClient::new(channel)
-                    .job_report(request)
-                    .await
-                    .map(|r| r.into_inner()),
-            }
-        }
-    })
-    .await
 }
