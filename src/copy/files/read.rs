@@ -12,6 +12,9 @@
 //!   a CSV→CSV copy faithful to the values (no `1.50` turned into `1.5`, no dates
 //!   re-formatted, no guess from the first rows that a later row contradicts), and a
 //!   PostgreSQL sink converts text to its column types as `COPY` does.
+//!   Strict: an unterminated quote, an empty or repeated header name, a row of another
+//!   width and (unless an encoding is named) bytes that are not UTF-8 are errors; so is a
+//!   source without rows, unless it is allowed.
 //! * **JSON Lines**: one object per line; column types are inferred from every line of
 //!   every file (a first pass), so a value late in the data cannot contradict the guess;
 //!   columns keep the order in which their keys first appear. Every file must have the
