@@ -92,6 +92,8 @@ pub async fn dispatch_loop(node: Arc<Node>) {
 async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
     let view = node.liveness.view(node);
     let now = crate::unix_now_ms();
+    // Retention, decided here and carried out by a log entry so every node drops the same jobs.
+    crate::node::job_history::prune_if_due(node).await?;
     if may_judge {
         for (id, status, _) in &view {
             if *status != "Offline" {
@@ -101,7 +103,7 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
             // requeue what the node was given since.
             let lost: Vec<(String, u32)> = node.read_state(|s| {
                 s.jobs
-                    .values()
+                    .active()
                     .filter(|j| j.state == JobState::Running && j.node == Some(*id))
                     .map(|j| (j.id.clone(), j.attempt))
                     .collect()
@@ -127,7 +129,7 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
     let (queue, candidates) = node.read_state(|s| {
         let mut waiting: Vec<(u64, Waiting)> = s
             .jobs
-            .values()
+            .active()
             .filter(|j| j.state == JobState::Queued && j.not_before_ms <= now)
             .map(|j| {
                 (

@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::Status;
 
 use super::services::FORWARD_PATIENCE;
-use super::{Calling, FORWARD_TIMEOUT, Hop, Node, jobs_admin, linked_services, liveness};
+use super::{Calling, FORWARD_TIMEOUT, Hop, Node, job_history, jobs_admin, linked_services, liveness};
 use crate::auth_key::AuthKey;
 use crate::pki;
 use crate::proto;
@@ -272,6 +272,8 @@ pub async fn execute(node: &Arc<Node>, method: &str, request: &[u8]) -> Result<V
         "JobShow" => jobs_admin::show(node, decode(request)?).await?.encode_to_vec(),
         "JobCancel" => jobs_admin::cancel(node, decode(request)?).await?.encode_to_vec(),
         "NodeSetLimit" => jobs_admin::set_limit(node, decode(request)?).await?.encode_to_vec(),
+        "JobHistory" => job_history::show_or_set(node, decode(request)?).await?.encode_to_vec(),
+        "JobHistorySeed" => job_history::seed(node, decode(request)?).await?.encode_to_vec(),
         other => return Err(Status::unimplemented(format!("unknown admin call '{other}'"))),
     };
     Ok(reply)

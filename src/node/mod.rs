@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod job_history;
 pub mod jobs_admin;
 pub mod linked_services;
 pub mod liveness;

@@ -370,4 +370,16 @@ impl proto::admin_server::Admin for Services {
     ) -> Result<Response<proto::NodeSetLimitReply>, Status> {
         self.admin_call("NodeSetLimit", req).await
     }
+    async fn job_history(
+        &self,
+        req: Request<proto::JobHistoryRequest>,
+    ) -> Result<Response<proto::JobHistoryInfo>, Status> {
+        self.admin_call("JobHistory", req).await
+    }
+    async fn job_history_seed(
+        &self,
+        req: Request<proto::JobHistorySeedRequest>,
+    ) -> Result<Response<proto::JobHistoryInfo>, Status> {
+        self.admin_call("JobHistorySeed", req).await
+    }
 }
