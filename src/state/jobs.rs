@@ -777,4 +777,43 @@ mod tests {
         assert_eq!(assign(&mut s, "j1", 1, 2, 4), CommandResult::Ok);
         assert!(matches!(assign(&mut s, "j2", 1, 1, 4), CommandResult::Rejected(m) if m.contains("limit of 1")));
     }
+
+    #[test]
+    fn retention_drops_only_finished_jobs_past_the_policy() {
+        let mut s = state_with_nodes();
+        for i in 0..5 {
+            s.apply(&Command::SubmitJob {
+                job: job(&format!("j{i}"), 3),
+            });
+        }
+        // j0..j3 finish at 0, 1000, 2000, 3000 ms; j4 stays queued.
+        for i in 0..4 {
+            s.apply(&Command::CancelJob {
+                job_id: format!("j{i}"),
+                now_ms: i * 1000,
+            });
+        }
+        s.apply(&Command::SetJobHistory {
+            history: JobHistory {
+                max_jobs: 3,
+                max_days: 0,
+            },
+        });
+        assert!(s.job_history.prune_due(&s.jobs, 0));
+        s.apply(&Command::PruneJobs { now_ms: 0 });
+        assert!(!s.jobs.contains_key("j0"));
+        assert_eq!(s.jobs.finished_len(), 3);
+        assert!(!s.job_history.prune_due(&s.jobs, 0));
+        // One day later with a one-day limit: all finished ones go, the queued one stays.
+        s.apply(&Command::SetJobHistory {
+            history: JobHistory {
+                max_jobs: 3,
+                max_days: 1,
+            },
+        });
+        s.apply(&Command::PruneJobs { now_ms: DAY_MS + 2500 });
+        let left: Vec<&str> = s.jobs.values().map(|j| j.id.as_str()).collect();
+        assert_eq!(left, ["j3", "j4"]);
+        assert_eq!(s.jobs.active().count(), 1);
+    }
 }
