@@ -433,5 +433,13 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Arc<Node>> {
     tokio::spawn(restored::watch(node.clone()));
     tokio::spawn(crate::dispatch::dispatch_loop(node.clone()));
     tokio::spawn(crate::worker::worker_loop(node.clone()));
+    tokio::spawn(raftmod::snapshot_loop(
+        node.raft.clone(),
+        node.state.clone(),
+        node.config
+            .snapshot_every_entries
+            .unwrap_or(raftmod::DEFAULT_SNAPSHOT_EVERY)
+            .max(2),
+    ));
     Ok(node)
 }

@@ -391,6 +391,11 @@ impl IrState {
         }
     }
 
+    /// Roughly how many objects the state holds (what a snapshot's size grows with).
+    pub fn objects(&self) -> u64 {
+        (self.jobs.len() + self.kv.len() + self.linked_services.len() + self.admin_certs.len()) as u64
+    }
+
     /// Why a node called `name` at `address` may not join now, if it may not.
     pub fn check_admission(&self, name: &str, address: &str) -> Result<(), String> {
         if self.node_by_name(name).is_some() {

@@ -78,16 +78,19 @@ impl StateMachineStore {
     }
 }
 
-/// The applied point's two keys, staged next to the objects they account for.
-fn stage_applied(batch: &mut Batch, applied: &AppliedState) -> StorageResult<()> {
+/// The applied point, staged next to the objects it accounts for; the membership too when it
+/// changed (every key written is one more record for sled to sync at the next flush).
+fn stage_applied(batch: &mut Batch, applied: &AppliedState, membership_changed: bool) -> StorageResult<()> {
     batch.insert(
         KEY_LAST_APPLIED,
         encode(&applied.last_applied, StorageIOError::write_state_machine)?,
     );
-    batch.insert(
-        KEY_LAST_MEMBERSHIP,
-        encode(&applied.last_membership, StorageIOError::write_state_machine)?,
-    );
+    if membership_changed {
+        batch.insert(
+            KEY_LAST_MEMBERSHIP,
+            encode(&applied.last_membership, StorageIOError::write_state_machine)?,
+        );
+    }
     Ok(())
 }
 
@@ -203,7 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut batch = Batch::default();
         objects::stage_changes(&self.applied.state, &mut next.state, &mut batch)
             .map_err(object_error(StorageIOError::write_state_machine))?;
-        stage_applied(&mut batch, &next)?;
+        stage_applied(&mut batch, &next, next.last_membership != self.applied.last_membership)?;
         self.sm
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
@@ -257,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         objects::for_each(&next.state, |key, value| sm_batch.insert(key.as_bytes(), value))
             .map_err(object_error(StorageIOError::write_state_machine))?;
-        stage_applied(&mut sm_batch, &next)?;
+        stage_applied(&mut sm_batch, &next, true)?;
         let snap_batch = snapshot_batch(meta, &data)?;
         let guard = self.snapshot_lock.lock().await;
         // One transaction over both trees: after a crash the stored snapshot and the applied
