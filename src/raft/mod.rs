@@ -15,10 +15,11 @@ pub use types::{Node, NodeId, Raft, TypeConfig};
 /// the proposer); a big one less often, see [`snapshot_loop`].
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 2000;
 
-/// Entries between snapshots per object of the state (a job, a service, a key): a snapshot
-/// costs time in proportion to the state, so spacing them in proportion too keeps its cost
-/// per write constant, and the log stays within a small multiple of the state's size.
-const ENTRIES_PER_OBJECT: u64 = 1;
+/// Objects of the state (jobs, services, keys) per entry between snapshots: a snapshot costs
+/// time in proportion to the state, so spacing them in proportion too keeps its cost per
+/// write constant (encoding eight small objects per entry), and the log stays a fraction of
+/// the state's size.
+const OBJECTS_PER_ENTRY: u64 = 8;
 
 /// Entries per AppendEntries message.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
@@ -58,7 +59,7 @@ pub fn config(cluster_name: &str, snapshot_every_entries: Option<u64>) -> Arc<op
 }
 
 /// Triggers a snapshot once the log since the last one holds `snapshot_every` entries or one
-/// per object of the state, whichever is more. A fixed interval would make a write cost grow
+/// per [`OBJECTS_PER_ENTRY`] objects of the state, whichever is more. A fixed interval would make a write cost grow
 /// with the state (a 100,000-job state snapshotted every 2,000 entries spends most of its
 /// time encoding snapshots); this keeps the cost per entry constant.
 pub async fn snapshot_loop(raft: Raft, state: Arc<std::sync::RwLock<crate::state::IrState>>, snapshot_every: u64) {
@@ -74,7 +75,7 @@ pub async fn snapshot_loop(raft: Raft, state: Arc<std::sync::RwLock<crate::state
         };
         let Some(applied) = applied else { continue };
         let objects = state.read().unwrap_or_else(|e| e.into_inner()).objects();
-        let interval = snapshot_every.max(objects.saturating_mul(ENTRIES_PER_OBJECT));
+        let interval = snapshot_every.max(objects / OBJECTS_PER_ENTRY);
         // Counted from the later of the last snapshot and the last trigger, so a snapshot in
         // the making is not asked for again on every entry.
         let since = last_snapshot
