@@ -26,9 +26,8 @@ use crate::state::NodeId;
 /// Default location, as systemd's `StateDirectory=shir` creates it.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shir";
 
-/// How long a node may stay silent before it is shown `Offline`. Heartbeats go once a
-/// second; four missed ones is a node that is gone, not one that is slow.
-pub const DEFAULT_OFFLINE_TIMEOUT_MS: u64 = 4000;
+/// [`crate::timing::DEFAULT_OFFLINE_TIMEOUT`] in the milliseconds node.json carries.
+pub const DEFAULT_OFFLINE_TIMEOUT_MS: u64 = crate::timing::DEFAULT_OFFLINE_TIMEOUT.as_millis() as u64;
 
 /// `node.json`: the node's non-secret identity and settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -7,13 +7,20 @@ pub mod connectors;
 pub mod copy;
 pub mod datadir;
 pub mod dispatch;
+pub mod job_spec;
 pub mod node;
 pub mod pki;
+pub mod proto_conv;
+pub mod protocol;
 pub mod raft;
 pub mod secrets;
 pub mod state;
+/// Test harnesses (a throw-away PostgreSQL): for this crate's unit tests and, with the
+/// `test-support` feature, for the integration tests; not in release builds.
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
+pub mod timing;
 pub mod transport;
 pub mod worker;
 

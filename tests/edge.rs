@@ -260,7 +260,7 @@ async fn still_serving(
     for name in online {
         let node = status.nodes.iter().find(|n| n.name == *name);
         assert!(
-            node.is_some_and(|n| n.status == "Online"),
+            node.is_some_and(|n| n.status() == proto::NodeHealth::Online),
             "after {label}: {name} is not Online: {:?}",
             status.nodes
         );
@@ -529,6 +529,7 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
             name: "x".repeat(over),
             load: None,
             sent_at_ms: 0,
+            protocol_version: shir::protocol::PROTOCOL_VERSION,
         })
         .await
         .expect_err("an oversized Heartbeat");
@@ -589,6 +590,7 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
                 timestamp: rand::random(),
                 nonce: random_bytes(rand::random::<usize>() % 40),
                 proof: random_bytes(rand::random::<usize>() % 40),
+                protocol_version: shir::protocol::PROTOCOL_VERSION,
             }
         };
         attempts.push(req);
@@ -788,7 +790,11 @@ async fn bad_input_at_the_edge_is_refused_and_the_ir_keeps_serving() {
         let ir = &ir;
         async move {
             let s = ir.status(via).await.map_err(|e| e.to_string())?;
-            let online = s.nodes.iter().filter(|n| n.status == "Online").count();
+            let online = s
+                .nodes
+                .iter()
+                .filter(|n| n.status() == proto::NodeHealth::Online)
+                .count();
             if online == 3 {
                 Ok(())
             } else {

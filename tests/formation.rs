@@ -282,7 +282,10 @@ async fn four_nodes_form_and_fail_over() {
         .iter()
         .find(|n| n.name == victim_name)
         .expect("the killed node is still a member");
-    assert_eq!((back.status.as_str(), back.raft_role.as_str()), ("Online", "Voter"));
+    assert_eq!(
+        (back.status(), back.raft_role()),
+        (proto::NodeHealth::Online, proto::RaftRole::Voter)
+    );
 
     steps.step("every node, the restarted one included, holds every value written");
     for i in 0..4 {

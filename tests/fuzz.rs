@@ -15,10 +15,10 @@ use proptest::test_runner::Config;
 use sha2::{Digest, Sha256};
 use shir::auth_key::{AuthKey, PREFIX};
 use shir::connectors::ServiceType;
-use shir::copy::{Consistency, Format, Location};
+use shir::job_spec::{Consistency, DatasetRef, Format, JobSpec, Location, RetryPolicy};
 use shir::secrets::backup::{BackupContents, BackupError, KdfParams, open_backup, seal_backup_with};
 use shir::secrets::{DataKey, SecretBytes, SecretString};
-use shir::state::jobs::{Assignment, DatasetRef, Job, JobSpec, Outcome, RetryPolicy};
+use shir::state::jobs::{Assignment, Job, Outcome};
 use shir::state::{
     AdminCertRecord, AuthKeySlot, Command, IrInfo, IrState, LinkedService, NodeRecord, ProxySettings, Sealed,
 };
@@ -257,7 +257,7 @@ fn job(id: &str) -> Job {
         source: dataset("in/*.csv", Format::Csv(Default::default())),
         sink: dataset("out", Format::Binary),
         retry: RetryPolicy::default(),
-        stall_timeout_ms: shir::state::jobs::DEFAULT_STALL_TIMEOUT_MS,
+        stall_timeout_ms: shir::job_spec::DEFAULT_STALL_TIMEOUT_MS,
     };
     Job::queued(id.into(), spec, 1_700_000_000_000)
 }

@@ -78,10 +78,10 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     let tmp = common::tempdir();
     let mut ir = common::local_ir(tmp.path(), common::free_port(4), 4);
     ir.offline_timeout_ms = Some(1500);
-    ir.env
-        .push(("SHIR_TEST_HOLD_BEFORE_PUBLISH".into(), format!("hold-:{HOLD_MS}")));
-    ir.env
-        .push(("SHIR_TEST_HOLD_AFTER_PUBLISH".into(), format!("published-:{HOLD_MS}")));
+    ir.env.push(common::failpoints(&[
+        (common::HOLD_BEFORE_PUBLISH, "hold-", HOLD_MS),
+        (common::HOLD_AFTER_PUBLISH, "published-", HOLD_MS),
+    ]));
     let _logs = common::DumpLogsOnPanic::new(&ir);
     ir.form("jobs-ir").await.expect("four nodes form an IR");
     let share = tmp.path().join("share");

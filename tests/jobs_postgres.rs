@@ -54,7 +54,7 @@ async fn jobs_load_and_unload_postgres_exactly_once() {
     let mut ir = common::local_ir(tmp.path(), common::free_port(3), 3);
     ir.offline_timeout_ms = Some(1500);
     ir.env
-        .push(("SHIR_TEST_HOLD_BEFORE_PUBLISH".into(), format!("hold-:{HOLD_MS}")));
+        .push(common::failpoints(&[(common::HOLD_BEFORE_PUBLISH, "hold-", HOLD_MS)]));
     let _logs = common::DumpLogsOnPanic::new(&ir);
     ir.form("pg-ir").await.expect("three nodes form an IR");
     let db = pg.create_database().await;

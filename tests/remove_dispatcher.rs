@@ -59,7 +59,7 @@ async fn the_dispatcher_can_remove_itself() {
         }
     })
     .await;
-    assert_eq!(status.nodes[0].status, "Online");
+    assert_eq!(status.nodes[0].status(), proto::NodeHealth::Online);
     let mut admin = ir.admin(other).await.expect("admin");
     admin
         .put(proto::PutRequest {
@@ -116,13 +116,20 @@ async fn removed_while_away(away: Away) {
     .await;
     common::eventually("three voters without it", Duration::from_secs(20), || async {
         let s = ir.status(dispatcher).await.map_err(|e| e.to_string())?;
-        let voters = s.nodes.iter().filter(|n| n.raft_role == "Voter").count();
+        let voters = s
+            .nodes
+            .iter()
+            .filter(|n| n.raft_role() == proto::RaftRole::Voter)
+            .count();
         if s.nodes.len() == 3 && voters == 3 && s.nodes.iter().all(|n| n.name != name) {
             Ok(())
         } else {
             Err(format!(
                 "{:?}",
-                s.nodes.iter().map(|n| (&n.name, &n.raft_role)).collect::<Vec<_>>()
+                s.nodes
+                    .iter()
+                    .map(|n| (&n.name, n.raft_role().label()))
+                    .collect::<Vec<_>>()
             ))
         }
     })

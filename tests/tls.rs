@@ -288,7 +288,9 @@ async fn node_port_admits_only_the_right_certificates() {
             let s = ir.status(1).await.map_err(|e| e.to_string())?;
             let names: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
             if names == ["node1", "node2", "node3"]
-                && s.nodes.iter().all(|n| n.status == "Online" && n.raft_role == "Voter")
+                && s.nodes
+                    .iter()
+                    .all(|n| n.status() == proto::NodeHealth::Online && n.raft_role() == proto::RaftRole::Voter)
             {
                 Ok(s)
             } else {

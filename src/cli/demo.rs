@@ -30,7 +30,7 @@ fn role_of(status: &crate::proto::StatusReply, name: &str) -> String {
         .nodes
         .iter()
         .find(|n| n.name == name)
-        .map(|n| n.role.clone())
+        .map(|n| n.role().label().to_string())
         .unwrap_or_default()
 }
 
@@ -136,7 +136,7 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
             let s = ir.status(watcher).await.ok()?;
             s.nodes
                 .iter()
-                .any(|n| n.name == victim_name && n.status == "Offline")
+                .any(|n| n.name == victim_name && n.status() == proto::NodeHealth::Offline)
                 .then_some(s)
         })
         .await?;
@@ -233,7 +233,7 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
             let mut admin = ir.admin(dispatcher).await.ok()?;
             let list = admin
                 .job_list(proto::JobListRequest {
-                    state: "running".into(),
+                    state: proto::JobState::Running.into(),
                     ..Default::default()
                 })
                 .await
@@ -266,11 +266,7 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
     let mut watcher = ir.admin(dispatcher).await?;
     let done = loop {
         let list = watcher.job_list(proto::JobListRequest::default()).await?.into_inner();
-        let finished = list
-            .jobs
-            .iter()
-            .filter(|j| matches!(j.state.as_str(), "Succeeded" | "Failed" | "Cancelled"))
-            .count();
+        let finished = list.jobs.iter().filter(|j| super::job::is_final(j.state())).count();
         if finished == ids.len() {
             break list.jobs;
         }
@@ -289,10 +285,10 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
             .ok_or_else(|| anyhow!("job {id} missing"))?;
         let out = share.join(format!("out/part-{f:02}.bin"));
         let matches = out.exists() && sha256_file(&out)? == sums[f];
-        all_good &= matches && j.state == "Succeeded";
+        all_good &= matches && j.state() == proto::JobState::Succeeded;
         rows.push(vec![
             j.id.clone(),
-            j.state.clone(),
+            j.state().label().to_string(),
             j.node.clone(),
             j.attempt.to_string(),
             if matches {

@@ -120,6 +120,26 @@ pub enum StateFilter {
     Cancelled,
 }
 
+impl From<StateFilter> for proto::JobState {
+    fn from(s: StateFilter) -> Self {
+        match s {
+            StateFilter::Queued => proto::JobState::Queued,
+            StateFilter::Running => proto::JobState::Running,
+            StateFilter::Succeeded => proto::JobState::Succeeded,
+            StateFilter::Failed => proto::JobState::Failed,
+            StateFilter::Cancelled => proto::JobState::Cancelled,
+        }
+    }
+}
+
+/// A job in this state has ended and will not change again.
+pub fn is_final(state: proto::JobState) -> bool {
+    matches!(
+        state,
+        proto::JobState::Succeeded | proto::JobState::Failed | proto::JobState::Cancelled
+    )
+}
+
 /// Exit statuses of `job wait` besides 0 (succeeded) and 1 (failed, or any error).
 pub const EXIT_CANCELLED: u8 = 4;
 pub const EXIT_WAIT_TIMEOUT: u8 = 5;
@@ -132,13 +152,26 @@ pub struct WaitOutcome {
     pub exit: u8,
 }
 
+/// The check as `--json` has always shown it (the state's serde form): null until it ran.
+fn check_json(check: Option<&proto::ConsistencyCheck>) -> Value {
+    check.map_or(Value::Null, |c| {
+        json!({
+            "rows_read": c.rows_read,
+            "rows_written": c.rows_written,
+            "source_checksum": c.source_checksum,
+            "sink_checksum": c.sink_checksum,
+            "verified": c.verified,
+        })
+    })
+}
+
 pub fn job_json(j: &proto::JobInfo) -> Value {
-    let check: Value = serde_json::from_str(&j.check_json).unwrap_or(Value::Null);
+    let check = check_json(j.check.as_ref());
     let opt_time = |ms: i64| (ms > 0).then(|| rfc3339_ms(ms)).flatten();
     json!({
         "id": j.id,
         "name": j.name,
-        "state": j.state,
+        "state": j.state().label(),
         "node": (!j.node.is_empty()).then_some(&j.node),
         "attempt": j.attempt,
         "max_attempts": j.max_attempts,
@@ -169,7 +202,7 @@ fn job_text(j: &proto::JobInfo) -> String {
     let mut rows = vec![
         vec!["id".to_string(), j.id.clone()],
         vec!["name".into(), dash(&j.name)],
-        vec!["state".into(), j.state.clone()],
+        vec!["state".into(), j.state().label().into()],
         vec!["node".into(), dash(&j.node)],
         vec!["attempt".into(), format!("{} of {}", j.attempt, j.max_attempts)],
         vec!["source".into(), j.source.clone()],
@@ -181,8 +214,8 @@ fn job_text(j: &proto::JobInfo) -> String {
         vec!["started".into(), time(j.started_at_ms)],
         vec!["finished".into(), time(j.finished_at_ms)],
     ];
-    if !j.check_json.is_empty() {
-        rows.push(vec!["check".into(), check_text(&j.check_json)]);
+    if let Some(check) = &j.check {
+        rows.push(vec!["check".into(), check_text(check)]);
     }
     if !j.error.is_empty() {
         rows.push(vec!["error".into(), j.error.clone()]);
@@ -190,16 +223,9 @@ fn job_text(j: &proto::JobInfo) -> String {
     table(&["FIELD", "VALUE"], &rows)
 }
 
-fn check_text(check_json: &str) -> String {
-    let Ok(c) = serde_json::from_str::<Value>(check_json) else {
-        return check_json.to_string();
-    };
-    let verified = if c["verified"] == true {
-        "verified"
-    } else {
-        "NOT verified"
-    };
-    match (c["source_checksum"].as_str(), c["sink_checksum"].as_str()) {
+fn check_text(c: &proto::ConsistencyCheck) -> String {
+    let verified = if c.verified { "verified" } else { "NOT verified" };
+    match (c.source_checksum.as_deref(), c.sink_checksum.as_deref()) {
         (Some(a), Some(b)) => {
             // `ALGORITHM:DIGITS`; the first 16 digits are enough to tell two apart by eye.
             let (algorithm, a) = a.split_once(':').unwrap_or(("checksum", a));
@@ -210,10 +236,7 @@ fn check_text(check_json: &str) -> String {
                 &b[..b.len().min(16)]
             )
         }
-        _ => format!(
-            "{verified}: {} rows read, {} written",
-            c["rows_read"], c["rows_written"]
-        ),
+        _ => format!("{verified}: {} rows read, {} written", c.rows_read, c.rows_written),
     }
 }
 
@@ -221,7 +244,7 @@ fn progress_line(j: &proto::JobInfo) -> String {
     format!(
         "{} {:<9} node {:<8} attempt {}  {} rows  {}  {} files",
         j.id,
-        j.state,
+        j.state().label(),
         if j.node.is_empty() { "-" } else { &j.node },
         j.attempt,
         j.rows,
@@ -299,14 +322,12 @@ pub async fn run(command: JobCommand) -> Result<()> {
             target,
             json,
         } => {
-            let state = state
-                .map(|s| s.to_possible_value().expect("a value").get_name().to_string())
-                .unwrap_or_default();
+            let state = state.map_or(proto::JobState::Unspecified, proto::JobState::from);
             let reply = target
                 .connect()
                 .await?
                 .job_list(proto::JobListRequest {
-                    state,
+                    state: state.into(),
                     limit: limit.unwrap_or(0),
                     after: after.unwrap_or_default(),
                 })
@@ -323,7 +344,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                     .map(|j| {
                         vec![
                             j.id.clone(),
-                            j.state.clone(),
+                            j.state().label().into(),
                             if j.node.is_empty() { "-".into() } else { j.node.clone() },
                             j.attempt.to_string(),
                             j.rows.to_string(),
@@ -372,10 +393,10 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 .into_inner();
             if json {
                 print_json(&job_json(&j));
-            } else if j.state == "Cancelled" {
+            } else if j.state() == proto::JobState::Cancelled {
                 println!("job {} cancelled", j.id);
             } else {
-                println!("job {} is stopping (it was {})", j.id, j.state);
+                println!("job {} is stopping (it was {})", j.id, j.state().label());
             }
         }
         JobCommand::Wait {
@@ -393,7 +414,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                     .job_show(proto::JobShowRequest { id: id.clone() })
                     .await?
                     .into_inner();
-                if matches!(j.state.as_str(), "Succeeded" | "Failed" | "Cancelled") {
+                if is_final(j.state()) {
                     break j;
                 }
                 let line = progress_line(&j);
@@ -412,7 +433,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                         eprintln!();
                     }
                     return Err(WaitOutcome {
-                        message: format!("job {id} is still {} after {limit} s", j.state),
+                        message: format!("job {id} is still {} after {limit} s", j.state().label()),
                         exit: EXIT_WAIT_TIMEOUT,
                     }
                     .into());
@@ -427,9 +448,9 @@ pub async fn run(command: JobCommand) -> Result<()> {
             } else {
                 println!("{}", progress_line(&j));
             }
-            match j.state.as_str() {
-                "Succeeded" => {}
-                "Cancelled" => {
+            match j.state() {
+                proto::JobState::Succeeded => {}
+                proto::JobState::Cancelled => {
                     return Err(WaitOutcome {
                         message: format!("job {id} was cancelled"),
                         exit: EXIT_CANCELLED,

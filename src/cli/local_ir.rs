@@ -1,7 +1,9 @@
 //! A whole integration runtime on this machine: nodes as real `shir` processes on the
 //! loopback addresses 127.0.0.1–127.0.0.4, each with its own data dir, all on one port.
 //! Used by `shir demo`, `shir bench` and the integration tests, so all three exercise the
-//! product exactly as an operator runs it.
+//! product exactly as an operator runs it. What only tests need (extra environment for the
+//! nodes, a shorter offline timeout, standard input for a command, waiting for a node to
+//! exit by itself) comes with the `test-support` feature, which release builds leave off.
 
 use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
@@ -37,10 +39,12 @@ pub struct LocalIr {
     exe: PathBuf,
     root: PathBuf,
     pub nodes: Vec<LocalNode>,
-    /// Extra environment for every node process (e.g. log filters in tests).
+    /// Extra environment for every node process (log filters, fail points).
+    #[cfg(feature = "test-support")]
     pub env: Vec<(String, String)>,
     /// Written to each node's node.json when it is provisioned: tests shorten it so that a
     /// node they stop is declared Offline quickly.
+    #[cfg(feature = "test-support")]
     pub offline_timeout_ms: Option<u64>,
 }
 
@@ -75,7 +79,9 @@ impl LocalIr {
             exe: exe.into(),
             root,
             nodes,
+            #[cfg(feature = "test-support")]
             env: Vec::new(),
+            #[cfg(feature = "test-support")]
             offline_timeout_ms: None,
         }
     }
@@ -86,14 +92,20 @@ impl LocalIr {
 
     /// Runs a one-shot `shir` subcommand; its stdout on success, its error line on failure.
     pub async fn shir(&self, args: &[&str]) -> Result<String> {
-        self.shir_with_input(args, None).await
+        self.run_shir(args, None).await
     }
 
     /// `shir` with `args` and `input` on its standard input (for `--password-stdin`).
+    #[cfg(feature = "test-support")]
     pub async fn shir_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
-        let mut child = Command::new(&self.exe)
+        self.run_shir(args, input).await
+    }
+
+    async fn run_shir(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        let mut command = Command::new(&self.exe);
+        self.test_env(&mut command);
+        let mut child = command
             .args(args)
-            .envs(self.env.iter().cloned())
             .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -132,6 +144,7 @@ impl LocalIr {
         let mut args = vec![verb, "--data-dir", &dir, "--name", &n.name, "--listen", &n.address];
         args.extend_from_slice(extra);
         self.shir(&args).await?;
+        #[cfg(feature = "test-support")]
         if let Some(ms) = self.offline_timeout_ms {
             let mut config = n.dir.load_config()?;
             config.offline_timeout_ms = ms;
@@ -147,10 +160,11 @@ impl LocalIr {
             .create(true)
             .append(true)
             .open(&self.nodes[i].log)?;
-        let child = Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        self.test_env(&mut command);
+        let child = command
             .args(["run", "--data-dir"])
             .arg(self.nodes[i].dir.root())
-            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -198,6 +212,7 @@ impl LocalIr {
     }
 
     /// Waits up to `timeout` for node `i`'s process to exit by itself; its exit code if it did.
+    #[cfg(feature = "test-support")]
     pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
         let child = self.nodes[i].child.as_mut()?;
         let status = tokio::time::timeout(timeout, child.wait()).await.ok()?.ok()?;
@@ -212,6 +227,12 @@ impl LocalIr {
                 let _ = self.signal(i, libc::SIGTERM).await;
             }
         }
+    }
+
+    /// The tests' extra environment on `command`; nothing without `test-support`.
+    fn test_env(&self, _command: &mut Command) {
+        #[cfg(feature = "test-support")]
+        _command.envs(self.env.iter().cloned());
     }
 
     /// Admin client on node `i`'s local socket.
@@ -272,9 +293,11 @@ impl LocalIr {
             let s = self.status(via).await.ok()?;
             let ok = !s.dispatcher.is_empty()
                 && running.iter().all(|name| {
-                    s.nodes
-                        .iter()
-                        .any(|n| &n.name == name && n.status == "Online" && n.raft_role == "Voter")
+                    s.nodes.iter().any(|n| {
+                        &n.name == name
+                            && n.status() == proto::NodeHealth::Online
+                            && n.raft_role() == proto::RaftRole::Voter
+                    })
                 });
             ok.then_some(s)
         })

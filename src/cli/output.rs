@@ -68,9 +68,10 @@ pub fn status_json(s: &proto::StatusReply) -> Value {
                 "name": n.name,
                 "id": n.id,
                 "address": n.address,
-                "status": n.status,
-                "role": n.role,
-                "raft_role": n.raft_role,
+                "status": n.status().label(),
+                "status_reason": (!n.status_reason.is_empty()).then_some(&n.status_reason),
+                "role": n.role().label(),
+                "raft_role": n.raft_role().label(),
                 "version": n.version,
                 "running_jobs": n.running_jobs,
                 "concurrent_jobs_limit": n.concurrent_jobs_limit,
@@ -103,21 +104,28 @@ pub fn status_text(s: &proto::StatusReply) -> String {
         .nodes
         .iter()
         .map(|n| {
-            let status = if n.unreachable_peers.is_empty() {
-                n.status.clone()
+            let mut why: Vec<String> = Vec::new();
+            if !n.status_reason.is_empty() {
+                why.push(n.status_reason.clone());
+            }
+            if !n.unreachable_peers.is_empty() {
+                why.push(format!("cannot reach {}", n.unreachable_peers.join(", ")));
+            }
+            let status = if why.is_empty() {
+                n.status().label().to_string()
             } else {
-                format!("{} (cannot reach {})", n.status, n.unreachable_peers.join(", "))
+                format!("{} ({})", n.status().label(), why.join("; "))
             };
             // An Offline node's last load is stale: show it as unknown rather than as current.
-            let heard = n.last_heartbeat_ms != 0 && n.status != "Offline";
+            let heard = n.last_heartbeat_ms != 0 && n.status() != proto::NodeHealth::Offline;
             vec![
                 n.name.clone(),
                 n.address.clone(),
                 status,
-                if n.raft_role == "Learner" {
-                    format!("{} (learner)", n.role)
+                if n.raft_role() == proto::RaftRole::Learner {
+                    format!("{} (learner)", n.role().label())
                 } else {
-                    n.role.clone()
+                    n.role().label().to_string()
                 },
                 if heard { n.version.clone() } else { "-".into() },
                 if heard {

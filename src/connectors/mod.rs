@@ -135,11 +135,7 @@ impl ServiceSpec {
     }
 }
 
-/// How long a probe may take in all (name resolution, connecting, logging in, the first
-/// answer): long enough for a slow VPN or a cold DNS cache, short enough that an operator
-/// waiting on a connection test learns that nothing answers rather than waiting on TCP's
-/// own timeouts, which run to minutes.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::timing::PROBE_TIMEOUT;
 
 /// The fields a type has.
 pub fn schema(kind: ServiceType) -> &'static [FieldSpec] {

@@ -7,12 +7,10 @@ use tokio_postgres::NoTls;
 
 use super::{FieldKind, FieldSpec, ServiceSpec, one_line, parse_port};
 
-/// TCP keepalive on connections to PostgreSQL: a peer silent for 30 s is probed every 10 s
-/// and given up after 6 unanswered probes, so a dead server or path ends a copy in about
-/// 90 s (and the attempt is retried) instead of hanging.
-const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-const KEEPALIVE_RETRIES: u32 = 6;
+use crate::timing::{
+    POSTGRES_KEEPALIVE_IDLE as KEEPALIVE_IDLE, POSTGRES_KEEPALIVE_INTERVAL as KEEPALIVE_INTERVAL,
+    POSTGRES_KEEPALIVE_RETRIES as KEEPALIVE_RETRIES,
+};
 
 /// PostgreSQL's own default, as libpq uses it.
 pub(super) const DEFAULT_PORT: u16 = 5432;

@@ -17,51 +17,12 @@ pub mod postgres;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::connectors::{ServiceSpec, ServiceType};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
-
-use crate::connectors::{ServiceSpec, ServiceType};
-
-/// Where inside a linked service a job reads or writes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Location {
-    /// Filesystem: a path relative to the service's root; for a source it may hold a glob
-    /// (`*`, `?`, `**`) or name a directory (all files under it, recursively).
-    Path(String),
-    /// PostgreSQL: a table.
-    Table { schema: String, table: String },
-    /// PostgreSQL source: a query.
-    Query(String),
-}
-
-/// How files are read or written (filesystem only; PostgreSQL ignores it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Format {
-    Csv(CsvOptions),
-    JsonLines,
-    Parquet,
-    /// Files as they are: no parsing, sizes and modification times preserved.
-    Binary,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CsvOptions {
-    /// First line holds column names (read: taken as names; write: written).
-    pub header: bool,
-    pub delimiter: u8,
-    pub quote: u8,
-}
-
-impl Default for CsvOptions {
-    fn default() -> Self {
-        CsvOptions {
-            header: true,
-            delimiter: b',',
-            quote: b'"',
-        }
-    }
-}
+// A copy's inputs and the check it ends with are job-spec types, shared with the state;
+// every copy module speaks them, so they are named here too.
+pub use crate::job_spec::{Consistency, CsvOptions, Format, Location};
 
 /// One end of a copy as a worker sees it: the linked service's definition with its secrets
 /// unsealed for this run, and the place within it.
@@ -136,21 +97,6 @@ impl CopyError {
             retryable: true,
         }
     }
-}
-
-/// The data consistency check of a copy (ADF's `validateDataConsistency`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Consistency {
-    /// Tabular copies: rows read from the source and rows written to the sink.
-    pub rows_read: u64,
-    pub rows_written: u64,
-    /// Binary copies: a checksum over the files' contents (in path order), of the source as
-    /// read and of the staged output as read back, named by its algorithm:
-    /// `xxh3-128:` and 32 hex digits.
-    pub source_checksum: Option<String>,
-    pub sink_checksum: Option<String>,
-    /// Whether the two sides agree.
-    pub verified: bool,
 }
 
 /// Output written to staging and not yet visible: publish it or discard it.

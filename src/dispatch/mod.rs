@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 use tonic::Status;
 
 use crate::node::Node;
-use crate::proto;
+use crate::node::liveness::Health;
+use crate::proto::{self, job_report_request::Phase};
 use crate::state::jobs::{JobState, Outcome};
 use crate::state::{Command, NodeId};
 use placement::{Candidate, Waiting};
 
-/// How often the dispatcher looks again when nothing wakes it (liveness changes are only
-/// seen by looking).
-const IDLE_ROUND: Duration = Duration::from_millis(200);
+use crate::timing::DISPATCH_IDLE_ROUND as IDLE_ROUND;
 
 /// The latest progress of running attempts, as their workers report it.
 #[derive(Default)]
@@ -96,7 +95,7 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
     crate::node::job_history::prune_if_due(node).await?;
     if may_judge {
         for (id, status, _) in &view {
-            if *status != "Offline" {
+            if *status != Health::Offline {
                 continue;
             }
             // The exact attempts judged lost, so that a late commit of this entry cannot
@@ -146,7 +145,7 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
             .iter()
             .map(|(id, status, load)| Candidate {
                 id: *id,
-                online: *status == "Online",
+                online: *status == Health::Online,
                 running: s.running_on(*id),
                 limit: s.node_limits.get(id).copied().unwrap_or(load.concurrent_jobs_limit),
                 cpu_percent: load.cpu_percent,
@@ -177,20 +176,24 @@ async fn round(node: &Node, may_judge: bool) -> Result<(), Status> {
 /// certificate by the caller). Runs on the dispatcher. Refused reports (a stale attempt, an
 /// ended job) answer `accepted: false`: fencing, not an error.
 pub async fn report(node: &Node, from: NodeId, req: proto::JobReportRequest) -> Result<proto::JobReportReply, Status> {
-    let command = match req.phase.as_str() {
+    let command = match &req.phase {
         // A node that restarts may believe for a moment that it still leads (its last vote
         // was its own): the answer to "may this attempt start?" must come from a dispatcher
         // a majority confirms, never from a stale one.
-        "start" if !node.confirm_leadership().await => return Err(crate::node::not_dispatcher()),
-        "progress" | "start" => {
+        Some(Phase::Start(_)) if !node.confirm_leadership().await => return Err(crate::node::not_dispatcher()),
+        Some(phase @ (Phase::Progress(_) | Phase::Start(_))) => {
+            let moved = match phase {
+                Phase::Progress(p) => *p,
+                _ => proto::ReportProgress::default(),
+            };
             let current = node.read_state(|s| s.jobs.get(&req.job_id).map(|j| (j.state, j.attempt, j.node)));
             let accepted = current == Some((JobState::Running, req.attempt, Some(from)));
             if accepted {
                 let p = Progress {
                     attempt: req.attempt,
-                    rows: req.rows,
-                    bytes: req.bytes,
-                    files: req.files,
+                    rows: moved.rows,
+                    bytes: moved.bytes,
+                    files: moved.files,
                 };
                 node.progress.set(&req.job_id, p);
             }
@@ -199,13 +202,13 @@ pub async fn report(node: &Node, from: NodeId, req: proto::JobReportRequest) -> 
                 message: String::new(),
             });
         }
-        "publish" => Command::BeginPublish {
+        Some(Phase::Publish(_)) => Command::BeginPublish {
             job_id: req.job_id.clone(),
             attempt: req.attempt,
             node: from,
         },
-        "finish" => {
-            let outcome: Outcome = serde_json::from_slice(&req.outcome_json)
+        Some(Phase::Finish(outcome)) => {
+            let outcome = Outcome::try_from(outcome.clone())
                 .map_err(|e| Status::invalid_argument(format!("malformed job outcome: {e}")))?;
             Command::FinishJob {
                 job_id: req.job_id.clone(),
@@ -215,9 +218,13 @@ pub async fn report(node: &Node, from: NodeId, req: proto::JobReportRequest) -> 
                 now_ms: crate::unix_now_ms(),
             }
         }
-        other => return Err(Status::invalid_argument(format!("unknown job report phase '{other}'"))),
+        None => {
+            return Err(Status::invalid_argument(
+                "a job report without a phase (start, progress, publish or finish)",
+            ));
+        }
     };
-    let finishing = req.phase == "finish";
+    let finishing = matches!(req.phase, Some(Phase::Finish(_)));
     match node.propose(command).await {
         Ok(_) => {
             if finishing {

@@ -21,11 +21,7 @@ use crate::secrets::member_proof::{MemberProof, ProofError};
 use crate::state::{AdminCertRecord, Command, auth_key_aad};
 use crate::transport::Caller;
 
-/// How long `status` keeps trying the dispatcher before answering from this node's own view,
-/// and how long one try may take. Short: during an election an operator wants an answer, not
-/// a hang; a try at a dispatcher that froze gives up in time to try the one elected next.
-const STATUS_PATIENCE: Duration = Duration::from_secs(3);
-const STATUS_ATTEMPT: Duration = Duration::from_secs(1);
+use crate::timing::{READ_PATIENCE, STATUS_ATTEMPT, STATUS_PATIENCE};
 
 /// Runs `method` where it belongs and returns the encoded reply.
 pub async fn route(node: &Arc<Node>, method: &str, request: Vec<u8>, caller: &Caller) -> Result<Vec<u8>, Status> {
@@ -114,10 +110,6 @@ async fn answer_here(
     };
     Some(reply)
 }
-
-/// How long a read waits for the dispatcher's read index, and then for this node to apply
-/// up to it, before answering from what it has (marked stale).
-const READ_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Brings this node up to everything the dispatcher had applied when asked, once the
 /// dispatcher has confirmed with a majority that it still leads (a read index). Every write
@@ -370,6 +362,7 @@ async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
                 name: node.config.name.clone(),
                 load: None,
                 sent_at_ms: 0,
+                protocol_version: crate::protocol::PROTOCOL_VERSION,
             };
             let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(1), cluster.heartbeat(probe)).await else {
                 continue;

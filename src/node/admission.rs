@@ -13,9 +13,8 @@ use crate::pki;
 use crate::proto;
 use crate::state::{Command, NodeRecord, auth_key_aad, validate_node_name};
 
-/// A proof is accepted only this close to the dispatcher's clock, so a captured request
-/// cannot be replayed later; five minutes tolerates ordinary clock drift between machines.
-pub const PROOF_MAX_AGE_SECS: i64 = 300;
+/// [`crate::timing::JOIN_PROOF_MAX_AGE`] in the seconds a proof's timestamp carries.
+pub const PROOF_MAX_AGE_SECS: i64 = crate::timing::JOIN_PROOF_MAX_AGE.as_secs() as i64;
 
 /// Bound on remembered nonces; a flood of joins cannot grow memory past it.
 const MAX_REMEMBERED_NONCES: usize = 10_000;
@@ -62,6 +61,9 @@ fn denied(msg: impl Into<String>) -> Status {
 /// Admits the node described by `req`, or says in one line why not. Nothing is written
 /// unless every check passes.
 pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinResponse, Status> {
+    // First: a joiner of another protocol version may have written every other field
+    // differently (the proof's form included).
+    crate::protocol::check(req.protocol_version).map_err(|e| Status::failed_precondition(e.to_string()))?;
     let _one_at_a_time = node.admission.serial.lock().await;
     let ir = node.ir()?;
     let slot: u8 = match req.key_slot {

@@ -5,8 +5,9 @@ use tonic::Status;
 
 use super::Node;
 use crate::copy::{CsvOptions, Format, Location};
+use crate::job_spec::{DEFAULT_STALL_TIMEOUT_MS, DatasetRef, JobSpec};
 use crate::proto;
-use crate::state::jobs::{DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Job, JobSpec, JobState, MAX_SEEDED_PER_COMMAND};
+use crate::state::jobs::{Job, JobState, MAX_SEEDED_PER_COMMAND};
 use crate::state::{Command, JobHistory};
 
 /// Set in a dispatcher's environment to let `JobHistorySeed` add jobs: only `shir bench`

@@ -6,7 +6,7 @@
 //! dispatcher (`admin::read_index`), and unseal only what a connector needs right then.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -16,15 +16,14 @@ use crate::connectors::{self, ProxyConfig, ServiceSpec, ServiceType};
 use crate::proto;
 use crate::secrets::{self, SecretBytes, SecretString};
 use crate::state::linked_service::{
-    MAX_FIELD_BYTES, encrypted_credential_aad, linked_service_aad, proxy_aad, validate_service_name,
+    MAX_FIELD_BYTES, UnsealError, encrypted_credential_aad, proxy_aad, validate_service_name,
 };
 use crate::state::{Command, LinkedService, ProxySettings, Sealed};
 
 /// Prefix of blobs made by `shir credential encrypt`; the number is the format version.
 const CREDENTIAL_PREFIX: &str = "SHIRCRED1";
 
-/// A connection test gives up after this long even if the connector would wait longer.
-const TEST_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::timing::LINKED_SERVICE_TEST_TIMEOUT as TEST_TIMEOUT;
 
 fn invalid(why: impl Into<String>) -> Status {
     Status::invalid_argument(why.into())
@@ -62,38 +61,9 @@ fn check(spec: &ServiceSpec) -> Result<(), Status> {
     connectors::validate(spec).map_err(invalid)
 }
 
-/// Seals every secret of `spec` for version `version` of the service `id`.
-fn seal_secrets(node: &Node, ir_id: &str, id: &str, version: u64, spec: &ServiceSpec) -> BTreeMap<String, Sealed> {
-    spec.secrets
-        .iter()
-        .map(|(field, value)| {
-            let aad = linked_service_aad(ir_id, id, version, field);
-            let sealed = secrets::seal(&node.data_key, aad.as_bytes(), value.expose().as_bytes());
-            (field.clone(), Sealed(sealed))
-        })
-        .collect()
-}
-
-/// The plaintext definition of a stored service, for a connector or a re-seal.
-pub(crate) fn unseal_service(node: &Node, ir_id: &str, service: &LinkedService) -> Result<ServiceSpec, Status> {
-    let mut secrets = BTreeMap::new();
-    for (field, sealed) in &service.secrets {
-        let aad = linked_service_aad(ir_id, &service.id, service.version, field);
-        let bytes = secrets::open(&node.data_key, aad.as_bytes(), &sealed.0).map_err(|e| {
-            Status::internal(format!(
-                "secret field '{field}' of linked service '{}' does not open on this node: {e}",
-                service.name
-            ))
-        })?;
-        let text = SecretString::from_secret_bytes(bytes)
-            .map_err(|_| Status::internal(format!("secret field '{field}' is not UTF-8")))?;
-        secrets.insert(field.clone(), text);
-    }
-    Ok(ServiceSpec {
-        kind: service.kind,
-        fields: service.fields.clone(),
-        secrets,
-    })
+/// A sealed value that does not open here: the node's fault, not the caller's.
+fn unsealing(e: UnsealError) -> Status {
+    Status::internal(e.to_string())
 }
 
 fn info(node: &Node, s: &LinkedService, stale: bool) -> proto::LinkedServiceInfo {
@@ -170,7 +140,7 @@ pub async fn create(node: &Node, req: proto::LinkedServiceCreateRequest) -> Resu
     let id = new_id();
     let now = crate::unix_now();
     let service = LinkedService {
-        secrets: seal_secrets(node, &ir.id, &id, 1, &spec),
+        secrets: LinkedService::seal_secrets(&node.data_key, &ir.id, &id, 1, &spec),
         id,
         name: req.name,
         kind: spec.kind,
@@ -245,7 +215,7 @@ pub async fn update(node: &Node, req: proto::LinkedServiceUpdateRequest) -> Resu
                 kept.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
-        let mut spec = unseal_service(node, &ir.id, &current)?;
+        let mut spec = current.unseal(&node.data_key, &ir.id).map_err(unsealing)?;
         for field in &req.unset {
             if changes.fields.contains_key(field) || changes.secrets.contains_key(field) {
                 return Err(invalid(format!("field '{field}' is both set and unset")));
@@ -263,7 +233,7 @@ pub async fn update(node: &Node, req: proto::LinkedServiceUpdateRequest) -> Resu
     check(&spec)?;
     let version = current.version + 1;
     let service = LinkedService {
-        secrets: seal_secrets(node, &ir.id, &current.id, version, &spec),
+        secrets: LinkedService::seal_secrets(&node.data_key, &ir.id, &current.id, version, &spec),
         fields: spec.fields,
         version,
         updated_at: crate::unix_now(),
@@ -392,26 +362,9 @@ fn proxy_info(node: &Node, proxy: Option<&ProxySettings>, version: u64, stale: b
 
 /// The IR's proxy with its password unsealed, for a connector about to use it.
 fn proxy_config(node: &Node, ir_id: &str) -> Result<Option<ProxyConfig>, Status> {
-    let Some(p) = node.read_state(|s| s.proxy.clone()) else {
-        return Ok(None);
-    };
-    let password = match &p.password {
-        Some(sealed) => {
-            let bytes = secrets::open(&node.data_key, proxy_aad(ir_id, p.version).as_bytes(), &sealed.0)
-                .map_err(|e| Status::internal(format!("the proxy password does not open on this node: {e}")))?;
-            Some(
-                SecretString::from_secret_bytes(bytes)
-                    .map_err(|_| Status::internal("the proxy password is not UTF-8"))?,
-            )
-        }
-        None => None,
-    };
-    Ok(Some(ProxyConfig {
-        address: p.address,
-        port: p.port,
-        user: p.user,
-        password,
-    }))
+    node.read_state(|s| s.proxy.clone())
+        .map(|p| p.unseal(&node.data_key, ir_id).map_err(unsealing))
+        .transpose()
 }
 
 /// Connects to the store from this node with the credentials as this node decrypts them.
@@ -426,7 +379,10 @@ pub async fn test(node: &Node, name: &str, stale: bool) -> Result<proto::LinkedS
         ..Default::default()
     };
     let started = Instant::now();
-    let prepared = unseal_service(node, &ir.id, &service).and_then(|spec| Ok((spec, proxy_config(node, &ir.id)?)));
+    let prepared = service
+        .unseal(&node.data_key, &ir.id)
+        .map_err(unsealing)
+        .and_then(|spec| Ok((spec, proxy_config(node, &ir.id)?)));
     let (spec, proxy) = match prepared {
         Ok(ready) => ready,
         Err(e) => {

@@ -3,24 +3,38 @@
 //! timeout) or Limited (up, but unable to reach some peer that is itself up).
 //!
 //! Heartbeats go to every peer, not only to the dispatcher, so a newly elected dispatcher
-//! already knows everyone's load and can answer `status` at once after a failover.
+//! already knows everyone's load and can answer `status` at once after a failover. A
+//! heartbeat of another protocol version is refused: its load is not taken, and the node
+//! shows as Limited with the reason, rather than as Offline (it is up) or Online.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::{Node, sysload};
 use crate::proto::{self, NodeLoad};
+use crate::protocol::{self, ProtocolMismatch};
 
-/// Heartbeat period. Once a second, as the runtimes shir replaces do; cheap for four nodes.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub use crate::timing::HEARTBEAT_INTERVAL;
 
-/// A heartbeat that takes longer than this counts as "peer not reachable" for the round.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(900);
+use crate::timing::HEARTBEAT_TIMEOUT;
+
+/// How a node is doing, as judged from what was last heard of every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Online,
+    /// Silent for the offline timeout.
+    Offline,
+    /// Up, but it cannot reach some peer that is itself up, or it speaks another protocol
+    /// version.
+    Limited,
+}
 
 struct Seen {
     at_ms: i64,
     load: NodeLoad,
+    /// Its last heartbeat was refused for this reason (another protocol version); `load` is
+    /// then empty.
+    refused: Option<String>,
 }
 
 pub struct Liveness {
@@ -52,12 +66,34 @@ impl Liveness {
         let seen = Seen {
             at_ms: crate::unix_now_ms(),
             load,
+            refused: None,
         };
         self.seen.lock().expect("liveness lock").insert(name.to_string(), seen);
     }
 
-    /// Every member's health (Online, Limited, Offline) and last load, as heard here.
-    pub fn view(&self, node: &Node) -> Vec<(crate::raft::NodeId, &'static str, NodeLoad)> {
+    /// A heartbeat from node `name` (as its certificate says): its load is taken if it speaks
+    /// this node's protocol; else it is remembered as up but refused, and the caller is told.
+    pub fn heard(&self, name: &str, req: proto::HeartbeatRequest) -> Result<(), ProtocolMismatch> {
+        if let Err(mismatch) = protocol::check(req.protocol_version) {
+            let reason = mismatch.to_string();
+            let mut seen = self.seen.lock().expect("liveness lock");
+            if seen.get(name).and_then(|s| s.refused.as_ref()) != Some(&reason) {
+                tracing::warn!(peer = %name, %reason, "heartbeat refused: the peer speaks another protocol version");
+            }
+            let refused = Seen {
+                at_ms: crate::unix_now_ms(),
+                load: NodeLoad::default(),
+                refused: Some(reason),
+            };
+            seen.insert(name.to_string(), refused);
+            return Err(mismatch);
+        }
+        self.record(name, req.load.unwrap_or_default());
+        Ok(())
+    }
+
+    /// Every member's health and last load, as heard here.
+    pub fn view(&self, node: &Node) -> Vec<(crate::raft::NodeId, Health, NodeLoad)> {
         let now = crate::unix_now_ms();
         let timeout = node.config.offline_timeout_ms as i64;
         let members: Vec<(crate::raft::NodeId, String)> =
@@ -116,6 +152,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
                 name: node.config.name.clone(),
                 load: Some(load.clone()),
                 sent_at_ms: crate::unix_now_ms(),
+                protocol_version: protocol::PROTOCOL_VERSION,
             };
             let mut client = proto::cluster_client::ClusterClient::new(node.peers.channel(&address));
             async move {
@@ -154,18 +191,17 @@ pub async fn heartbeat_loop(node: Arc<Node>) {
 }
 
 /// How node `name` is doing, from what was last heard of every node: `Offline` if silent
-/// for `timeout` ms, `Limited` (with the peers it misses) if it is up but does not reach
-/// some peer that is itself up, else `Online`. A peer that is down makes nobody Limited.
-fn health(
-    name: &str,
-    all: &[&str],
-    seen: &HashMap<String, Seen>,
-    now: i64,
-    timeout: i64,
-) -> (&'static str, Vec<String>) {
+/// for `timeout` ms, `Limited` if its heartbeats are refused (another protocol version) or
+/// (with the peers it misses) if it is up but does not reach some peer that is itself up,
+/// else `Online`. A peer that is down or refused makes nobody Limited.
+fn health(name: &str, all: &[&str], seen: &HashMap<String, Seen>, now: i64, timeout: i64) -> (Health, Vec<String>) {
     let fresh = |n: &str| seen.get(n).is_some_and(|s| now - s.at_ms <= timeout);
+    let refused = |n: &str| seen.get(n).is_some_and(|s| s.refused.is_some());
     if !fresh(name) {
-        return ("Offline", Vec::new());
+        return (Health::Offline, Vec::new());
+    }
+    if refused(name) {
+        return (Health::Limited, Vec::new());
     }
     let reaches = seen
         .get(name)
@@ -173,13 +209,13 @@ fn health(
         .unwrap_or_default();
     let missed: Vec<String> = all
         .iter()
-        .filter(|peer| **peer != name && fresh(peer) && !reaches.iter().any(|r| r == *peer))
+        .filter(|peer| **peer != name && fresh(peer) && !refused(peer) && !reaches.iter().any(|r| r == *peer))
         .map(|p| p.to_string())
         .collect();
     if missed.is_empty() {
-        ("Online", missed)
+        (Health::Online, missed)
     } else {
-        ("Limited", missed)
+        (Health::Limited, missed)
     }
 }
 
@@ -202,23 +238,28 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
             let heard = seen.get(&n.name);
             let load = heard.map(|s| s.load.clone()).unwrap_or_default();
             let (status, unreachable) = health(&n.name, &names, &seen, now, timeout);
+            let role = if dispatcher == Some(n.id) {
+                proto::NodeRole::Dispatcher
+            } else {
+                proto::NodeRole::Worker
+            };
+            let raft_role = if membership.voter_ids().any(|v| v == n.id) {
+                proto::RaftRole::Voter
+            } else {
+                proto::RaftRole::Learner
+            };
+            let status_reason = match (status, heard) {
+                (Health::Limited, Some(s)) => s.refused.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
             proto::NodeStatus {
                 id: n.id,
                 name: n.name.clone(),
                 address: n.address.clone(),
-                status: status.to_string(),
-                role: if dispatcher == Some(n.id) {
-                    "Dispatcher"
-                } else {
-                    "Worker"
-                }
-                .to_string(),
-                raft_role: if membership.voter_ids().any(|v| v == n.id) {
-                    "Voter"
-                } else {
-                    "Learner"
-                }
-                .to_string(),
+                status: proto::NodeHealth::from(status).into(),
+                role: role.into(),
+                raft_role: raft_role.into(),
+                status_reason,
                 version: load.version.clone(),
                 // Running jobs from the replicated state (exact on the dispatcher); the limit
                 // as set with `node set-limit`, else as the node reports its default.
@@ -264,7 +305,11 @@ mod tests {
             reachable_peers: reaches.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        Seen { at_ms, load }
+        Seen {
+            at_ms,
+            load,
+            refused: None,
+        }
     }
 
     const ALL: [&str; 4] = ["n1", "n2", "n3", "n4"];
@@ -281,7 +326,7 @@ mod tests {
             })
             .collect();
         for n in ALL {
-            assert_eq!(health(n, &ALL, &map, 2000, 4000), ("Online", vec![]));
+            assert_eq!(health(n, &ALL, &map, 2000, 4000), (Health::Online, vec![]));
         }
     }
 
@@ -292,9 +337,9 @@ mod tests {
         map.insert("n2".into(), seen(10_000, &["n1", "n4"]));
         map.insert("n3".into(), seen(1_000, &["n1", "n2", "n4"])); // last heard 9 s ago
         map.insert("n4".into(), seen(10_000, &["n1", "n2"]));
-        assert_eq!(health("n3", &ALL, &map, 10_000, 4000).0, "Offline");
-        assert_eq!(health("n1", &ALL, &map, 10_000, 4000), ("Online", vec![]));
-        assert_eq!(health("n4", &ALL, &map, 10_000, 4000), ("Online", vec![]));
+        assert_eq!(health("n3", &ALL, &map, 10_000, 4000).0, Health::Offline);
+        assert_eq!(health("n1", &ALL, &map, 10_000, 4000), (Health::Online, vec![]));
+        assert_eq!(health("n4", &ALL, &map, 10_000, 4000), (Health::Online, vec![]));
     }
 
     #[test]
@@ -306,18 +351,53 @@ mod tests {
         map.insert("n4".into(), seen(10_000, &["n1", "n3"])); // cannot reach n2
         assert_eq!(
             health("n2", &ALL, &map, 10_500, 4000),
-            ("Limited", vec!["n4".to_string()])
+            (Health::Limited, vec!["n4".to_string()])
         );
         assert_eq!(
             health("n4", &ALL, &map, 10_500, 4000),
-            ("Limited", vec!["n2".to_string()])
+            (Health::Limited, vec!["n2".to_string()])
         );
-        assert_eq!(health("n1", &ALL, &map, 10_500, 4000), ("Online", vec![]));
+        assert_eq!(health("n1", &ALL, &map, 10_500, 4000), (Health::Online, vec![]));
+    }
+
+    #[test]
+    fn a_node_of_another_protocol_version_is_limited_with_the_reason_and_its_load_ignored() {
+        let liveness = Liveness::new();
+        for n in ["n1", "n2", "n4"] {
+            liveness.record(n, seen(0, &["n1", "n2", "n4"]).load);
+        }
+        let from_n3 = |protocol_version| proto::HeartbeatRequest {
+            name: "n3".into(),
+            load: Some(NodeLoad {
+                running_jobs: 7,
+                concurrent_jobs_limit: 8,
+                ..Default::default()
+            }),
+            sent_at_ms: 0,
+            protocol_version,
+        };
+        let refused = liveness.heard("n3", from_n3(999)).expect_err("another version");
+        let why = format!("protocol version 999, this IR speaks {}", protocol::PROTOCOL_VERSION);
+        assert_eq!(refused.to_string(), why);
+        let now = crate::unix_now_ms();
+        {
+            let map = liveness.seen.lock().unwrap();
+            assert_eq!(map["n3"].load, NodeLoad::default(), "its load is not taken");
+            assert_eq!(map["n3"].refused.as_deref(), Some(why.as_str()));
+            assert_eq!(health("n3", &ALL, &map, now, 4000), (Health::Limited, vec![]));
+            // Nobody reaches n3 (it refuses them too): that makes nobody else Limited.
+            assert_eq!(health("n1", &ALL, &map, now, 4000), (Health::Online, vec![]));
+        }
+        liveness
+            .heard("n3", from_n3(protocol::PROTOCOL_VERSION))
+            .expect("this version");
+        let map = liveness.seen.lock().unwrap();
+        assert_eq!((map["n3"].load.running_jobs, map["n3"].refused.is_none()), (7, true));
     }
 
     #[test]
     fn never_heard_is_offline() {
         let map = HashMap::new();
-        assert_eq!(health("n1", &ALL, &map, 10_000, 4000).0, "Offline");
+        assert_eq!(health("n1", &ALL, &map, 10_000, 4000).0, Health::Offline);
     }
 }

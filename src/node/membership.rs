@@ -6,15 +6,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
 
 use super::Node;
 use crate::raft::NodeId;
 
-/// How often the dispatcher re-checks membership when nothing wakes it.
-const RECONCILE_INTERVAL: Duration = Duration::from_millis(300);
+use crate::timing::RECONCILE_INTERVAL;
 
 /// A learner is promoted once its replicated log is within this many entries of the
 /// leader's: close enough that the joint configuration commits without waiting on it.

@@ -162,9 +162,7 @@ impl Node {
     }
 }
 
-/// How long a call forwarded to the dispatcher may take: a write's own time limit plus
-/// the hop.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(proposer::WRITE_TIMEOUT.as_secs() + 2);
+pub use crate::timing::FORWARD_TIMEOUT;
 
 /// How a call goes to the dispatcher: how long to keep trying, how long one attempt may
 /// take, and whether running it twice is harmless.
@@ -195,9 +193,7 @@ impl Calling {
 const NOT_DISPATCHER: &str = "this node is not the dispatcher";
 const NO_DISPATCHER: &str = "there is no dispatcher";
 
-/// How long the dispatcher waits for a majority to confirm it still leads (one heartbeat
-/// round on a healthy IR, milliseconds).
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::timing::CONFIRM_TIMEOUT;
 
 impl Node {
     /// True if this node leads and a majority confirms it now. openraft 0.9 keeps a leader
@@ -264,11 +260,7 @@ pub struct Removed {
 /// `RestartPreventExitStatus`.
 pub const EXIT_REMOVED: u8 = 3;
 
-/// How long a node that was a member may be out of the Raft membership before it takes
-/// itself for removed. A removed dispatcher leaves the membership before its certificate is
-/// revoked (by the next dispatcher, whose entries it no longer receives); the grace lets it
-/// finish handing over the removal first.
-const OUT_OF_MEMBERSHIP_GRACE: Duration = Duration::from_secs(5);
+use crate::timing::OUT_OF_MEMBERSHIP_GRACE;
 
 /// Resolves once this node was removed: its certificate is on the replicated revoked list,
 /// or most peers refuse it as revoked (it missed its removal: see `liveness`), or, having

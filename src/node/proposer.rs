@@ -18,9 +18,7 @@ use crate::state::{Command, CommandResult};
 const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 512 << 10;
 
-/// How long a write may wait to commit. Past it the caller hears so; the entry may still
-/// commit later (e.g. once a majority is back), which the message says.
-pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub use crate::timing::WRITE_TIMEOUT;
 
 /// Batches in flight at once. More than one so consecutive batches overlap their network
 /// and flush time; few enough that under load the queue gathers real batches.

@@ -203,6 +203,7 @@ pub fn join_request(key: &AuthKey, name: &str, address: &str, csr_der: &[u8]) ->
         timestamp,
         nonce,
         proof,
+        protocol_version: crate::protocol::PROTOCOL_VERSION,
     }
 }
 

@@ -3,7 +3,6 @@
 //! the caller the transport authenticated, then hand over to the module that does the work.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message;
 use serde::Serialize;
@@ -16,9 +15,7 @@ use crate::raft::network;
 use crate::secrets::member_proof::ProofError;
 use crate::transport::{Caller, caller_of};
 
-/// How long a forwarded call waits for a dispatcher to exist (an election takes well under
-/// a second; a little more covers a leader that dies while the call is in flight).
-pub const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+pub use crate::timing::FORWARD_PATIENCE;
 
 #[derive(Clone)]
 pub struct Services {
@@ -86,10 +83,7 @@ pub const MAX_JOIN_MESSAGE: usize = 64 << 10;
 /// `shir register` makes one call per connection; a few more leave room for retries.
 pub const JOIN_STREAMS_PER_CONNECTION: u32 = 4;
 
-/// A joiner's connection is told to go after this long and cut after as long again: a
-/// `Join` takes at most `FORWARD_PATIENCE` plus a forwarded attempt, far less than this, and
-/// a connection held open for nothing frees its place for real joiners.
-pub const JOIN_CONNECTION_AGE: Duration = Duration::from_secs(30);
+pub use crate::timing::JOIN_CONNECTION_AGE;
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     network::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
@@ -161,8 +155,10 @@ impl proto::cluster_server::Cluster for Services {
         req: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatReply>, Status> {
         let name = self.require_node(&req, "Heartbeat")?;
-        let load = req.into_inner().load.unwrap_or_default();
-        self.node.liveness.record(&name, load);
+        self.node
+            .liveness
+            .heard(&name, req.into_inner())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let dispatcher = self
             .node
             .leader()

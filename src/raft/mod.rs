@@ -8,6 +8,8 @@ pub mod types;
 
 use std::sync::Arc;
 
+use crate::timing;
+
 pub use types::{Node, NodeId, Raft, TypeConfig};
 
 /// Entries between snapshots, at least. A small state snapshots every 2,000 entries, which
@@ -27,20 +29,15 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
 /// Bytes per snapshot chunk sent to a lagging or new node.
 pub const SNAPSHOT_CHUNK: u64 = 1 << 20;
 
-/// Timing and log bounds of the Raft group.
-///
-/// Failover of the dispatcher is an election. openraft 0.9 has a follower that knew a leader
-/// wait out the leader's lease (= `election_timeout_max`) plus its own election timeout
-/// before it stands, so failover takes about `max + [min, max)`: 450–600 ms with 150–300.
-/// That stays far above a flushed append here (a few ms), so a busy but healthy leader is
-/// not deposed; heartbeats every 50 ms give a follower several chances before it times out.
+/// Timing and log bounds of the Raft group; the timing is in [`crate::timing`], which says
+/// why (failover of the dispatcher is an election).
 pub fn config(cluster_name: &str, snapshot_every_entries: Option<u64>) -> Arc<openraft::Config> {
     let snapshot_every = snapshot_every_entries.unwrap_or(DEFAULT_SNAPSHOT_EVERY).max(2);
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: timing::RAFT_HEARTBEAT.as_millis() as u64,
+        election_timeout_min: timing::RAFT_ELECTION_MIN.as_millis() as u64,
+        election_timeout_max: timing::RAFT_ELECTION_MAX.as_millis() as u64,
         // Keep a quarter of a snapshot interval behind each snapshot for slow followers:
         // the log stays bounded and a follower a little behind still catches up from the log.
         // `snapshot_loop` decides, from the log and the state's size.
@@ -48,7 +45,7 @@ pub fn config(cluster_name: &str, snapshot_every_entries: Option<u64>) -> Arc<op
         max_in_snapshot_log_to_keep: snapshot_every / 4,
         // Purge in steps of at least this many entries (openraft skips smaller purges).
         purge_batch_size: (snapshot_every / 4).clamp(1, 256),
-        install_snapshot_timeout: 2000,
+        install_snapshot_timeout: timing::RAFT_INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
         // Entries per AppendEntries and bytes per snapshot chunk: with the proposer's batch
         // bound these keep every Raft message a few MiB at most, far under `MAX_MESSAGE`.
         max_payload_entries: MAX_PAYLOAD_ENTRIES,

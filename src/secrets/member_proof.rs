@@ -9,9 +9,8 @@ use zeroize::Zeroizing;
 
 use super::DataKey;
 
-/// How far a signed message's timestamp may be from the receiver's clock: wide enough for
-/// clocks that drift and machines that slept, as for join proofs.
-pub const MAX_SKEW_SECS: u64 = 300;
+/// [`crate::timing::MEMBER_PROOF_MAX_SKEW`] in the seconds a timestamp carries.
+pub const MAX_SKEW_SECS: u64 = crate::timing::MEMBER_PROOF_MAX_SKEW.as_secs();
 
 pub struct MemberProof {
     key: Zeroizing<[u8; 32]>,

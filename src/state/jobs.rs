@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CommandResult, IrState, NodeId};
-use crate::copy::{Consistency, Format, Location};
+use crate::job_spec::{Consistency, JobSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
@@ -34,55 +34,6 @@ impl JobState {
     pub fn is_final(self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
     }
-}
-
-/// One end of a job as submitted: a linked service by name and a place in it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatasetRef {
-    pub service: String,
-    pub location: Location,
-    pub format: Format,
-}
-
-/// How often a job may run and how long it waits between tries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included. Attempts that end because their node went
-    /// Offline count too: a job that kills its nodes must not go round forever.
-    pub max_attempts: u32,
-    pub interval_ms: u64,
-}
-
-impl Default for RetryPolicy {
-    /// Three tries, five seconds apart: enough to ride out a node failover or a database
-    /// restart, few enough that a job that cannot succeed fails within a minute.
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 3,
-            interval_ms: 5_000,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSpec {
-    pub name: String,
-    pub source: DatasetRef,
-    pub sink: DatasetRef,
-    pub retry: RetryPolicy,
-    /// An attempt that reads nothing for this long is stopped and fails (retryably): a file
-    /// share or database that stops answering without closing the connection would
-    /// otherwise hold the node's slot for ever.
-    #[serde(default = "default_stall_timeout")]
-    pub stall_timeout_ms: u64,
-}
-
-/// Ten minutes: longer than any pause a healthy source takes before its first row (a big
-/// sort, a cold share), short enough that a hung one gives its slot back the same hour.
-pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 10 * 60 * 1000;
-
-fn default_stall_timeout() -> u64 {
-    DEFAULT_STALL_TIMEOUT_MS
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -483,7 +434,7 @@ fn end_attempt(j: &mut Job, outcome: &Outcome, now_ms: i64) -> CommandResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::copy::CsvOptions;
+    use crate::job_spec::{CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Format, Location, RetryPolicy};
     use crate::state::{Command, NodeRecord};
 
     fn state_with_nodes() -> IrState {

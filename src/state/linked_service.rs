@@ -1,13 +1,16 @@
 //! Linked services and IR-wide settings as the replicated state holds them: plain fields as
 //! text, secret fields sealed with the IR's data key. The dispatcher seals before proposing,
-//! so the Raft log, snapshots and sled only ever see ciphertext.
+//! so the Raft log, snapshots and sled only ever see ciphertext; a node unseals a service
+//! ([`LinkedService::unseal`]) or the proxy ([`ProxySettings::unseal`]) only when a connector
+//! is about to use it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::{CommandResult, IrState, Sealed};
-use crate::connectors::ServiceType;
+use crate::connectors::{ProxyConfig, ServiceSpec, ServiceType};
+use crate::secrets::{self, DataKey, SecretString, SecretsError};
 
 /// Longest value a plain or secret field may have: definitions travel to every node in
 /// every snapshot, and no host name, path, URL or password needs more.
@@ -39,6 +42,85 @@ pub struct ProxySettings {
     /// Sealed with [`proxy_aad`] of this version.
     pub password: Option<Sealed>,
     pub version: u64,
+}
+
+/// A sealed value that does not open on this node. The line names the field, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsealError {
+    #[error("secret field '{field}' of linked service '{service}' does not open on this node: {cause}")]
+    Field {
+        service: String,
+        field: String,
+        cause: SecretsError,
+    },
+    #[error("secret field '{field}' is not UTF-8")]
+    FieldNotText { field: String },
+    #[error("the proxy password does not open on this node: {0}")]
+    ProxyPassword(SecretsError),
+    #[error("the proxy password is not UTF-8")]
+    ProxyPasswordNotText,
+}
+
+impl LinkedService {
+    /// Seals every secret of `spec` for version `version` of the service `id` of IR `ir_id`.
+    pub fn seal_secrets(
+        key: &DataKey,
+        ir_id: &str,
+        id: &str,
+        version: u64,
+        spec: &ServiceSpec,
+    ) -> BTreeMap<String, Sealed> {
+        spec.secrets
+            .iter()
+            .map(|(field, value)| {
+                let aad = linked_service_aad(ir_id, id, version, field);
+                let sealed = secrets::seal(key, aad.as_bytes(), value.expose().as_bytes());
+                (field.clone(), Sealed(sealed))
+            })
+            .collect()
+    }
+
+    /// The plaintext definition, for a connector or a re-seal; the secrets open only with the
+    /// data key of IR `ir_id`, for this service's id and version.
+    pub fn unseal(&self, key: &DataKey, ir_id: &str) -> Result<ServiceSpec, UnsealError> {
+        let mut secrets = BTreeMap::new();
+        for (field, sealed) in &self.secrets {
+            let aad = linked_service_aad(ir_id, &self.id, self.version, field);
+            let bytes = secrets::open(key, aad.as_bytes(), &sealed.0).map_err(|cause| UnsealError::Field {
+                service: self.name.clone(),
+                field: field.clone(),
+                cause,
+            })?;
+            let text = SecretString::from_secret_bytes(bytes)
+                .map_err(|_| UnsealError::FieldNotText { field: field.clone() })?;
+            secrets.insert(field.clone(), text);
+        }
+        Ok(ServiceSpec {
+            kind: self.kind,
+            fields: self.fields.clone(),
+            secrets,
+        })
+    }
+}
+
+impl ProxySettings {
+    /// The proxy with its password unsealed, for a connector about to use it.
+    pub fn unseal(&self, key: &DataKey, ir_id: &str) -> Result<ProxyConfig, UnsealError> {
+        let password = match &self.password {
+            Some(sealed) => {
+                let bytes = secrets::open(key, proxy_aad(ir_id, self.version).as_bytes(), &sealed.0)
+                    .map_err(UnsealError::ProxyPassword)?;
+                Some(SecretString::from_secret_bytes(bytes).map_err(|_| UnsealError::ProxyPasswordNotText)?)
+            }
+            None => None,
+        };
+        Ok(ProxyConfig {
+            address: self.address.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password,
+        })
+    }
 }
 
 /// Associated data of a linked service's secret field: the IR, the object's id and version

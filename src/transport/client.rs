@@ -4,7 +4,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -16,9 +15,8 @@ use tower::service_fn;
 
 use crate::pki::tls::server_name;
 
-/// How long a TCP connect plus TLS handshake may take before the peer counts as unreachable.
-/// Peers are on a LAN; a second is generous and keeps a dead peer from stalling callers.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub use crate::timing::CONNECT_TIMEOUT;
+use crate::timing::{CHANNEL_KEEPALIVE_INTERVAL, CHANNEL_KEEPALIVE_TIMEOUT};
 
 /// Opens TCP to `address` (`host:port`) and completes a TLS handshake with `config`.
 pub async fn connect_tls(address: &str, config: Arc<ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
@@ -42,8 +40,8 @@ fn endpoint(address: &str) -> Endpoint {
         .expect("host:port makes a valid URI")
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(CHANNEL_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(CHANNEL_KEEPALIVE_TIMEOUT)
 }
 
 /// A channel to `address` over TLS with `config`. Lazy: it connects on first use and

@@ -19,11 +19,7 @@ use tonic::transport::server::Connected;
 use super::Caller;
 use crate::pki::{self, tls::ALPN_JOIN};
 
-/// A client must send its ClientHello within this time, and finish its handshake within
-/// `HANDSHAKE_TIMEOUT`; a stalled or malicious one is dropped. A real client sends the hello
-/// at once, so the first bound can be short, which frees slots held by silent connections.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::timing::{HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
 
 /// Handshakes in flight at once, in all and from one address. Connections beyond either
 /// are closed at once: a flood from one address cannot crowd out peers, joiners and

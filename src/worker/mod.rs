@@ -5,6 +5,8 @@
 //! current attempt, through the log), publish, report the outcome. An attempt that is no
 //! longer current (requeued, cancelled) is stopped; its staged output is thrown away.
 
+mod failpoints;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,17 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::copy::{self, AttemptId, CopyError, Counters, Endpoint};
+use crate::job_spec::DatasetRef;
 use crate::node::{Calling, Hop, Node};
-use crate::proto;
-use crate::state::jobs::{DatasetRef, Job, JobState, Outcome};
+use crate::proto::{self, job_report_request::Phase};
+use crate::state::jobs::{Job, JobState, Outcome};
 
-/// How often a running attempt reports its progress: "a few times a second at most".
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-
-/// How long a worker keeps trying to reach a dispatcher with a publish request or an
-/// outcome before it gives up on the attempt. Longer than an election and an offline
-/// timeout: by then the dispatcher has requeued the attempt anyway.
-const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+use crate::timing::{PROGRESS_EVERY, REPORT_PATIENCE};
 
 pub async fn worker_loop(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
@@ -85,8 +82,9 @@ fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
     let service = node
         .read_state(|s| s.linked_services.get(&side.service).cloned())
         .ok_or_else(|| CopyError::fatal(format!("linked service '{}' does not exist", side.service)))?;
-    let spec = crate::node::linked_services::unseal_service(node, &ir.id, &service)
-        .map_err(|s| CopyError::fatal(s.message()))?;
+    let spec = service
+        .unseal(&node.data_key, &ir.id)
+        .map_err(|e| CopyError::fatal(e.to_string()))?;
     Ok(Endpoint {
         service_name: side.service.clone(),
         service: spec,
@@ -111,8 +109,7 @@ async fn run_attempt(
     let start = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "start".into(),
-        ..Default::default()
+        phase: Some(Phase::Start(proto::ReportStart {})),
     };
     let confirmed = matches!(report(&node, start, Duration::from_secs(5)).await, Ok(reply) if reply.accepted);
     if !confirmed {
@@ -143,13 +140,10 @@ async fn run_attempt(
         Outcome::Cancelled => "cancelled".to_string(),
     };
     tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt {label}");
-    let outcome_json = serde_json::to_vec(&outcome).expect("an outcome serialises");
     let request = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "finish".into(),
-        outcome_json,
-        ..Default::default()
+        phase: Some(Phase::Finish(outcome.into())),
     };
     if let Err(e) = report(&node, request, REPORT_PATIENCE).await {
         tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the attempt will run again");
@@ -192,7 +186,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
         Ok(staged) => staged,
         Err(e) => return Ended::Report(failed(e)),
     };
-    if let Some(hold) = test_hold("SHIR_TEST_HOLD_BEFORE_PUBLISH", &job.spec.name) {
+    if let Some(hold) = failpoints::hold_before_publish(&job.spec.name) {
         // Tests widen the window between staging and publishing, to kill or pause a node
         // exactly there.
         tokio::select! {
@@ -207,8 +201,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     let permission = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
-        phase: "publish".into(),
-        ..Default::default()
+        phase: Some(Phase::Publish(proto::ReportPublish {})),
     };
     // The log can move on while the request waits for a dispatcher (a partition heals, the
     // job was requeued): stop waiting then, instead of holding the staged output for the
@@ -240,7 +233,7 @@ async fn attempt(node: &Node, job: &Job, id: &AttemptId, counters: &Counters, ca
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
     let published = staged.publish().await;
-    if let Some(hold) = test_hold("SHIR_TEST_HOLD_AFTER_PUBLISH", &job.spec.name) {
+    if let Some(hold) = failpoints::hold_after_publish(&job.spec.name) {
         // Tests kill the node here: published, not yet reported.
         tokio::time::sleep(hold).await;
     }
@@ -281,19 +274,6 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-/// Fault-injection hooks for tests, never set in production: with `VAR=PREFIX:MS`, jobs whose
-/// name starts with PREFIX wait MS milliseconds at that point, so that a test can kill or
-/// pause their node exactly there. `SHIR_TEST_HOLD_BEFORE_PUBLISH`: between staging and
-/// asking to publish; `SHIR_TEST_HOLD_AFTER_PUBLISH`: published, before reporting it.
-fn test_hold(var: &str, job_name: &str) -> Option<Duration> {
-    let setting = std::env::var(var).ok()?;
-    let (prefix, ms) = setting.rsplit_once(':')?;
-    job_name
-        .starts_with(prefix)
-        .then(|| ms.parse().ok().map(Duration::from_millis))
-        .flatten()
-}
-
 /// A stop asked for: report Cancelled if the job asked to be cancelled, else nothing (the
 /// attempt was superseded).
 fn cancelled(node: &Node, job: &Job) -> Ended {
@@ -322,11 +302,11 @@ async fn report_progress(node: Arc<Node>, id: AttemptId, counters: Arc<Counters>
         let request = proto::JobReportRequest {
             job_id: id.job_id.clone(),
             attempt: id.attempt,
-            phase: "progress".into(),
-            rows: now.0,
-            bytes: now.1,
-            files: now.2,
-            ..Default::default()
+            phase: Some(Phase::Progress(proto::ReportProgress {
+                rows: now.0,
+                bytes: now.1,
+                files: now.2,
+            })),
         };
         let _ = report(&node, request, Duration::from_secs(1)).await;
     }

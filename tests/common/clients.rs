@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::{ClientConfig, RootCertStore};
+use shir::auth_key::AuthKey;
 use shir::cli::local_ir::LocalIr;
 use shir::pki::{self, tls::client_config_mtls};
-use shir::proto::{self, admin_client::AdminClient, cluster_client::ClusterClient, raft_client::RaftClient};
+use shir::proto::{
+    self, admin_client::AdminClient, cluster_client::ClusterClient, join_client::JoinClient, raft_client::RaftClient,
+};
 use shir::secrets::member_proof::MemberProof;
 use shir::transport::client::tls_channel_checked;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,6 +90,7 @@ pub fn heartbeat_request() -> proto::HeartbeatRequest {
         name: "node4".into(),
         load: None,
         sent_at_ms: shir::unix_now_ms(),
+        protocol_version: shir::protocol::PROTOCOL_VERSION,
     }
 }
 
@@ -101,6 +105,19 @@ pub async fn heartbeat_on(channel: Channel) -> Result<String, String> {
 /// `Cluster.Heartbeat` over a new connection with `config`.
 pub async fn heartbeat(address: &str, config: Arc<ClientConfig>) -> Result<String, String> {
     heartbeat_on(connect(address, config).await?).await
+}
+
+/// `Join` as a joiner without a certificate makes it, to the first endpoint of `key`, with
+/// whatever `req` says (another protocol version, say).
+pub async fn join_raw(key: &AuthKey, req: proto::JoinRequest) -> Result<proto::JoinResponse, tonic::Status> {
+    let config = shir::pki::tls::client_config_join(key.ca_pin).expect("join TLS config");
+    let channel = connect(&key.endpoints[0], config)
+        .await
+        .map_err(tonic::Status::unavailable)?;
+    tokio::time::timeout(CALL_TIMEOUT, JoinClient::new(channel).join(req))
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("test timeout: Join did not answer"))?
+        .map(tonic::Response::into_inner)
 }
 
 /// A Raft request, signed with `member` (a holder of the data key) if given.

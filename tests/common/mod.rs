@@ -75,6 +75,21 @@ pub async fn four_node_ir(ir_name: &str) -> (tempfile::TempDir, LocalIr, DumpLog
     (tmp, ir, logs)
 }
 
+/// The worker's fail points (src/worker/failpoints.rs): between staging and asking to
+/// publish, and between publishing and reporting.
+pub const HOLD_BEFORE_PUBLISH: &str = "worker-hold-before-publish";
+pub const HOLD_AFTER_PUBLISH: &str = "worker-hold-after-publish";
+
+/// The `FAILPOINTS` environment entry that makes attempts of jobs whose name starts with
+/// `prefix` wait `ms` milliseconds at `point`, for each `(point, prefix, ms)`.
+pub fn failpoints(holds: &[(&str, &str, u64)]) -> (String, String) {
+    let setting: Vec<String> = holds
+        .iter()
+        .map(|(point, prefix, ms)| format!("{point}=return({prefix}:{ms})"))
+        .collect();
+    ("FAILPOINTS".into(), setting.join(";"))
+}
+
 /// A fresh temporary directory with a short path (Unix socket paths must stay short).
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()

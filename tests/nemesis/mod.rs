@@ -55,10 +55,7 @@ pub async fn run(seed: u64, duration: Duration, exe: &str) -> Result<Outcome> {
             "SHIR_LOG".into(),
             "info,shir::worker=debug,openraft=off,sled=warn,h2=warn,hyper=warn,tower=warn".into(),
         ),
-        (
-            "SHIR_TEST_HOLD_BEFORE_PUBLISH".into(),
-            format!("{}:{HOLD_MS}", workload::HOLD_PREFIX),
-        ),
+        crate::common::failpoints(&[(crate::common::HOLD_BEFORE_PUBLISH, workload::HOLD_PREFIX, HOLD_MS)]),
     ];
     let logs = LogTails(root.clone());
 

@@ -90,9 +90,11 @@ async fn time_job(ir: &LocalIr, request: proto::JobSubmitRequest) -> Result<(Dur
             .job_show(proto::JobShowRequest { id: id.clone() })
             .await?
             .into_inner();
-        match j.state.as_str() {
-            "Succeeded" => return Ok((started.elapsed(), j)),
-            "Failed" | "Cancelled" => bail!("job {id} {}: {}", j.state, j.error),
+        match j.state() {
+            proto::JobState::Succeeded => return Ok((started.elapsed(), j)),
+            proto::JobState::Failed | proto::JobState::Cancelled => {
+                bail!("job {id} {}: {}", j.state().label(), j.error)
+            }
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
@@ -125,8 +127,8 @@ async fn file_copy(ir: &LocalIr, share: &Path, file: &str, binary: bool, say: &d
             ..Default::default()
         };
         let (took, job) = time_job(ir, request).await?;
-        if job.check_json.contains("\"verified\":false") {
-            bail!("the copy of {file} was not verified: {}", job.check_json);
+        if let Some(check) = job.check.as_ref().filter(|c| !c.verified) {
+            bail!("the copy of {file} was not verified: {check:?}");
         }
         ours.push(took);
         // The attempt itself, from its assignment to its outcome (both stamped by the

@@ -48,11 +48,8 @@
 
 mod decode;
 mod encode;
-pub mod names;
 #[cfg(test)]
 mod tests;
-
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
@@ -61,7 +58,7 @@ use tokio_postgres::Client;
 use super::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, Location, Staged, StagedOutput};
 use crate::connectors::one_line;
 use crate::connectors::postgres::{connect as connect_service, is_retryable};
-use names::quote_ident;
+use crate::job_spec::names::quote_ident;
 
 /// Rows per record batch: large enough that per-batch costs vanish, small enough that a
 /// batch of wide rows stays a few megabytes.
@@ -75,9 +72,7 @@ pub const BATCH_BYTES: usize = 32 << 20;
 /// memory bounded (at most this many times [`BATCH_BYTES`]).
 const BATCHES_AHEAD: usize = 4;
 
-/// How long connecting and logging in may take before the attempt fails (transiently):
-/// generous for a server across a VPN, short next to a copy's retry interval.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::timing::POSTGRES_CONNECT_TIMEOUT as CONNECT_TIMEOUT;
 
 /// The idempotency record: one row per published job, in every database shir writes to.
 /// A role that may not create schemas needs it made once by an owner (the statement is

@@ -338,8 +338,8 @@ mod tests {
 
     /// A state with something of every kind, jobs in several phases included.
     fn rich_state() -> IrState {
-        use crate::copy::{CsvOptions, Format, Location};
-        use crate::state::jobs::{DatasetRef, Job, JobSpec, RetryPolicy};
+        use crate::job_spec::{CsvOptions, DatasetRef, Format, JobSpec, Location, RetryPolicy};
+        use crate::state::jobs::Job;
         let mut s = IrState::default();
         s.apply(&Command::Put {
             key: "a".into(),
@@ -358,7 +358,7 @@ mod tests {
             source: ds("in.csv"),
             sink: ds("out.csv"),
             retry: RetryPolicy::default(),
-            stall_timeout_ms: crate::state::jobs::DEFAULT_STALL_TIMEOUT_MS,
+            stall_timeout_ms: crate::job_spec::DEFAULT_STALL_TIMEOUT_MS,
         };
         for id in ["j1", "j2"] {
             s.apply(&Command::SubmitJob {

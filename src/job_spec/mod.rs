@@ -1,0 +1,134 @@
+//! What a copy job is, apart from where and how it runs: its two datasets (a linked service
+//! and a place in it), the file formats, the retry policy, and the data consistency check
+//! an attempt ends with.
+//!
+//! Both the replicated state (`state::jobs`, which stores specs and checks) and the data
+//! plane (`copy`, which reads and writes them) use these types; neither owns them, so the
+//! state does not depend on the copy engine. [`parse`] turns an operator's submission into
+//! a spec; [`names`] reads and shows PostgreSQL table names as operators type them.
+
+pub mod names;
+pub mod parse;
+
+use serde::{Deserialize, Serialize};
+
+pub use parse::{InvalidSpec, Submission};
+
+/// Where inside a linked service a job reads or writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Location {
+    /// Filesystem: a path relative to the service's root; for a source it may hold a glob
+    /// (`*`, `?`, `**`) or name a directory (all files under it, recursively).
+    Path(String),
+    /// PostgreSQL: a table.
+    Table { schema: String, table: String },
+    /// PostgreSQL source: a query.
+    Query(String),
+}
+
+/// How files are read or written (filesystem only; PostgreSQL ignores it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Format {
+    Csv(CsvOptions),
+    JsonLines,
+    Parquet,
+    /// Files as they are: no parsing, sizes and modification times preserved.
+    Binary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvOptions {
+    /// First line holds column names (read: taken as names; write: written).
+    pub header: bool,
+    pub delimiter: u8,
+    pub quote: u8,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            header: true,
+            delimiter: b',',
+            quote: b'"',
+        }
+    }
+}
+
+/// The data consistency check of a copy (ADF's `validateDataConsistency`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consistency {
+    /// Tabular copies: rows read from the source and rows written to the sink.
+    pub rows_read: u64,
+    pub rows_written: u64,
+    /// Binary copies: a checksum over the files' contents (in path order), of the source as
+    /// read and of the staged output as read back, named by its algorithm:
+    /// `xxh3-128:` and 32 hex digits.
+    pub source_checksum: Option<String>,
+    pub sink_checksum: Option<String>,
+    /// Whether the two sides agree.
+    pub verified: bool,
+}
+
+/// One end of a job as submitted: a linked service by name and a place in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    pub service: String,
+    pub location: Location,
+    pub format: Format,
+}
+
+impl DatasetRef {
+    /// How the dataset reads back, for `job show`: in the syntax it was submitted in.
+    pub fn describe(&self) -> String {
+        match &self.location {
+            Location::Path(p) => format!("{}:/{p}", self.service),
+            Location::Table { schema, table } => format!(
+                "{}:{}.{}",
+                self.service,
+                names::display_ident(schema),
+                names::display_ident(table)
+            ),
+            Location::Query(q) => format!("{}:{q}", self.service),
+        }
+    }
+}
+
+/// How often a job may run and how long it waits between tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. Attempts that end because their node went
+    /// Offline count too: a job that kills its nodes must not go round forever.
+    pub max_attempts: u32,
+    pub interval_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// Three tries, five seconds apart: enough to ride out a node failover or a database
+    /// restart, few enough that a job that cannot succeed fails within a minute.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub source: DatasetRef,
+    pub sink: DatasetRef,
+    pub retry: RetryPolicy,
+    /// An attempt that reads nothing for this long is stopped and fails (retryably): a file
+    /// share or database that stops answering without closing the connection would
+    /// otherwise hold the node's slot for ever.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_ms: u64,
+}
+
+/// [`crate::timing::DEFAULT_STALL_TIMEOUT`] in the milliseconds a job spec carries.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = crate::timing::DEFAULT_STALL_TIMEOUT.as_millis() as u64;
+
+fn default_stall_timeout() -> u64 {
+    DEFAULT_STALL_TIMEOUT_MS
+}

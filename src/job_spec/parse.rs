@@ -1,0 +1,324 @@
+//! An operator's job submission read into a [`JobSpec`]: the datasets against their linked
+//! services' types, the formats from flags or file extensions, the CSV options, the retry
+//! policy and the stall timeout. Every refusal is one line naming the flag at fault.
+
+use super::names::{self, Named};
+use super::{CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Format, JobSpec, Location, RetryPolicy};
+use crate::connectors::ServiceType;
+
+/// A submission refused: the line says which flag is wrong and what it takes instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+fn invalid(why: impl Into<String>) -> InvalidSpec {
+    InvalidSpec(why.into())
+}
+
+/// A job as `shir job submit` gives it, before anything is checked. Empty strings and zeros
+/// mean "the default", as on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Submission {
+    pub name: String,
+    /// `LINKED_SERVICE:PATH`, `LINKED_SERVICE:SCHEMA.TABLE` or `LINKED_SERVICE:QUERY`.
+    pub source: String,
+    pub sink: String,
+    /// `csv`, `jsonl`, `parquet`; empty: from the file extension.
+    pub source_format: String,
+    pub sink_format: String,
+    /// Files as they are.
+    pub binary: bool,
+    pub csv_no_header: bool,
+    /// One character; empty: ','.
+    pub csv_delimiter: String,
+    /// 0: the default policy's.
+    pub max_attempts: u32,
+    pub retry_interval_ms: u64,
+    /// 0: [`DEFAULT_STALL_TIMEOUT_MS`].
+    pub stall_timeout_ms: u64,
+}
+
+/// Which end of the job a dataset is; flags and messages are named after it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Source,
+    Sink,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Sink => "sink",
+        }
+    }
+}
+
+impl Submission {
+    /// Checks the submission and reads it into a spec. `kind_of` gives the type of the
+    /// linked service of that name, `None` if there is none.
+    pub fn parse(self, kind_of: impl Fn(&str) -> Option<ServiceType>) -> Result<JobSpec, InvalidSpec> {
+        let delimiter = match self.csv_delimiter.as_bytes() {
+            [] => b',',
+            [one] if one.is_ascii() && *one != b'\n' && *one != b'\r' && *one != b'"' => *one,
+            _ => {
+                return Err(invalid(
+                    "--csv-delimiter takes one ASCII character (not a quote or a line break)",
+                ));
+            }
+        };
+        let csv = CsvOptions {
+            header: !self.csv_no_header,
+            delimiter,
+            quote: b'"',
+        };
+        let source = self.dataset(Role::Source, &kind_of, &csv)?;
+        let sink = self.dataset(Role::Sink, &kind_of, &csv)?;
+        let retry = match (self.max_attempts, self.retry_interval_ms) {
+            (0, 0) => RetryPolicy::default(),
+            (0, interval_ms) => RetryPolicy {
+                interval_ms,
+                ..RetryPolicy::default()
+            },
+            (n, interval_ms) if n <= 100 => RetryPolicy {
+                max_attempts: n,
+                interval_ms: if interval_ms == 0 && self.retry_interval_ms == 0 {
+                    RetryPolicy::default().interval_ms
+                } else {
+                    interval_ms
+                },
+            },
+            (n, _) => return Err(invalid(format!("--max-attempts {n} is more than 100"))),
+        };
+        let stall_timeout_ms = match self.stall_timeout_ms {
+            0 => DEFAULT_STALL_TIMEOUT_MS,
+            ms if (1_000..=86_400_000).contains(&ms) => ms,
+            _ => return Err(invalid("--stall-timeout must be between 1 and 86400 seconds")),
+        };
+        Ok(JobSpec {
+            name: self.name,
+            source,
+            sink,
+            retry,
+            stall_timeout_ms,
+        })
+    }
+
+    /// Parses `LINKED_SERVICE:PATH`, `LINKED_SERVICE:SCHEMA.TABLE` or `LINKED_SERVICE:QUERY`
+    /// against the linked service's type.
+    fn dataset(
+        &self,
+        role: Role,
+        kind_of: &impl Fn(&str) -> Option<ServiceType>,
+        csv: &CsvOptions,
+    ) -> Result<DatasetRef, InvalidSpec> {
+        let (text, flag) = match role {
+            Role::Source => (&self.source, &self.source_format),
+            Role::Sink => (&self.sink, &self.sink_format),
+        };
+        let role_name = role.as_str();
+        let (service, rest) = text.split_once(':').ok_or_else(|| {
+            invalid(format!(
+                "--{role_name} '{text}' is not LINKED_SERVICE:PATH, :TABLE or :QUERY"
+            ))
+        })?;
+        let kind =
+            kind_of(service).ok_or_else(|| invalid(format!("--{role_name}: no linked service named '{service}'")))?;
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Err(invalid(format!(
+                "--{role_name} '{text}' names no path, table or query after the ':'"
+            )));
+        }
+        match kind {
+            ServiceType::Filesystem => {
+                // Paths are under the service's root; a leading '/' means the root itself.
+                let path = rest.trim_start_matches('/');
+                let format = if self.binary {
+                    Format::Binary
+                } else {
+                    file_format(flag, path, csv, role_name)?
+                };
+                Ok(DatasetRef {
+                    service: service.to_string(),
+                    location: Location::Path(path.to_string()),
+                    format,
+                })
+            }
+            ServiceType::Postgres => {
+                if !flag.is_empty() {
+                    return Err(invalid(format!(
+                        "--{role_name}-format applies to files; '{service}' is a PostgreSQL linked service"
+                    )));
+                }
+                if self.binary {
+                    return Err(invalid(
+                        "--binary copies files: both ends must be filesystem linked services",
+                    ));
+                }
+                let named = names::parse_table(rest).map_err(|why| invalid(format!("--{role_name}: {why}")))?;
+                let location = match named {
+                    Named::Table { schema, table } => Location::Table { schema, table },
+                    Named::NotAName if role == Role::Sink => {
+                        return Err(invalid(format!(
+                            "--sink '{text}': a sink is a table, SCHEMA.TABLE or TABLE (quote names with capitals, spaces or dots: \"Sales\".\"Order Items\"); a query can only be a source"
+                        )));
+                    }
+                    Named::NotAName => Location::Query(rest.to_string()),
+                };
+                Ok(DatasetRef {
+                    service: service.to_string(),
+                    location,
+                    format: Format::Csv(csv.clone()),
+                })
+            }
+            ServiceType::Http => Err(invalid(format!(
+                "--{role_name}: linked service '{service}' is of type http, which copy jobs cannot use yet"
+            ))),
+        }
+    }
+}
+
+/// `csv`, `jsonl`, `parquet` from a flag, or from the file name's extension.
+fn file_format(flag: &str, path: &str, csv: &CsvOptions, role: &str) -> Result<Format, InvalidSpec> {
+    let name = if flag.is_empty() {
+        let ext = path
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase());
+        match ext.as_deref() {
+            Some(e) => e.to_string(),
+            None => {
+                return Err(invalid(format!(
+                    "cannot tell the {role} format from '{path}': give --{role}-format csv, jsonl or parquet (or --binary)"
+                )));
+            }
+        }
+    } else {
+        flag.to_ascii_lowercase()
+    };
+    match name.as_str() {
+        "csv" | "txt" => Ok(Format::Csv(csv.clone())),
+        // A .tsv is tab-separated unless a delimiter was given.
+        "tsv" if csv.delimiter == b',' => Ok(Format::Csv(CsvOptions {
+            delimiter: b'\t',
+            ..csv.clone()
+        })),
+        "tsv" => Ok(Format::Csv(csv.clone())),
+        "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
+        "parquet" => Ok(Format::Parquet),
+        other => Err(invalid(format!(
+            "unknown {role} format '{other}': use csv, jsonl or parquet (or --binary for files as they are)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(name: &str) -> Option<ServiceType> {
+        match name {
+            "share" => Some(ServiceType::Filesystem),
+            "db" => Some(ServiceType::Postgres),
+            "web" => Some(ServiceType::Http),
+            _ => None,
+        }
+    }
+
+    fn submit(source: &str, sink: &str) -> Submission {
+        Submission {
+            source: source.into(),
+            sink: sink.into(),
+            ..Submission::default()
+        }
+    }
+
+    #[test]
+    fn formats_come_from_flags_or_extensions() {
+        let spec = submit("share:/in/orders.TSV", "db:Sales.orders").parse(kinds).unwrap();
+        let tab = CsvOptions {
+            delimiter: b'\t',
+            ..CsvOptions::default()
+        };
+        assert_eq!(spec.source.format, Format::Csv(tab));
+        assert_eq!(spec.source.location, Location::Path("in/orders.TSV".into()));
+        assert_eq!(
+            spec.sink.location,
+            Location::Table {
+                schema: "sales".into(),
+                table: "orders".into()
+            }
+        );
+        let spec = Submission {
+            sink_format: "parquet".into(),
+            ..submit("db:select 1", "share:/out/x")
+        }
+        .parse(kinds)
+        .unwrap();
+        assert_eq!(spec.source.location, Location::Query("select 1".into()));
+        assert_eq!(spec.sink.format, Format::Parquet);
+        assert_eq!(spec.retry, RetryPolicy::default());
+        assert_eq!(spec.stall_timeout_ms, DEFAULT_STALL_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn bad_submissions_name_the_flag() {
+        let cases = [
+            (
+                submit("share", "share:/b.csv"),
+                "--source 'share' is not LINKED_SERVICE:PATH",
+            ),
+            (
+                submit("nope:/a.csv", "share:/b.csv"),
+                "--source: no linked service named 'nope'",
+            ),
+            (submit("share:/a", "share:/b.csv"), "cannot tell the source format"),
+            (submit("share:/a.csv", "db:select 1"), "a query can only be a source"),
+            (submit("web:/a.csv", "share:/b.csv"), "of type http"),
+            (
+                Submission {
+                    binary: true,
+                    ..submit("share:/a", "db:t")
+                },
+                "--binary copies files",
+            ),
+            (
+                Submission {
+                    csv_delimiter: "\"".into(),
+                    ..submit("share:/a.csv", "share:/b.csv")
+                },
+                "--csv-delimiter",
+            ),
+            (
+                Submission {
+                    max_attempts: 101,
+                    ..submit("share:/a.csv", "share:/b.csv")
+                },
+                "more than 100",
+            ),
+            (
+                Submission {
+                    stall_timeout_ms: 10,
+                    ..submit("share:/a.csv", "share:/b.csv")
+                },
+                "--stall-timeout",
+            ),
+        ];
+        for (submission, expected) in cases {
+            let err = submission.parse(kinds).expect_err(expected);
+            assert!(err.0.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_dataset_reads_back_as_it_was_given() {
+        let spec = submit("db:\"Sales\".\"Order Items\"", "share:/out/x.csv")
+            .parse(kinds)
+            .unwrap();
+        assert_eq!(spec.source.describe(), "db:\"Sales\".\"Order Items\"");
+        assert_eq!(spec.sink.describe(), "share:/out/x.csv");
+    }
+}

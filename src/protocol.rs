@@ -1,0 +1,45 @@
+//! The version of the wire protocol between nodes. A joiner sends it in its `Join`, every
+//! node in each heartbeat; a node of a version this one does not speak is refused in one
+//! line instead of having its messages misread: the groundwork for rolling upgrades, where
+//! a version range will let old and new nodes overlap.
+
+/// This build's protocol version. Raise it with any change to `proto/shir.proto` that an
+/// older node would misread (a field that changes meaning, a message that changes shape).
+/// 1: typed wire (enums, report phases as a `oneof`, messages instead of JSON).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest version this build still speaks. Builds before version 1 sent none (0).
+pub const OLDEST_COMPATIBLE: u32 = 1;
+
+/// A peer or joiner of a protocol version this node does not speak.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("protocol version {theirs}, this IR speaks {PROTOCOL_VERSION}")]
+pub struct ProtocolMismatch {
+    pub theirs: u32,
+}
+
+/// Whether a node announcing version `theirs` may take part.
+pub fn check(theirs: u32) -> Result<(), ProtocolMismatch> {
+    if (OLDEST_COMPATIBLE..=PROTOCOL_VERSION).contains(&theirs) {
+        Ok(())
+    } else {
+        Err(ProtocolMismatch { theirs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_versions_spoken_here_pass() {
+        assert_eq!(check(PROTOCOL_VERSION), Ok(()));
+        for other in [0, PROTOCOL_VERSION + 1, 999] {
+            let refused = check(other).expect_err("another version");
+            assert_eq!(
+                refused.to_string(),
+                format!("protocol version {other}, this IR speaks {PROTOCOL_VERSION}")
+            );
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Every timeout and interval of the runtime, in one place, because they depend on each
+//! other: a forwarded call must outlast the write it carries, a node must miss several
+//! heartbeats before it is declared Offline, a Raft heartbeat must come several times per
+//! election timeout. Each constant says why it has its value; the test at the end checks the
+//! rules between them, so changing one value cannot silently break another's reason.
+//!
+//! The modules that use them keep their own names (`use crate::timing::X`).
+
+use std::time::Duration;
+
+// --- Raft (openraft's configuration is in milliseconds; src/raft/mod.rs converts) ---
+
+/// The leader's heartbeat: several per election timeout, so a follower does not stand for
+/// election because of one late message.
+pub const RAFT_HEARTBEAT: Duration = Duration::from_millis(50);
+
+/// A follower stands for election after a random timeout in `[min, max)`. openraft 0.9 also
+/// has it wait out the old leader's lease (= max) first, so failover takes about
+/// `max + [min, max)`: 450–600 ms, far above a flushed append (a few ms), so a busy but
+/// healthy leader is not deposed.
+pub const RAFT_ELECTION_MIN: Duration = Duration::from_millis(150);
+pub const RAFT_ELECTION_MAX: Duration = Duration::from_millis(300);
+
+/// openraft waits this long after an Unreachable before retrying a peer. Short, so a
+/// restarted node is caught up promptly; the cost is a failed connect per interval.
+pub const RAFT_UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
+
+/// How long sending one snapshot chunk may take (1 MiB on a LAN: milliseconds).
+pub const RAFT_INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// The longest a dispatcher failover takes by the rule above: the lease plus the longest
+/// election timeout.
+pub const RAFT_FAILOVER_MAX: Duration = RAFT_ELECTION_MAX.saturating_add(RAFT_ELECTION_MAX);
+
+// --- Liveness ---
+
+/// Heartbeat period between nodes. Once a second, as the runtimes shir replaces do; cheap
+/// for four nodes.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A heartbeat that takes longer than this counts as "peer not reachable" for the round:
+/// under the interval, so a round ends before the next begins.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(900);
+
+/// A node silent for longer than this is Offline (node.json's `offline_timeout_ms`): four
+/// missed heartbeats is a node that is gone, not one that is slow, and one or two lost ones
+/// do not requeue a node's jobs.
+pub const DEFAULT_OFFLINE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How long a node that was a member may be out of the Raft membership before it takes
+/// itself for removed. A removed dispatcher leaves the membership before its certificate is
+/// revoked (by the next dispatcher, whose entries it no longer receives); the grace lets it
+/// finish handing over the removal first.
+pub const OUT_OF_MEMBERSHIP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the dispatcher re-checks membership when nothing wakes it.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(300);
+
+// --- Writes, forwarding, reads ---
+
+/// How long a write may wait to commit. Past it the caller hears so; the entry may still
+/// commit later (e.g. once a majority is back), which the message says. Long enough to ride
+/// out several elections.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a forwarded call adds to the work it carries: the hop to the dispatcher and back.
+pub const FORWARD_HOP: Duration = Duration::from_secs(2);
+
+/// How long a call forwarded to the dispatcher may take: a write's own time limit plus the
+/// hop, so the caller hears the dispatcher's answer (even "timed out") rather than its own
+/// timeout.
+pub const FORWARD_TIMEOUT: Duration = WRITE_TIMEOUT.saturating_add(FORWARD_HOP);
+
+/// How long a forwarded call waits for a dispatcher to exist (an election takes well under
+/// a second; a little more covers a leader that dies while the call is in flight).
+pub const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long the dispatcher waits for a majority to confirm it still leads (one heartbeat
+/// round on a healthy IR, milliseconds).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long `status` keeps trying the dispatcher before answering from this node's own view,
+/// and how long one try may take. Short: during an election an operator wants an answer, not
+/// a hang; a try at a dispatcher that froze gives up in time to try the one elected next.
+pub const STATUS_PATIENCE: Duration = Duration::from_secs(3);
+pub const STATUS_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// How long a read waits for the dispatcher's read index, and then for this node to apply
+/// up to it, before answering from what it has (marked stale). As short as `status`: both
+/// answer an operator, from the local view if need be.
+pub const READ_PATIENCE: Duration = Duration::from_secs(3);
+
+// --- Connections ---
+
+/// How long a TCP connect plus TLS handshake to a peer may take before it counts as
+/// unreachable. Peers are on a LAN; a second is generous and keeps a dead peer from stalling
+/// callers.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// HTTP/2 pings on an idle node-to-node connection, and how long one may go unanswered: a
+/// peer that vanished without a FIN is noticed in seconds, not at TCP's minutes.
+pub const CHANNEL_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const CHANNEL_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client must send its ClientHello within `HELLO_TIMEOUT`, and finish its handshake
+/// within `HANDSHAKE_TIMEOUT`; a stalled or malicious one is dropped. A real client sends the
+/// hello at once, so the first bound can be short, which frees slots held by silent
+/// connections.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A joiner's connection is told to go after this long and cut after as long again: a
+/// `Join` takes at most `FORWARD_PATIENCE` plus a forwarded attempt, far less than this, and
+/// a connection held open for nothing frees its place for real joiners.
+pub const JOIN_CONNECTION_AGE: Duration = Duration::from_secs(30);
+
+/// A join proof is accepted only this close to the dispatcher's clock (and only once), so a
+/// captured request cannot be replayed later; five minutes tolerates ordinary clock drift
+/// between machines.
+pub const JOIN_PROOF_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// How far a signed member message's timestamp may be from the receiver's clock: wide
+/// enough for clocks that drift and machines that slept, as for join proofs.
+pub const MEMBER_PROOF_MAX_SKEW: Duration = Duration::from_secs(300);
+
+// --- Jobs ---
+
+/// How often the dispatcher looks again when nothing wakes it (liveness changes are only
+/// seen by looking): several times per heartbeat.
+pub const DISPATCH_IDLE_ROUND: Duration = Duration::from_millis(200);
+
+/// How often a running attempt reports its progress: "a few times a second at most".
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a worker keeps trying to reach a dispatcher with a publish request or an
+/// outcome before it gives up on the attempt. Longer than an election and an offline
+/// timeout: by then the dispatcher has requeued the attempt anyway.
+pub const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// An attempt that moves no data for this long is stopped and retried (`--stall-timeout`'s
+/// default). Ten minutes: longer than any pause a healthy source takes before its first row
+/// (a big sort, a cold share), short enough that a hung one gives its slot back the same
+/// hour.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+// --- Connectors ---
+
+/// How long a probe may take in all (name resolution, connecting, logging in, the first
+/// answer): long enough for a slow VPN or a cold DNS cache, short enough that an operator
+/// waiting on a connection test learns that nothing answers rather than waiting on TCP's
+/// own timeouts, which run to minutes.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection test gives up after this long even if the connector would wait longer:
+/// beyond the probe's own limit, so the probe's more precise reason normally wins.
+pub const LINKED_SERVICE_TEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// TCP keepalive on connections to PostgreSQL: a peer silent for 30 s is probed every 10 s
+/// and given up after `POSTGRES_KEEPALIVE_RETRIES` unanswered probes, so a dead server or
+/// path ends a copy in about 90 s (and the attempt is retried) instead of hanging.
+pub const POSTGRES_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub const POSTGRES_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const POSTGRES_KEEPALIVE_RETRIES: u32 = 6;
+
+/// How long connecting and logging in to PostgreSQL may take before a copy's attempt fails
+/// (transiently): generous for a server across a VPN, short next to the stall timeout.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeouts_keep_their_order() {
+        // Raft: heartbeats several times per election timeout; a random range to split
+        // votes; failover well within what a write or a forwarded call waits.
+        assert!(RAFT_HEARTBEAT < RAFT_ELECTION_MIN / 2);
+        assert!(RAFT_ELECTION_MIN < RAFT_ELECTION_MAX);
+        assert!(RAFT_FAILOVER_MAX < FORWARD_PATIENCE);
+        assert!(RAFT_FAILOVER_MAX * 4 < WRITE_TIMEOUT);
+        // A restarted peer is retried within a heartbeat: its catching up starts before the
+        // liveness heartbeats would miss it.
+        assert!(RAFT_UNREACHABLE_BACKOFF < HEARTBEAT_INTERVAL);
+
+        // Liveness: a heartbeat round ends before the next; several are missed before a node
+        // is Offline; an election ends before a node would be declared Offline for it.
+        assert!(HEARTBEAT_TIMEOUT < HEARTBEAT_INTERVAL);
+        assert!(HEARTBEAT_INTERVAL * 3 <= DEFAULT_OFFLINE_TIMEOUT);
+        assert!(RAFT_FAILOVER_MAX < DEFAULT_OFFLINE_TIMEOUT);
+        assert!(CONNECT_TIMEOUT <= HEARTBEAT_INTERVAL);
+        assert!(DISPATCH_IDLE_ROUND < HEARTBEAT_INTERVAL);
+        assert!(RECONCILE_INTERVAL < OUT_OF_MEMBERSHIP_GRACE);
+
+        // Forwarding: the caller waits for the dispatcher's own answer.
+        assert_eq!(FORWARD_TIMEOUT, WRITE_TIMEOUT + FORWARD_HOP);
+        assert!(FORWARD_TIMEOUT > WRITE_TIMEOUT);
+        assert!(JOIN_CONNECTION_AGE > FORWARD_PATIENCE + FORWARD_TIMEOUT);
+
+        // Reads and status: at least two tries (a frozen dispatcher, then the next one);
+        // the dispatcher confirms its lead within one try of the asking node; a read
+        // answers no later than status does.
+        assert!(STATUS_ATTEMPT * 2 <= STATUS_PATIENCE);
+        assert!(STATUS_ATTEMPT * 2 <= READ_PATIENCE);
+        assert!(CONFIRM_TIMEOUT <= STATUS_ATTEMPT);
+        assert!(RAFT_HEARTBEAT < CONFIRM_TIMEOUT);
+        assert!(READ_PATIENCE <= STATUS_PATIENCE);
+        assert!(STATUS_PATIENCE < WRITE_TIMEOUT);
+
+        // Connections: the hello comes before the handshake's end; a ping is answered
+        // before the next.
+        assert!(HELLO_TIMEOUT < HANDSHAKE_TIMEOUT);
+        assert!(CHANNEL_KEEPALIVE_TIMEOUT < CHANNEL_KEEPALIVE_INTERVAL);
+
+        // Jobs: a worker outwaits the requeue of its attempt (offline timeout plus an
+        // election) and a forwarded report; progress several times a heartbeat at most.
+        assert!(REPORT_PATIENCE > DEFAULT_OFFLINE_TIMEOUT + RAFT_FAILOVER_MAX);
+        assert!(REPORT_PATIENCE > FORWARD_TIMEOUT);
+        assert!(PROGRESS_EVERY < HEARTBEAT_INTERVAL);
+
+        // Connectors: the probe's own limit comes first; a dead PostgreSQL is noticed, and a
+        // connect fails, well within the stall timeout.
+        assert!(PROBE_TIMEOUT < LINKED_SERVICE_TEST_TIMEOUT);
+        let keepalive_gives_up = POSTGRES_KEEPALIVE_IDLE + POSTGRES_KEEPALIVE_INTERVAL * POSTGRES_KEEPALIVE_RETRIES;
+        assert_eq!(keepalive_gives_up, Duration::from_secs(90));
+        assert!(keepalive_gives_up < DEFAULT_STALL_TIMEOUT);
+        assert!(POSTGRES_CONNECT_TIMEOUT < DEFAULT_STALL_TIMEOUT);
+    }
+}
