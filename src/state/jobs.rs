@@ -147,7 +147,7 @@ impl Default for JobHistory {
 
 /// The most jobs one `SeedJobHistory` makes: bounds one entry's apply (and a corrupt
 /// entry's damage) like the proposer's batch bounds.
-pub const MAX_SEEDED_PER_COMMAND: u32 = 10_000;
+pub const MAX_SEEDED_PER_COMMAND: u32 = 1_000;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 

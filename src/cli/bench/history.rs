@@ -5,7 +5,7 @@
 //!
 //! History is seeded with `JobHistorySeed`, a bench-only call (the nodes are started with
 //! `SHIR_BENCH_SEED=1`) that commits finished jobs through the log in entries of up to
-//! 10,000: they are applied, stored one key each and snapshotted exactly like jobs that ran;
+//! 1,000: they are applied, stored one key each and snapshotted exactly like jobs that ran;
 //! only the running is skipped, which would take hours for 100,000.
 
 use std::time::{Duration, Instant};
@@ -64,6 +64,9 @@ pub async fn run(
     let mut rows = Vec::new();
     let mut seeded = 0u64;
     for &size in sizes {
+        // Seeding is heavy on the dispatcher; if it moved, follow it.
+        let leader = ir.dispatcher(0).await?;
+        let mut admin = ir.admin(leader).await?;
         let kept = admin
             .job_history(proto::JobHistoryRequest::default())
             .await?
