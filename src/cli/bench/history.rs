@@ -16,7 +16,6 @@ use tonic::transport::Channel;
 
 use super::{CONNECTIONS, load, shir_put};
 use crate::cli::local_ir::LocalIr;
-use crate::node::job_history::SEED_ENV;
 use crate::proto;
 use crate::transport::client::tls_channel_checked;
 
@@ -24,7 +23,7 @@ use crate::transport::client::tls_channel_checked;
 const SUBMITS: usize = 100;
 
 pub fn prepare(ir: &mut LocalIr) {
-    ir.env.push((SEED_ENV.into(), "1".into()));
+    ir.bench_seed = true;
 }
 
 pub async fn run(
