@@ -21,7 +21,7 @@ async fn jobs(ir: &LocalIr) -> Vec<Value> {
         .expect("json")
         .as_array()
         .cloned()
-        .unwrap_or_default()
+        .expect("job list --json is an array")
 }
 
 /// Submits and waits for the job to end; returns it as `job show --json` has it.
