@@ -20,6 +20,8 @@ impl From<proto::JobSubmitRequest> for Submission {
             max_attempts: r.max_attempts,
             retry_interval_ms: r.retry_interval_ms,
             stall_timeout_ms: r.stall_timeout_ms,
+            allow_empty: r.allow_empty,
+            encoding: r.encoding,
         }
     }
 }

@@ -44,6 +44,13 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
         /// CSV field delimiter (one character; default ',').
         #[arg(long, value_name = "CHAR")]
         csv_delimiter: Option<String>,
+        /// Copy a CSV source that holds no rows (an empty output with its columns) instead
+        /// of failing.
+        #[arg(long)]
+        allow_empty: bool,
+        /// Text encoding of a CSV source: utf-8 (default), latin1 or windows-1252.
+        #[arg(long, value_name = "ENCODING")]
+        encoding: Option<String>,
         /// Attempts in all, the first included (default 3).
         #[arg(long)]
         max_attempts: Option<u32>,
@@ -278,6 +285,8 @@ pub async fn run(command: JobCommand) -> Result<()> {
             binary,
             csv_no_header,
             csv_delimiter,
+            allow_empty,
+            encoding,
             max_attempts,
             retry_interval,
             stall_timeout,
@@ -307,6 +316,8 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 max_attempts: max_attempts.unwrap_or(0),
                 retry_interval_ms: retry_interval.map(|s| (s * 1000.0) as u64).unwrap_or(0),
                 stall_timeout_ms: stall_timeout.map(|s| (s * 1000.0) as u64).unwrap_or(0),
+                allow_empty,
+                encoding: encoding.unwrap_or_default(),
             };
             let reply = target.connect().await?.job_submit(request).await?.into_inner();
             if json {

@@ -9,6 +9,7 @@
 
 pub mod names;
 pub mod parse;
+pub mod paths;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,24 @@ pub struct CsvOptions {
     pub header: bool,
     pub delimiter: u8,
     pub quote: u8,
+    /// Read: an input without rows is copied rather than refused.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// Read: the files' text encoding, decoded to UTF-8.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// A CSV source's text encoding. Anything but UTF-8 is decoded as it is read, so a byte
+/// that is not valid UTF-8 is an error only when no other encoding was named.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    #[default]
+    Utf8,
+    /// ISO-8859-1: every byte is the code point of its value.
+    Latin1,
+    /// Latin-1 with printable characters (`€`, curly quotes) in 0x80–0x9F.
+    Windows1252,
 }
 
 impl Default for CsvOptions {
@@ -50,6 +69,8 @@ impl Default for CsvOptions {
             header: true,
             delimiter: b',',
             quote: b'"',
+            allow_empty: false,
+            encoding: Encoding::Utf8,
         }
     }
 }

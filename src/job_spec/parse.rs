@@ -3,7 +3,8 @@
 //! policy and the stall timeout. Every refusal is one line naming the flag at fault.
 
 use super::names::{self, Named};
-use super::{CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Format, JobSpec, Location, RetryPolicy};
+use super::paths::{self, RelPath};
+use super::{CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Encoding, Format, JobSpec, Location, RetryPolicy};
 use crate::connectors::ServiceType;
 
 /// A submission refused: the line says which flag is wrong and what it takes instead.
@@ -36,6 +37,10 @@ pub struct Submission {
     pub retry_interval_ms: u64,
     /// 0: [`DEFAULT_STALL_TIMEOUT_MS`].
     pub stall_timeout_ms: u64,
+    /// A CSV source without rows is copied (to an output with its columns) instead of failing.
+    pub allow_empty: bool,
+    /// The CSV source's text encoding: `utf-8`, `latin1`, `windows-1252`; empty: UTF-8.
+    pub encoding: String,
 }
 
 /// Which end of the job a dataset is; flags and messages are named after it.
@@ -67,13 +72,26 @@ impl Submission {
                 ));
             }
         };
+        let encoding = match self.encoding.to_ascii_lowercase().as_str() {
+            "" | "utf-8" | "utf8" => Encoding::Utf8,
+            "latin1" | "latin-1" | "iso-8859-1" => Encoding::Latin1,
+            "windows-1252" | "cp1252" => Encoding::Windows1252,
+            other => {
+                return Err(invalid(format!(
+                    "--encoding '{other}' is not one of utf-8, latin1, windows-1252"
+                )));
+            }
+        };
         let csv = CsvOptions {
             header: !self.csv_no_header,
             delimiter,
             quote: b'"',
+            allow_empty: self.allow_empty,
+            encoding,
         };
         let source = self.dataset(Role::Source, &kind_of, &csv)?;
         let sink = self.dataset(Role::Sink, &kind_of, &csv)?;
+        refuse_overlap(&source, &sink)?;
         let retry = match (self.max_attempts, self.retry_interval_ms) {
             (0, 0) => RetryPolicy::default(),
             (0, interval_ms) => RetryPolicy {
@@ -134,6 +152,12 @@ impl Submission {
             ServiceType::Filesystem => {
                 // Paths are under the service's root; a leading '/' means the root itself.
                 let path = rest.trim_start_matches('/');
+                // The worker's own rule, so that a path it would refuse never enters the log.
+                let checked = match role {
+                    Role::Sink if !self.binary => paths::check_sink_file(service, path),
+                    _ => RelPath::parse(service, path),
+                };
+                checked.map_err(|why| invalid(format!("--{role_name}: {why}")))?;
                 let format = if self.binary {
                     Format::Binary
                 } else {
@@ -177,6 +201,34 @@ impl Submission {
             ))),
         }
     }
+}
+
+/// Refuses a job that would write what it reads: the same table, the same file, or a file
+/// inside the directory or glob the source reads (a copy would read its own output, or
+/// rewrite its input in place).
+fn refuse_overlap(source: &DatasetRef, sink: &DatasetRef) -> Result<(), InvalidSpec> {
+    if source.service != sink.service {
+        return Ok(());
+    }
+    let clash = match (&source.location, &sink.location) {
+        (Location::Table { .. }, Location::Table { .. }) => source.location == sink.location,
+        (Location::Path(from), Location::Path(to)) => {
+            // Both were checked when they were read; an error here cannot happen.
+            match (RelPath::parse(&source.service, from), RelPath::parse(&sink.service, to)) {
+                (Ok(from), Ok(to)) => paths::overlaps(&from, &to, source.format == Format::Binary),
+                _ => false,
+            }
+        }
+        _ => false,
+    };
+    if clash {
+        return Err(invalid(format!(
+            "--sink {} would overwrite what --source {} reads: write somewhere else",
+            sink.describe(),
+            source.describe()
+        )));
+    }
+    Ok(())
 }
 
 /// `csv`, `jsonl`, `parquet` from a flag, or from the file name's extension.
@@ -311,6 +363,79 @@ mod tests {
             let err = submission.parse(kinds).expect_err(expected);
             assert!(err.0.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn paths_are_checked_with_the_workers_words_before_the_format() {
+        let cases = [
+            (
+                submit("share:/in/a.csv", "share:/out/../../etc/x.csv"),
+                "--sink: share:out/../../etc/x.csv: the path leaves the linked service's root ('..' is not allowed)",
+            ),
+            (
+                submit("share:/../../etc/x", "share:/out/x.csv"),
+                "--source: share:../../etc/x: the path leaves the linked service's root ('..' is not allowed)",
+            ),
+            (
+                submit("share:/in/a.csv", "share:/out/"),
+                "--sink: share:out/: names a directory; a table is written to one file, so give its name",
+            ),
+            (
+                submit("share:/in/a.csv", "share:/out/*.csv"),
+                "--sink: share:out/*.csv: a sink path cannot hold wildcards",
+            ),
+        ];
+        for (submission, expected) in cases {
+            assert_eq!(submission.parse(kinds).unwrap_err().0, expected);
+        }
+    }
+
+    #[test]
+    fn a_sink_that_is_or_lies_in_the_source_is_refused() {
+        for (source, sink) in [
+            ("share:/in/a.csv", "share:/in/a.csv"),
+            ("share:/in/", "share:/in/all.csv"),
+            ("share:in/*.csv", "share:/in/all.csv"),
+            ("db:public.t", "db:t"),
+        ] {
+            let submission = Submission {
+                source_format: if source.starts_with("share") { "csv" } else { "" }.into(),
+                ..submit(source, sink)
+            };
+            let err = submission.parse(kinds).unwrap_err();
+            assert!(
+                err.0.contains("would overwrite what --source"),
+                "{source} {sink}: {err}"
+            );
+        }
+        let binary = Submission {
+            binary: true,
+            ..submit("share:/in/", "share:/in/copy/")
+        };
+        assert!(binary.parse(kinds).is_err());
+        for (source, sink) in [
+            ("share:/in/a.csv", "share:/out/a.csv"),
+            ("share:/in/*.csv", "share:/in/all.parquet"),
+            ("db:public.t", "db:public.u"),
+        ] {
+            submit(source, sink).parse(kinds).unwrap();
+        }
+    }
+
+    #[test]
+    fn encodings_are_named_or_refused() {
+        let with = |encoding: &str| Submission {
+            encoding: encoding.into(),
+            allow_empty: true,
+            ..submit("share:/in/a.csv", "share:/out/a.csv")
+        };
+        let Format::Csv(options) = with("LATIN1").parse(kinds).unwrap().source.format else {
+            panic!("a csv source")
+        };
+        assert_eq!(options.encoding, Encoding::Latin1);
+        assert!(options.allow_empty);
+        let err = with("ebcdic").parse(kinds).unwrap_err();
+        assert_eq!(err.0, "--encoding 'ebcdic' is not one of utf-8, latin1, windows-1252");
     }
 
     #[test]

@@ -34,7 +34,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::SystemTime;
 
 use super::checksum::Checksum;
-use super::paths::{RelPath, Root, SourceFile, SourceKind, Target, Walk, create_dirs, resolve_sources, staging_name};
+use super::paths::{
+    Root, SourceFile, SourceKind, Target, Walk, create_dirs, rel_path, rel_to_path, resolve_sources, staging_name,
+};
 use super::stage::{DiscardOnDrop, StagedFile, StagedFiles};
 use super::{IO_BUFFER, blocking, io_error};
 use crate::copy::{AttemptId, Consistency, CopyError, Counters, Endpoint, Staged};
@@ -95,14 +97,14 @@ impl Plan {
     fn make(source_root: &Root, source_text: &str, sink_root: &Root, sink_text: &str) -> Result<Plan, CopyError> {
         let sources = resolve_sources(source_root, source_text, Walk::Binary)?;
         sink_root.check_present()?;
-        let sink_rel = RelPath::parse(sink_root, sink_text)?;
+        let sink_rel = rel_path(sink_root, sink_text)?;
         if sink_rel.has_wildcard() {
             return Err(CopyError::fatal(format!(
                 "{}:{sink_text}: a sink path cannot hold wildcards",
                 sink_root.service
             )));
         }
-        let sink_base = sink_rel.to_path();
+        let sink_base = rel_to_path(&sink_rel);
         let into_dir =
             sources.kind != SourceKind::File || sink_rel.dir_syntax || sink_root.dir.join(&sink_base).is_dir();
 

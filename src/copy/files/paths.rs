@@ -102,55 +102,16 @@ impl Root {
     }
 }
 
-/// A path under the root, split into plain names: no empty, `.` or `..` components.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct RelPath {
-    pub names: Vec<String>,
-    /// Written with a trailing `/`: the operator means a directory.
-    pub dir_syntax: bool,
+pub(super) use crate::job_spec::paths::{RelPath, is_pattern, matches_name, matches_path};
+
+/// [`RelPath::parse`] for a root: the submission check applies the same rule, in the same
+/// words, so a path refused here was normally refused at submit already.
+pub(super) fn rel_path(root: &Root, text: &str) -> Result<RelPath, CopyError> {
+    RelPath::parse(&root.service, text).map_err(CopyError::fatal)
 }
 
-impl RelPath {
-    /// Checks `text` and splits it. Refuses absolute paths and `..` anywhere: a path that
-    /// climbs out and back in (`a/../a`) is refused too, since nothing needs it and a
-    /// lexical rule that admits no exception is easy to trust.
-    pub fn parse(root: &Root, text: &str) -> Result<RelPath, CopyError> {
-        let service = &root.service;
-        if text.starts_with('/') {
-            return Err(CopyError::fatal(format!(
-                "{service}:{text}: the path is absolute; paths are relative to the linked service's root"
-            )));
-        }
-        if text.contains('\0') {
-            return Err(CopyError::fatal(format!(
-                "{service}: the path contains a NUL character"
-            )));
-        }
-        let mut names = Vec::new();
-        for name in text.split('/') {
-            match name {
-                "" | "." => {}
-                ".." => {
-                    return Err(CopyError::fatal(format!(
-                        "{service}:{text}: the path leaves the linked service's root ('..' is not allowed)"
-                    )));
-                }
-                name => names.push(name.to_owned()),
-            }
-        }
-        Ok(RelPath {
-            names,
-            dir_syntax: text.is_empty() || text.ends_with('/') || text.ends_with("/."),
-        })
-    }
-
-    pub fn has_wildcard(&self) -> bool {
-        self.names.iter().any(|n| is_pattern(n))
-    }
-
-    pub fn to_path(&self) -> PathBuf {
-        self.names.iter().collect()
-    }
+pub(super) fn rel_to_path(rel: &RelPath) -> PathBuf {
+    rel.names.iter().collect()
 }
 
 /// A file a sink writes, under the root.
@@ -163,28 +124,12 @@ pub(super) struct Target {
 
 /// The file a tabular sink's path names: no wildcards, not a directory.
 pub(super) fn sink_file(root: &Root, text: &str) -> Result<Target, CopyError> {
-    let rel = RelPath::parse(root, text)?;
-    if rel.has_wildcard() {
-        return Err(CopyError::fatal(format!(
-            "{}:{text}: a sink path cannot hold wildcards",
-            root.service
-        )));
-    }
-    if rel.names.is_empty() || rel.dir_syntax {
-        return Err(CopyError::fatal(format!(
-            "{}:{text}: names a directory; a table is written to one file, so give its name",
-            root.service
-        )));
-    }
-    let rel = rel.to_path();
+    let rel = crate::job_spec::paths::check_sink_file(&root.service, text).map_err(CopyError::fatal)?;
+    let rel = rel_to_path(&rel);
     Ok(Target {
         path: root.dir.join(&rel),
         shown: root.show(&rel),
     })
-}
-
-fn is_pattern(name: &str) -> bool {
-    name.contains(['*', '?'])
 }
 
 /// What a source path turned out to name.
@@ -227,7 +172,7 @@ pub(super) struct Sources {
 /// Expands a source path into its files: a file, every file under a directory, or every
 /// file matching a glob. No file at all is a fatal error.
 pub(super) fn resolve_sources(root: &Root, text: &str, walk: Walk) -> Result<Sources, CopyError> {
-    let rel = RelPath::parse(root, text)?;
+    let rel = rel_path(root, text)?;
     root.check_present()?;
     let literal = rel.names.iter().take_while(|n| !is_pattern(n)).count();
     let base_rel: PathBuf = rel.names[..literal].iter().collect();
@@ -357,24 +302,6 @@ fn walk_dir(
     Ok(())
 }
 
-/// Whether a whole path (its names) matches a glob (its names): `**` stands for any number
-/// of names, including none.
-pub(super) fn matches_path(pattern: &[String], names: &[String]) -> bool {
-    match pattern.split_first() {
-        None => names.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            // `**` takes zero or more names, none of them hidden (as bash's globstar).
-            (0..=names.len())
-                .take_while(|&taken| taken == 0 || !names[taken - 1].starts_with('.'))
-                .any(|taken| matches_path(rest, &names[taken..]))
-        }
-        Some((first, rest)) => match names.split_first() {
-            Some((name, names)) => matches_name(first, name) && matches_path(rest, names),
-            None => false,
-        },
-    }
-}
-
 /// Whether a directory (its names) can lead to a match, so that a walk need not enter
 /// directories that cannot.
 fn could_match_below(pattern: &[String], dirs: &[String]) -> bool {
@@ -384,36 +311,6 @@ fn could_match_below(pattern: &[String], dirs: &[String]) -> bool {
         (Some((first, _)), Some((dir, _))) if first == "**" => !dir.starts_with('.'),
         (Some((first, rest)), Some((dir, dirs))) => matches_name(first, dir) && could_match_below(rest, dirs),
     }
-}
-
-/// Whether one name matches one glob name: `*` any run of characters, `?` one character,
-/// anything else itself. As in the shell, a wildcard does not match a leading `.`.
-pub(super) fn matches_name(pattern: &str, name: &str) -> bool {
-    if name.starts_with('.') && !pattern.starts_with('.') {
-        return false;
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Greedy matching with one backtrack point, the last `*`: linear in practice, and never
-    // exponential, whatever the pattern.
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == n[ni])) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Job ids go into file names: anything but letters, digits, `-` and `_` becomes `_`.
@@ -586,11 +483,11 @@ mod tests {
             dir: PathBuf::from("/srv/share"),
         };
         for bad in ["/etc/passwd", "../x", "a/../../b", "a/..", ".."] {
-            let err = RelPath::parse(&root, bad).unwrap_err();
+            let err = rel_path(&root, bad).unwrap_err();
             assert!(!err.retryable, "{bad}");
             assert!(err.message.starts_with("share"), "{}", err.message);
         }
-        let ok = RelPath::parse(&root, "./in//2026/").unwrap();
+        let ok = rel_path(&root, "./in//2026/").unwrap();
         assert_eq!(ok.names, ["in", "2026"]);
         assert!(ok.dir_syntax);
     }

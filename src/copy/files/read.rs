@@ -12,6 +12,9 @@
 //!   a CSV→CSV copy faithful to the values (no `1.50` turned into `1.5`, no dates
 //!   re-formatted, no guess from the first rows that a later row contradicts), and a
 //!   PostgreSQL sink converts text to its column types as `COPY` does.
+//!   Strict: an unterminated quote, an empty or repeated header name, a row of another
+//!   width and (unless an encoding is named) bytes that are not UTF-8 are errors; so is a
+//!   source without rows, unless it is allowed.
 //! * **JSON Lines**: one object per line; column types are inferred from every line of
 //!   every file (a first pass), so a value late in the data cannot contradict the guess;
 //!   columns keep the order in which their keys first appear. Every file must have the
@@ -40,6 +43,7 @@ use tokio::sync::mpsc;
 use super::paths::{Root, SourceFile, Walk, resolve_sources};
 use super::{BATCH_BYTES, BATCH_ROWS, BATCHES_IN_FLIGHT, IO_BUFFER, TableFormat, blocking, io_error};
 use crate::copy::{Batches, CopyError, Counters, CsvOptions, Endpoint};
+use crate::job_spec::Encoding;
 
 pub(super) async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batches, CopyError> {
     let root = Root::of(source)?;
@@ -74,6 +78,8 @@ struct Input {
 
 /// The files of a source and the one schema they share.
 struct Plan {
+    /// `service:path` of the source as given, for messages about the whole source.
+    shown: String,
     format: TableFormat,
     inputs: Vec<Input>,
     schema: SchemaRef,
@@ -105,6 +111,7 @@ impl Plan {
             })
             .collect();
         let mut plan = Plan {
+            shown: format!("{}:{text}", root.service),
             format,
             inputs,
             schema: Arc::new(Schema::empty()),
@@ -173,6 +180,21 @@ impl Plan {
                 }
             }
         }
+        // A CSV source without rows is more often a failed export than an empty table.
+        if !sent
+            && let TableFormat::Csv(options) = &self.format
+            && !options.allow_empty
+        {
+            let what = match self.inputs.as_slice() {
+                [one] if one.empty => format!("{} is empty", one.shown),
+                [one] => format!("{} has a header and no rows", one.shown),
+                all => format!("none of the {} files of {} holds a row", all.len(), self.shown),
+            };
+            let _ = tx.blocking_send(Err(CopyError::fatal(format!(
+                "{what}: give --allow-empty to copy an empty input"
+            ))));
+            return;
+        }
         // A source without rows still has columns: a sink writes them (a CSV header, a
         // Parquet schema) from this empty batch.
         if !sent {
@@ -210,11 +232,32 @@ fn open(input: &Input) -> Result<File, CopyError> {
 
 // --- CSV -------------------------------------------------------------------------------
 
+/// What a CSV reader reads: the file itself, or the file decoded to UTF-8.
+type CsvInput = Box<dyn Read + Send>;
+
 /// A CSV reader over one file, past a UTF-8 byte-order mark if the file starts with one
-/// (spreadsheet exports do; left in, it would become part of the first column's name).
-/// Also returns the length of the mark skipped, so that progress counts every byte.
-fn csv_reader(input: &Input, options: &CsvOptions) -> Result<(csv::Reader<File>, u64), CopyError> {
+/// (spreadsheet exports do; left in, it would become part of the first column's name), and
+/// decoded to UTF-8 if the source names another encoding. Also returns the length of the
+/// mark skipped, so that progress counts every byte.
+fn csv_reader(input: &Input, options: &CsvOptions) -> Result<(csv::Reader<CsvInput>, u64), CopyError> {
+    let (file, skipped) = csv_file(input, options)?;
+    let reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(options.delimiter)
+        .quote(options.quote)
+        // Every record must have as many fields as the first (the header, if any).
+        .flexible(false)
+        .buffer_capacity(IO_BUFFER)
+        .from_reader(file);
+    Ok((reader, skipped))
+}
+
+/// The text a CSV reader parses: the file past its byte-order mark, decoded if need be.
+fn csv_file(input: &Input, options: &CsvOptions) -> Result<(CsvInput, u64), CopyError> {
     let mut file = open(input)?;
+    if options.encoding != Encoding::Utf8 {
+        return Ok((Box::new(Decoded::new(file, options.encoding)), 0));
+    }
     let mut head = [0u8; 3];
     let mut got = 0;
     while got < head.len() {
@@ -230,15 +273,112 @@ fn csv_reader(input: &Input, options: &CsvOptions) -> Result<(csv::Reader<File>,
         file.seek(SeekFrom::Start(0))
             .map_err(|e| io_error(format!("cannot read {}", input.shown), &e))?;
     }
-    let reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .delimiter(options.delimiter)
-        .quote(options.quote)
-        // Every record must have as many fields as the first (the header, if any).
-        .flexible(false)
-        .buffer_capacity(IO_BUFFER)
-        .from_reader(file);
-    Ok((reader, if bom { 3 } else { 0 }))
+    Ok((Box::new(file), if bom { 3 } else { 0 }))
+}
+
+/// A single-byte encoding decoded to UTF-8 as it is read. Every byte decodes (these
+/// encodings have no invalid bytes), so a decoded source never fails as "not UTF-8".
+struct Decoded {
+    file: File,
+    decoder: Option<encoding_rs::Decoder>,
+    raw: Vec<u8>,
+    out: Vec<u8>,
+    /// The part of `out` not yet handed out.
+    start: usize,
+    end: usize,
+}
+
+impl Decoded {
+    fn new(file: File, encoding: Encoding) -> Self {
+        // encoding_rs follows the WHATWG, where "latin1" means windows-1252: ISO-8859-1
+        // proper is decoded with its own Latin-1 routine instead.
+        let decoder =
+            (encoding == Encoding::Windows1252).then(|| encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling());
+        Decoded {
+            file,
+            decoder,
+            raw: vec![0; 64 * 1024],
+            out: vec![0; 3 * 64 * 1024],
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Read for Decoded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.start == self.end {
+            let n = self.file.read(&mut self.raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let written = match &mut self.decoder {
+                // Each byte becomes at most 3 bytes of UTF-8, which `out` has room for.
+                Some(decoder) => {
+                    decoder
+                        .decode_to_utf8_without_replacement(&self.raw[..n], &mut self.out, false)
+                        .2
+                }
+                None => encoding_rs::mem::convert_latin1_to_utf8(&self.raw[..n], &mut self.out),
+            };
+            (self.start, self.end) = (0, written);
+        }
+        let n = buf.len().min(self.end - self.start);
+        buf[..n].copy_from_slice(&self.out[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
+/// Whether a CSV record's text (from its first byte to the end of the file) ends inside a
+/// quoted field. The csv crate takes the end of the file for the end of such a field, so a
+/// stray quote would otherwise swallow the rest of the file into one value unnoticed.
+fn ends_in_quote(text: &[u8], delimiter: u8, quote: u8) -> bool {
+    let (mut quoted, mut field_start) = (false, true);
+    let mut bytes = text.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        if quoted {
+            if b == quote {
+                if bytes.peek() == Some(&&quote) {
+                    bytes.next();
+                } else {
+                    quoted = false;
+                }
+            }
+        } else if b == quote && field_start {
+            quoted = true;
+            field_start = false;
+        } else {
+            field_start = b == delimiter || b == b'\n' || b == b'\r';
+        }
+    }
+    quoted
+}
+
+/// Refuses the last record of a file if a quote opened in it is never closed.
+fn check_last_record(input: &Input, options: &CsvOptions, start: Option<csv::Position>) -> Result<(), CopyError> {
+    let Some(start) = start else { return Ok(()) };
+    let failed = |e: std::io::Error| io_error(format!("cannot read {}", input.shown), &e);
+    let (mut text, skipped) = csv_file(input, options)?;
+    if options.encoding == Encoding::Utf8 {
+        // Positions count the file's own bytes (past the mark): go straight there.
+        let mut file = open(input)?;
+        file.seek(SeekFrom::Start(skipped + start.byte())).map_err(failed)?;
+        text = Box::new(file);
+    } else {
+        // Decoded positions do not map back to the file's: decode up to the record again.
+        std::io::copy(&mut (&mut text).take(start.byte()), &mut std::io::sink()).map_err(failed)?;
+    }
+    let mut tail = Vec::new();
+    text.read_to_end(&mut tail).map_err(failed)?;
+    if ends_in_quote(&tail, options.delimiter, options.quote) {
+        return Err(CopyError::fatal(format!(
+            "{} line {}: a quoted field is never closed (an unterminated quote runs to the end of the file)",
+            input.shown,
+            start.line()
+        )));
+    }
+    Ok(())
 }
 
 fn csv_error(input: &Input, e: csv::Error, header: bool) -> CopyError {
@@ -272,6 +412,7 @@ fn csv_schema(input: &Input, options: &CsvOptions) -> Result<Option<Schema>, Cop
         return Ok(None);
     }
     let fields: Vec<Field> = if options.header {
+        check_header(input, &record)?;
         record
             .iter()
             .map(|name| Field::new(name, DataType::Utf8, true))
@@ -282,6 +423,31 @@ fn csv_schema(input: &Input, options: &CsvOptions) -> Result<Option<Schema>, Cop
             .collect()
     };
     Ok(Some(Schema::new(fields)))
+}
+
+/// Column names must be there and differ: a sink cannot write two columns of one name, and
+/// a blank one is usually a stray delimiter.
+fn check_header(input: &Input, header: &csv::StringRecord) -> Result<(), CopyError> {
+    let line = header.position().map(|p| p.line()).unwrap_or(1);
+    let mut seen = std::collections::HashMap::new();
+    for (i, name) in header.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err(CopyError::fatal(format!(
+                "{} line {line}: column {} of the header has no name",
+                input.shown,
+                i + 1
+            )));
+        }
+        if let Some(first) = seen.insert(name, i) {
+            return Err(CopyError::fatal(format!(
+                "{} line {line}: the header names columns {} and {} both '{name}'",
+                input.shown,
+                first + 1,
+                i + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn read_csv(
@@ -295,8 +461,10 @@ fn read_csv(
     counters.add(0, skipped, 0);
     let mut record = csv::StringRecord::new();
     let failed = |e| Stop::Failed(csv_error(input, e, options.header));
-    if options.header {
-        reader.read_record(&mut record).map_err(failed)?;
+    // Where the record read last starts: at the end, it is checked for an open quote.
+    let mut last = None;
+    if options.header && reader.read_record(&mut record).map_err(failed)? {
+        last = record.position().cloned();
     }
     let columns = schema.fields().len();
     let new_builders = || -> Vec<StringBuilder> {
@@ -312,6 +480,7 @@ fn read_csv(
         if !reader.read_record(&mut record).map_err(failed)? {
             break;
         }
+        last = record.position().cloned();
         for (builder, field) in builders.iter_mut().zip(record.iter()) {
             if field.is_empty() {
                 builder.append_null();
@@ -330,6 +499,7 @@ fn read_csv(
             emit(batch)?;
         }
     }
+    check_last_record(input, options, last)?;
     if rows > 0 {
         let batch = string_batch(schema, builders, rows, input)?;
         counters.add(rows as u64, 0, 0);

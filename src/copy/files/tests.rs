@@ -37,6 +37,7 @@ fn csv_with(delimiter: u8, quote: u8, header: bool) -> Format {
         header,
         delimiter,
         quote,
+        ..CsvOptions::default()
     })
 }
 
@@ -327,10 +328,34 @@ async fn json_lines_to_parquet_to_csv_round_trip_keeps_types_and_column_order() 
 }
 
 #[tokio::test]
-async fn a_source_without_rows_still_writes_its_columns() {
+async fn a_source_without_rows_is_refused_unless_allowed_and_then_keeps_its_columns() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write(root, "in/empty.csv", "id,name\n");
+    write(root, "in/nothing.csv", "");
+    let e = fatal(copy(root, "in/empty.csv", csv(), "out/empty.csv", csv()).await);
+    assert_eq!(
+        e,
+        "share:in/empty.csv has a header and no rows: give --allow-empty to copy an empty input"
+    );
+    let e = fatal(copy(root, "in/nothing.csv", csv(), "out/empty.csv", csv()).await);
+    assert_eq!(
+        e,
+        "share:in/nothing.csv is empty: give --allow-empty to copy an empty input"
+    );
+    let e = fatal(copy(root, "in/", csv(), "out/empty.csv", csv()).await);
+    assert_eq!(
+        e,
+        "none of the 2 files of share:in/ holds a row: give --allow-empty to copy an empty input"
+    );
+    assert!(!root.join("out").exists());
+
+    let csv = || {
+        Format::Csv(CsvOptions {
+            allow_empty: true,
+            ..CsvOptions::default()
+        })
+    };
     let report = copy(root, "in/empty.csv", csv(), "out/empty.csv", csv()).await.unwrap();
     assert_eq!(report.rows, 0);
     assert!(report.check.verified);
@@ -565,6 +590,80 @@ async fn a_bad_csv_row_is_reported_with_its_file_and_line() {
     write(root, "in2/latin1.csv", b"id,text\n1,ok\n2,caf\xe9\n");
     let e = fatal(copy(root, "in2/latin1.csv", csv(), "out/x.csv", csv()).await);
     assert_eq!(e, "share:in2/latin1.csv line 3: field 2 is not valid UTF-8");
+}
+
+fn csv_in(encoding: crate::job_spec::Encoding) -> Format {
+    Format::Csv(CsvOptions {
+        encoding,
+        ..CsvOptions::default()
+    })
+}
+
+#[tokio::test]
+async fn a_named_encoding_is_decoded() {
+    use crate::job_spec::Encoding;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "in/latin1.csv", b"id,text\n1,caf\xe9\n2,\x80\n");
+    copy(root, "in/latin1.csv", csv_in(Encoding::Latin1), "out/a.csv", csv())
+        .await
+        .unwrap();
+    assert_eq!(read(root, "out/a.csv"), "id,text\n1,café\n2,\u{80}\n");
+    copy(root, "in/latin1.csv", csv_in(Encoding::Windows1252), "out/b.csv", csv())
+        .await
+        .unwrap();
+    assert_eq!(read(root, "out/b.csv"), "id,text\n1,café\n2,€\n");
+    // The quote check reads decoded text too.
+    write(root, "in/open.csv", b"id,text\n1,\"caf\xe9\n2,b\n");
+    let e = fatal(copy(root, "in/open.csv", csv_in(Encoding::Latin1), "out/c.csv", csv()).await);
+    assert!(
+        e.starts_with("share:in/open.csv line 2: a quoted field is never closed"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn strict_csv_refuses_open_quotes_and_bad_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cases: [(&str, &[u8], &str); 5] = [
+        (
+            "open.csv",
+            b"id,text\n1,\"unterminated\n2,b\n",
+            "share:in/open.csv line 2: a quoted field is never closed (an unterminated quote runs to the end of the file)",
+        ),
+        (
+            "open-header.csv",
+            b"id,\"text\n",
+            "share:in/open-header.csv line 1: a quoted field is never closed (an unterminated quote runs to the end of the file)",
+        ),
+        (
+            "dup.csv",
+            b"id,name,id\n1,a,2\n",
+            "share:in/dup.csv line 1: the header names columns 1 and 3 both 'id'",
+        ),
+        (
+            "blank.csv",
+            b"id,,name\n1,a,2\n",
+            "share:in/blank.csv line 1: column 2 of the header has no name",
+        ),
+        (
+            "short.csv",
+            b"id,name\n1,a\n2\n",
+            "share:in/short.csv line 3: 1 fields where the header has 2",
+        ),
+    ];
+    for (name, content, expected) in cases {
+        write(root, &format!("in/{name}"), content);
+        let e = fatal(copy(root, &format!("in/{name}"), csv(), "out/x.parquet", Format::Parquet).await);
+        assert_eq!(e, expected);
+        assert!(!root.join("out").exists(), "{name}: nothing is written");
+        fs::remove_file(root.join("in").join(name)).unwrap();
+    }
+    // Quotes that close, doubled quotes and a quote inside an unquoted field are all fine.
+    write(root, "in/ok.csv", b"id,text\n1,\"a \"\"b\"\" c\"\n2,x\"y\n3,\"\"\n");
+    let report = copy(root, "in/ok.csv", csv(), "out/ok.csv", csv()).await.unwrap();
+    assert_eq!(report.rows, 3);
 }
 
 #[tokio::test]
