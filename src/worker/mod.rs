@@ -104,7 +104,7 @@ pub async fn worker_loop(node: Arc<Node>, reports: Arc<dyn Reports>) {
 
 /// A linked service's definition, unsealed for this attempt.
 fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
-    let ir = node.ir().map_err(|s| CopyError::transient(s.message()))?;
+    let ir = node.ir().map_err(|e| CopyError::transient(e.to_string()))?;
     let service = node
         .read_state(|s| s.linked_services.get(&side.service).cloned())
         .ok_or_else(|| CopyError::fatal(format!("linked service '{}' does not exist", side.service)))?;
