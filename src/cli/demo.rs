@@ -234,6 +234,7 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
             let list = admin
                 .job_list(proto::JobListRequest {
                     state: proto::JobState::Running.into(),
+                    ..Default::default()
                 })
                 .await
                 .ok()?

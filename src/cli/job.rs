@@ -67,6 +67,12 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
     List {
         #[arg(long, value_enum)]
         state: Option<StateFilter>,
+        /// Most jobs to print (at most 1000, the default); the rest come with --after.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+        /// Only jobs submitted after this job id (the id a previous page ended with).
+        #[arg(long)]
+        after: Option<String>,
         #[command(flatten)]
         target: Target,
         /// Print a JSON array of job objects.
@@ -309,12 +315,22 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 println!("{}", reply.id);
             }
         }
-        JobCommand::List { state, target, json } => {
+        JobCommand::List {
+            state,
+            limit,
+            after,
+            target,
+            json,
+        } => {
             let state = state.map_or(proto::JobState::Unspecified, proto::JobState::from);
             let reply = target
                 .connect()
                 .await?
-                .job_list(proto::JobListRequest { state: state.into() })
+                .job_list(proto::JobListRequest {
+                    state: state.into(),
+                    limit: limit.unwrap_or(0),
+                    after: after.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             if json {
@@ -349,6 +365,10 @@ pub async fn run(command: JobCommand) -> Result<()> {
                     )
                 );
                 println!("{} queued", reply.queued);
+            }
+            if !reply.next_after.is_empty() {
+                // On stderr, so `--json` output stays one array a script can parse.
+                eprintln!("more jobs: shir job list --after {}", reply.next_after);
             }
         }
         JobCommand::Show { id, target, json } => {
@@ -457,6 +477,67 @@ pub async fn set_limit(name: String, limit: u32, target: Target, json: bool) -> 
         println!("node '{}' runs as many jobs at once as its default allows", reply.name);
     } else {
         println!("node '{}' now runs at most {} jobs at once", reply.name, reply.limit);
+    }
+    Ok(())
+}
+
+/// `shir settings job-history`: how many finished jobs the IR keeps, and for how long.
+#[derive(Subcommand)]
+pub enum JobHistoryCommand {
+    /// Set the retention; finished jobs beyond it are dropped on every node at once.
+    Set {
+        /// Most finished jobs kept (the earliest finished go first).
+        #[arg(long)]
+        jobs: u64,
+        /// Finished jobs older than this many days go; 0 keeps them whatever their age.
+        #[arg(long)]
+        days: u32,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the retention and how many finished jobs are kept now.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run_job_history(command: JobHistoryCommand) -> Result<()> {
+    let (request, target, json) = match command {
+        JobHistoryCommand::Set {
+            jobs,
+            days,
+            target,
+            json,
+        } => (
+            proto::JobHistoryRequest {
+                set: true,
+                max_jobs: jobs,
+                max_days: days,
+            },
+            target,
+            json,
+        ),
+        JobHistoryCommand::Show { target, json } => (proto::JobHistoryRequest::default(), target, json),
+    };
+    let info = target.connect().await?.job_history(request).await?.into_inner();
+    if json {
+        print_json(&json!({"max_jobs": info.max_jobs, "max_days": info.max_days, "finished": info.finished}));
+    } else {
+        let age = match info.max_days {
+            0 => "of any age".to_string(),
+            d => format!("for {d} days"),
+        };
+        println!(
+            "finished jobs kept: at most {} {age}; {} kept now",
+            info.max_jobs, info.finished
+        );
     }
     Ok(())
 }

@@ -135,6 +135,9 @@ pub enum SettingsCommand {
     /// The HTTP proxy connectors that speak HTTP go through.
     #[command(subcommand)]
     Proxy(ProxyCommand),
+    /// How many finished jobs the IR keeps, and for how long.
+    #[command(subcommand)]
+    JobHistory(super::job::JobHistoryCommand),
 }
 
 #[derive(Subcommand)]
@@ -618,7 +621,10 @@ fn proxy_text(p: &proto::ProxyInfo) -> String {
 }
 
 pub async fn run_settings(command: SettingsCommand) -> Result<()> {
-    let SettingsCommand::Proxy(command) = command;
+    let command = match command {
+        SettingsCommand::Proxy(command) => command,
+        SettingsCommand::JobHistory(command) => return super::job::run_job_history(command).await,
+    };
     let (reply, json, verb) = match command {
         ProxyCommand::Set {
             address,

@@ -42,6 +42,8 @@ pub struct LocalIr {
     /// Extra environment for every node process (log filters, fail points).
     #[cfg(feature = "test-support")]
     pub env: Vec<(String, String)>,
+    /// `shir bench --history`: start nodes that accept `JobHistorySeed`.
+    pub bench_seed: bool,
     /// Written to each node's node.json when it is provisioned: tests shorten it so that a
     /// node they stop is declared Offline quickly.
     #[cfg(feature = "test-support")]
@@ -81,6 +83,7 @@ impl LocalIr {
             nodes,
             #[cfg(feature = "test-support")]
             env: Vec::new(),
+            bench_seed: false,
             #[cfg(feature = "test-support")]
             offline_timeout_ms: None,
         }
@@ -230,9 +233,12 @@ impl LocalIr {
     }
 
     /// The tests' extra environment on `command`; nothing without `test-support`.
-    fn test_env(&self, _command: &mut Command) {
+    fn test_env(&self, command: &mut Command) {
         #[cfg(feature = "test-support")]
-        _command.envs(self.env.iter().cloned());
+        command.envs(self.env.iter().cloned());
+        if self.bench_seed {
+            command.env(crate::node::job_history::SEED_ENV, "1");
+        }
     }
 
     /// Admin client on node `i`'s local socket.

@@ -155,6 +155,8 @@ pub async fn dispatch_loop(node: Arc<Node>, dispatcher: Arc<Dispatcher>) {
 async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<(), ProposeError> {
     let view = node.liveness.view(node);
     let now = crate::unix_now_ms();
+    // Retention, decided here and carried out by a log entry so every node drops the same jobs.
+    crate::node::job_history::prune_if_due(node).await?;
     if may_judge {
         for (id, status, _) in &view {
             if *status != Health::Offline {
@@ -164,7 +166,7 @@ async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<
             // requeue what the node was given since.
             let lost: Vec<(String, u32)> = node.read_state(|s| {
                 s.jobs
-                    .values()
+                    .active()
                     .filter(|j| j.state == JobState::Running && j.node == Some(*id))
                     .map(|j| (j.id.clone(), j.attempt))
                     .collect()
@@ -190,7 +192,7 @@ async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<
     let (queue, candidates) = node.read_state(|s| {
         let mut waiting: Vec<(u64, Waiting)> = s
             .jobs
-            .values()
+            .active()
             .filter(|j| j.state == JobState::Queued && j.not_before_ms <= now)
             .map(|j| {
                 (

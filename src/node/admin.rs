@@ -14,7 +14,7 @@ use tonic::Status;
 
 use super::calls::{AdminCall, Place};
 use super::forward::{FORWARD_PATIENCE, Hop, no_dispatcher};
-use super::{Node, jobs_admin, linked_services, liveness};
+use super::{Node, job_history, jobs_admin, linked_services, liveness};
 use crate::auth_key::AuthKey;
 use crate::dispatch::Dispatcher;
 use crate::pki;
@@ -212,6 +212,8 @@ pub async fn execute(
         AdminCall::JobShow(req) => jobs_admin::show(node, dispatcher, req).await?.encode_to_vec(),
         AdminCall::JobCancel(req) => jobs_admin::cancel(node, dispatcher, req).await?.encode_to_vec(),
         AdminCall::NodeSetLimit(req) => jobs_admin::set_limit(node, dispatcher, req).await?.encode_to_vec(),
+        AdminCall::JobHistory(req) => job_history::show_or_set(node, req).await?.encode_to_vec(),
+        AdminCall::JobHistorySeed(req) => job_history::seed(node, req).await?.encode_to_vec(),
     };
     Ok(reply)
 }

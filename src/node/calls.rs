@@ -109,6 +109,8 @@ admin_calls! {
     JobShow(proto::JobShowRequest) -> proto::JobInfo, fn job_show;
     JobCancel(proto::JobCancelRequest) -> proto::JobInfo, fn job_cancel;
     NodeSetLimit(proto::NodeSetLimitRequest) -> proto::NodeSetLimitReply, fn node_set_limit;
+    JobHistory(proto::JobHistoryRequest) -> proto::JobHistoryInfo, fn job_history;
+    JobHistorySeed(proto::JobHistorySeedRequest) -> proto::JobHistoryInfo, fn job_history_seed;
     }
     // Not operator calls, only forwarded: a node asks the dispatcher for its read index
     // (`admin::read_index`); the request is empty.

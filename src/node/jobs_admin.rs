@@ -71,6 +71,9 @@ fn info(node: &Node, dispatcher: &Dispatcher, j: &Job) -> proto::JobInfo {
     }
 }
 
+/// Most jobs in one `job list` reply: a page stays a small message however long the history.
+const MAX_PAGE: usize = 1000;
+
 pub async fn list(
     node: &Node,
     dispatcher: &Dispatcher,
@@ -87,18 +90,31 @@ pub async fn list(
             )));
         }
     };
-    let (mut jobs, queued) = node.read_state(|s| {
-        let jobs: Vec<Job> = s
-            .jobs
-            .values()
-            .filter(|j| wanted.is_none_or(|w| j.state == w))
-            .cloned()
-            .collect();
-        (jobs, s.queued_jobs() as u32)
-    });
-    jobs.sort_by_key(|j| j.seq);
+    let limit = match req.limit {
+        0 => MAX_PAGE,
+        n => (n as usize).min(MAX_PAGE),
+    };
+    let (page, more, queued) = node.read_state(|s| {
+        let after = match req.after.as_str() {
+            "" => None,
+            id => Some(s.jobs.get(id).map(|j| j.seq).ok_or_else(|| {
+                Status::not_found(format!(
+                    "no job {id} to list after (it may have been pruned from the history)"
+                ))
+            })?),
+        };
+        let mut wanted = s.jobs.from_seq(after).filter(|j| wanted.is_none_or(|w| j.state == w));
+        let page: Vec<Job> = wanted.by_ref().take(limit).cloned().collect();
+        let more = wanted.next().is_some();
+        Ok::<_, Status>((page, more, s.queued_jobs() as u32))
+    })?;
     Ok(proto::JobListReply {
-        jobs: jobs.iter().map(|j| info(node, dispatcher, j)).collect(),
+        jobs: page.iter().map(|j| info(node, dispatcher, j)).collect(),
+        next_after: if more {
+            page.last().map(|j| j.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        },
         queued,
     })
 }

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod calls;
 pub mod forward;
 pub mod handle;
+pub mod job_history;
 pub mod jobs_admin;
 pub mod linked_services;
 pub mod liveness;

@@ -287,6 +287,15 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Running> {
     tokio::spawn(liveness::heartbeat_loop(node.clone(), servers_stop.clone()));
     tokio::spawn(membership::reconcile_loop(node.clone()));
     tokio::spawn(restored::watch(node.clone()));
+    // Ends with Raft's metrics channel, when Raft shuts down.
+    tokio::spawn(raftmod::snapshot_loop(
+        node.raft.clone(),
+        node.state.clone(),
+        node.config
+            .snapshot_every_entries
+            .unwrap_or(raftmod::DEFAULT_SNAPSHOT_EVERY)
+            .max(2),
+    ));
     tokio::spawn(crate::dispatch::dispatch_loop(node.clone(), dispatcher.clone()));
     let reports = Arc::new(ToDispatcher {
         node: node.clone(),

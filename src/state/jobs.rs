@@ -123,21 +123,61 @@ pub struct Assignment {
 /// the attempt Cancelled when it sees it.
 pub const CANCELLED_BEFORE_PUBLISH: &str = "cancelled before publishing";
 
-/// Finished jobs kept for `job list`/`job show`; older ones are dropped so the state (and
-/// every snapshot) stays bounded.
-pub const FINISHED_JOBS_KEPT: usize = 10_000;
+/// How many finished jobs the IR keeps for `job list`/`job show`, and for how long. Older
+/// ones are dropped by `PruneJobs`, so the state, every snapshot and every node's disk stay
+/// bounded however long the IR runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobHistory {
+    /// Most finished jobs kept; the earliest finished go first.
+    pub max_jobs: u64,
+    /// Finished jobs older than this many days go; 0 keeps them whatever their age.
+    pub max_days: u32,
+}
+
+impl Default for JobHistory {
+    /// Ten thousand jobs is a week of a job a minute and a few MiB of state; thirty days
+    /// is what an operator looks back over after a month-end problem.
+    fn default() -> Self {
+        JobHistory {
+            max_jobs: 10_000,
+            max_days: 30,
+        }
+    }
+}
+
+/// The most jobs one `SeedJobHistory` makes: bounds one entry's apply (and a corrupt
+/// entry's damage) like the proposer's batch bounds.
+pub const MAX_SEEDED_PER_COMMAND: u32 = 1_000;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl JobHistory {
+    /// Whether the oldest finished job of `jobs` (and so maybe more) is due to go at `now_ms`.
+    pub fn prune_due(&self, jobs: &super::Jobs, now_ms: i64) -> bool {
+        jobs.finished_len() as u64 > self.max_jobs
+            || jobs
+                .finished()
+                .next()
+                .is_some_and(|oldest| self.expired(oldest, now_ms))
+    }
+
+    fn expired(&self, job: &Job, now_ms: i64) -> bool {
+        self.max_days > 0
+            && job.finished_at_ms.unwrap_or(0) < now_ms.saturating_sub(i64::from(self.max_days).saturating_mul(DAY_MS))
+    }
+}
 
 impl IrState {
     /// Jobs running (assigned, not finished) on `node`.
     pub fn running_on(&self, node: NodeId) -> u32 {
         self.jobs
-            .values()
+            .active()
             .filter(|j| j.state == JobState::Running && j.node == Some(node))
             .count() as u32
     }
 
     pub fn queued_jobs(&self) -> usize {
-        self.jobs.values().filter(|j| j.state == JobState::Queued).count()
+        self.jobs.active().filter(|j| j.state == JobState::Queued).count()
     }
 
     pub(super) fn submit_job(&mut self, job: &Job) -> CommandResult {
@@ -147,8 +187,53 @@ impl IrState {
         let mut job = job.clone();
         self.job_seq += 1;
         job.seq = self.job_seq;
-        self.jobs.insert(job.id.clone(), job);
-        self.prune_finished_jobs();
+        self.jobs.insert(job);
+        CommandResult::Ok
+    }
+
+    pub(super) fn set_job_history(&mut self, history: &JobHistory) -> CommandResult {
+        self.job_history = *history;
+        CommandResult::Ok
+    }
+
+    /// Drops the finished jobs the policy no longer keeps: past the count the earliest
+    /// finished, and any older than the age limit. Only finished jobs: a queued or running
+    /// job is never dropped, however old.
+    pub(super) fn prune_jobs(&mut self, now_ms: i64) -> CommandResult {
+        let policy = self.job_history;
+        let over = (self.jobs.finished_len() as u64).saturating_sub(policy.max_jobs);
+        let doomed: Vec<String> = self
+            .jobs
+            .finished()
+            .enumerate()
+            .take_while(|(i, j)| (*i as u64) < over || policy.expired(j, now_ms))
+            .map(|(_, j)| j.id.clone())
+            .collect();
+        for id in &doomed {
+            self.jobs.remove(id);
+        }
+        CommandResult::Ok
+    }
+
+    /// `count` finished copies of `template`, ids `<template id>-<n>`, each with its own
+    /// place in the submission order, as if submitted and run one by one.
+    pub(super) fn seed_job_history(&mut self, template: &Job, count: u32) -> CommandResult {
+        if count > MAX_SEEDED_PER_COMMAND {
+            return CommandResult::refused(format!("at most {MAX_SEEDED_PER_COMMAND} jobs per seed command"));
+        }
+        if !template.state.is_final() {
+            return CommandResult::refused("seeded jobs must be finished");
+        }
+        for _ in 0..count {
+            self.job_seq += 1;
+            let mut job = template.clone();
+            job.id = format!("{}-{}", template.id, self.job_seq);
+            job.seq = self.job_seq;
+            if self.jobs.contains_key(&job.id) {
+                continue;
+            }
+            self.jobs.insert(job);
+        }
         CommandResult::Ok
     }
 
@@ -159,19 +244,21 @@ impl IrState {
             let known = self.nodes.contains_key(&a.node);
             // A `node set-limit` committed after the dispatcher decided still counts.
             let limit = self.node_limits.get(&a.node).map_or(a.limit, |set| a.limit.min(*set));
-            let result = match self.jobs.get_mut(&a.job_id) {
+            let result = match self.jobs.get(&a.job_id) {
                 None => CommandResult::refused(format!("no job {}", a.job_id)),
                 Some(_) if !known => CommandResult::refused(format!("no node {}", a.node)),
                 Some(_) if running >= limit => CommandResult::Rejected(Rejection::AtLimit { node: a.node, limit }),
                 Some(j) if j.state != JobState::Queued || j.attempt.checked_add(1) != Some(a.attempt) => {
                     CommandResult::refused(format!("job {} is not waiting for attempt {}", a.job_id, a.attempt))
                 }
-                Some(j) => {
-                    j.state = JobState::Running;
-                    j.node = Some(a.node);
-                    j.attempt = a.attempt;
-                    j.publishing = false;
-                    j.started_at_ms.get_or_insert(now_ms);
+                Some(_) => {
+                    self.jobs.update(&a.job_id, |j| {
+                        j.state = JobState::Running;
+                        j.node = Some(a.node);
+                        j.attempt = a.attempt;
+                        j.publishing = false;
+                        j.started_at_ms.get_or_insert(now_ms);
+                    });
                     CommandResult::Ok
                 }
             };
@@ -180,9 +267,9 @@ impl IrState {
         CommandResult::Batch(results)
     }
 
-    /// The job's current attempt on `node`, or why a report about it is refused.
-    fn current<'a>(&'a mut self, job_id: &str, attempt: u32, node: NodeId) -> Result<&'a mut Job, CommandResult> {
-        match self.jobs.get_mut(job_id) {
+    /// Whether `attempt` on `node` is the job's current one, or why a report about it is refused.
+    fn check_current(&self, job_id: &str, attempt: u32, node: NodeId) -> Result<&Job, CommandResult> {
+        match self.jobs.get(job_id) {
             None => Err(CommandResult::refused(format!("no job {job_id}"))),
             Some(j) if j.state != JobState::Running || j.attempt != attempt || j.node != Some(node) => {
                 Err(CommandResult::Rejected(Rejection::StaleAttempt {
@@ -197,15 +284,17 @@ impl IrState {
     }
 
     pub(super) fn begin_publish(&mut self, job_id: &str, attempt: u32, node: NodeId) -> CommandResult {
-        match self.current(job_id, attempt, node) {
+        match self.check_current(job_id, attempt, node) {
             Ok(j) if j.cancel_requested && !j.publish_granted => {
                 CommandResult::Rejected(Rejection::CancelledBeforePublish {
                     job_id: job_id.to_string(),
                 })
             }
-            Ok(j) => {
-                j.publishing = true;
-                j.publish_granted = true;
+            Ok(_) => {
+                self.jobs.update(job_id, |j| {
+                    j.publishing = true;
+                    j.publish_granted = true;
+                });
                 CommandResult::Ok
             }
             Err(refused) => refused,
@@ -220,54 +309,16 @@ impl IrState {
         outcome: &Outcome,
         now_ms: i64,
     ) -> CommandResult {
-        let j = match self.current(job_id, attempt, node) {
-            Ok(j) => j,
+        match self.check_current(job_id, attempt, node) {
+            Ok(j) if matches!(outcome, Outcome::Succeeded { .. }) && !j.publishing => {
+                return CommandResult::refused(format!("job {job_id} attempt {attempt} never began publishing"));
+            }
+            Ok(_) => {}
             Err(refused) => return refused,
-        };
-        match outcome {
-            Outcome::Succeeded {
-                rows,
-                bytes,
-                files,
-                check,
-            } => {
-                if !j.publishing {
-                    return CommandResult::refused(format!("job {job_id} attempt {attempt} never began publishing"));
-                }
-                (j.rows, j.bytes, j.files) = (*rows, *bytes, *files);
-                j.check = Some(check.clone());
-                j.error = None;
-                j.state = JobState::Succeeded;
-            }
-            Outcome::Failed { error, retryable } => {
-                j.error = Some(if j.publish_granted && !*retryable {
-                    // A later attempt cannot even stage (the source is gone, say), but an
-                    // earlier one may have published before its node died: say so rather
-                    // than let "Failed" suggest the sink holds nothing.
-                    format!(
-                        "{error} (an earlier attempt was allowed to publish before its node went offline: the sink may hold its complete output)"
-                    )
-                } else {
-                    error.clone()
-                });
-                let must_finish = j.publish_granted && *retryable;
-                if must_finish || (*retryable && !j.cancel_requested && j.attempt < j.spec.retry.max_attempts) {
-                    j.state = JobState::Queued;
-                    // Saturating: a submitted interval or a clock near the type's end must not wrap
-                    // round into the past (nor panic a debug build's apply).
-                    let interval = i64::try_from(j.spec.retry.interval_ms).unwrap_or(i64::MAX);
-                    j.not_before_ms = now_ms.saturating_add(interval);
-                } else {
-                    j.state = JobState::Failed;
-                }
-            }
-            Outcome::Cancelled => j.state = JobState::Cancelled,
         }
-        if j.state.is_final() {
-            j.finished_at_ms = Some(now_ms);
-        }
-        j.publishing = false;
-        CommandResult::Ok
+        self.jobs
+            .update(job_id, |j| end_attempt(j, outcome, now_ms))
+            .unwrap_or(CommandResult::Ok)
     }
 
     /// A node went Offline: the attempts judged lost go back to the queue (or fail, once
@@ -276,35 +327,38 @@ impl IrState {
     /// next leader, must not requeue what the node has been given since. `None`: every
     /// running job of the node (it was removed from the IR).
     pub(super) fn requeue_node(&mut self, node: NodeId, jobs: Option<&[(String, u32)]>, now_ms: i64) -> CommandResult {
-        for j in self.jobs.values_mut() {
-            if j.state != JobState::Running || j.node != Some(node) {
-                continue;
-            }
-            if let Some(judged) = jobs
-                && !judged.iter().any(|(id, attempt)| *id == j.id && *attempt == j.attempt)
-            {
-                continue;
-            }
-            j.publishing = false;
-            if j.publish_granted {
-                // Its output may be visible already: it must end Succeeded, by a new attempt
-                // that publishes again (idempotently).
-                j.state = JobState::Queued;
-                j.not_before_ms = now_ms;
-            } else if j.cancel_requested {
-                j.state = JobState::Cancelled;
-                j.finished_at_ms = Some(now_ms);
-            } else if j.attempt >= j.spec.retry.max_attempts {
-                j.state = JobState::Failed;
-                j.error = Some(format!(
-                    "its node went offline during attempt {}, the last of {}",
-                    j.attempt, j.spec.retry.max_attempts
-                ));
-                j.finished_at_ms = Some(now_ms);
-            } else {
-                j.state = JobState::Queued;
-                j.not_before_ms = now_ms;
-            }
+        let lost: Vec<String> = self
+            .jobs
+            .active()
+            .filter(|j| j.state == JobState::Running && j.node == Some(node))
+            .filter(|j| {
+                jobs.is_none_or(|judged| judged.iter().any(|(id, attempt)| *id == j.id && *attempt == j.attempt))
+            })
+            .map(|j| j.id.clone())
+            .collect();
+        for id in lost {
+            self.jobs.update(&id, |j| {
+                j.publishing = false;
+                if j.publish_granted {
+                    // Its output may be visible already: it must end Succeeded, by a new attempt
+                    // that publishes again (idempotently).
+                    j.state = JobState::Queued;
+                    j.not_before_ms = now_ms;
+                } else if j.cancel_requested {
+                    j.state = JobState::Cancelled;
+                    j.finished_at_ms = Some(now_ms);
+                } else if j.attempt >= j.spec.retry.max_attempts {
+                    j.state = JobState::Failed;
+                    j.error = Some(format!(
+                        "its node went offline during attempt {}, the last of {}",
+                        j.attempt, j.spec.retry.max_attempts
+                    ));
+                    j.finished_at_ms = Some(now_ms);
+                } else {
+                    j.state = JobState::Queued;
+                    j.not_before_ms = now_ms;
+                }
+            });
         }
         CommandResult::Ok
     }
@@ -313,26 +367,27 @@ impl IrState {
     /// ends cancelled, if that was asked for) like the attempt of a node gone Offline, but a
     /// hand-back is no failure, so it does not use up the job's attempts.
     pub(super) fn release_job(&mut self, job_id: &str, attempt: u32, node: NodeId, now_ms: i64) -> CommandResult {
-        let j = match self.current(job_id, attempt, node) {
-            Ok(j) => j,
-            Err(refused) => return refused,
-        };
-        j.publishing = false;
-        if j.cancel_requested && !j.publish_granted {
-            j.state = JobState::Cancelled;
-            j.finished_at_ms = Some(now_ms);
-        } else {
-            j.state = JobState::Queued;
-            j.not_before_ms = now_ms;
-            // The next assignment numbers its attempt `attempt + 1` (fencing needs a new
-            // number); the limit counts attempts that failed, so it grows by the one handed back.
-            j.spec.retry.max_attempts = j.spec.retry.max_attempts.saturating_add(1);
+        if let Err(refused) = self.check_current(job_id, attempt, node) {
+            return refused;
         }
+        self.jobs.update(job_id, |j| {
+            j.publishing = false;
+            if j.cancel_requested && !j.publish_granted {
+                j.state = JobState::Cancelled;
+                j.finished_at_ms = Some(now_ms);
+            } else {
+                j.state = JobState::Queued;
+                j.not_before_ms = now_ms;
+                // The next assignment numbers its attempt `attempt + 1` (fencing needs a new
+                // number); the limit counts attempts that failed, so it grows by the one handed back.
+                j.spec.retry.max_attempts = j.spec.retry.max_attempts.saturating_add(1);
+            }
+        });
         CommandResult::Ok
     }
 
     pub(super) fn cancel_job(&mut self, job_id: &str, now_ms: i64) -> CommandResult {
-        match self.jobs.get_mut(job_id) {
+        match self.jobs.get(job_id) {
             None => CommandResult::refused(format!("no job {job_id}")),
             Some(j) if j.state.is_final() => {
                 CommandResult::refused(format!("job {job_id} has already ended ({})", j.state.as_str()))
@@ -340,36 +395,64 @@ impl IrState {
             Some(j) if j.publishing || j.publish_granted => CommandResult::refused(format!(
                 "job {job_id} has begun publishing its output; it is too late to cancel it"
             )),
-            Some(j) if j.state == JobState::Queued => {
-                j.state = JobState::Cancelled;
-                j.cancel_requested = true;
-                j.finished_at_ms = Some(now_ms);
-                CommandResult::Ok
-            }
-            Some(j) => {
-                // Running: its worker sees the request and stops; it reports Cancelled.
-                j.cancel_requested = true;
+            Some(_) => {
+                self.jobs.update(job_id, |j| {
+                    j.cancel_requested = true;
+                    if j.state == JobState::Queued {
+                        j.state = JobState::Cancelled;
+                        j.finished_at_ms = Some(now_ms);
+                    }
+                    // Running: its worker sees the request and stops; it reports Cancelled.
+                });
                 CommandResult::Ok
             }
         }
     }
+}
 
-    fn prune_finished_jobs(&mut self) {
-        let finished = self.jobs.values().filter(|j| j.state.is_final()).count();
-        if finished <= FINISHED_JOBS_KEPT {
-            return;
+/// Ends (or, if it is to be retried, requeues) the current attempt of `j` as its worker reported.
+fn end_attempt(j: &mut Job, outcome: &Outcome, now_ms: i64) -> CommandResult {
+    match outcome {
+        Outcome::Succeeded {
+            rows,
+            bytes,
+            files,
+            check,
+        } => {
+            (j.rows, j.bytes, j.files) = (*rows, *bytes, *files);
+            j.check = Some(check.clone());
+            j.error = None;
+            j.state = JobState::Succeeded;
         }
-        let mut old: Vec<(u64, String)> = self
-            .jobs
-            .values()
-            .filter(|j| j.state.is_final())
-            .map(|j| (j.seq, j.id.clone()))
-            .collect();
-        old.sort();
-        for (_, id) in old.into_iter().take(finished - FINISHED_JOBS_KEPT) {
-            self.jobs.remove(&id);
+        Outcome::Failed { error, retryable } => {
+            j.error = Some(if j.publish_granted && !*retryable {
+                // A later attempt cannot even stage (the source is gone, say), but an
+                // earlier one may have published before its node died: say so rather
+                // than let "Failed" suggest the sink holds nothing.
+                format!(
+                    "{error} (an earlier attempt was allowed to publish before its node went offline: the sink may hold its complete output)"
+                )
+            } else {
+                error.clone()
+            });
+            let must_finish = j.publish_granted && *retryable;
+            if must_finish || (*retryable && !j.cancel_requested && j.attempt < j.spec.retry.max_attempts) {
+                j.state = JobState::Queued;
+                // Saturating: a submitted interval or a clock near the type's end must not wrap
+                // round into the past (nor panic a debug build's apply).
+                let interval = i64::try_from(j.spec.retry.interval_ms).unwrap_or(i64::MAX);
+                j.not_before_ms = now_ms.saturating_add(interval);
+            } else {
+                j.state = JobState::Failed;
+            }
         }
+        Outcome::Cancelled => j.state = JobState::Cancelled,
     }
+    if j.state.is_final() {
+        j.finished_at_ms = Some(now_ms);
+    }
+    j.publishing = false;
+    CommandResult::Ok
 }
 
 #[cfg(test)]
@@ -701,5 +784,44 @@ mod tests {
         assert!(
             matches!(assign(&mut s, "j2", 1, 1, 4), CommandResult::Rejected(m) if m.to_string().contains("limit of 1"))
         );
+    }
+
+    #[test]
+    fn retention_drops_only_finished_jobs_past_the_policy() {
+        let mut s = state_with_nodes();
+        for i in 0..5 {
+            s.apply(&Command::SubmitJob {
+                job: job(&format!("j{i}"), 3),
+            });
+        }
+        // j0..j3 finish at 0, 1000, 2000, 3000 ms; j4 stays queued.
+        for i in 0..4 {
+            s.apply(&Command::CancelJob {
+                job_id: format!("j{i}"),
+                now_ms: i * 1000,
+            });
+        }
+        s.apply(&Command::SetJobHistory {
+            history: JobHistory {
+                max_jobs: 3,
+                max_days: 0,
+            },
+        });
+        assert!(s.job_history.prune_due(&s.jobs, 0));
+        s.apply(&Command::PruneJobs { now_ms: 0 });
+        assert!(!s.jobs.contains_key("j0"));
+        assert_eq!(s.jobs.finished_len(), 3);
+        assert!(!s.job_history.prune_due(&s.jobs, 0));
+        // One day later with a one-day limit: all finished ones go, the queued one stays.
+        s.apply(&Command::SetJobHistory {
+            history: JobHistory {
+                max_jobs: 3,
+                max_days: 1,
+            },
+        });
+        s.apply(&Command::PruneJobs { now_ms: DAY_MS + 2500 });
+        let left: Vec<&str> = s.jobs.values().map(|j| j.id.as_str()).collect();
+        assert_eq!(left, ["j3", "j4"]);
+        assert_eq!(s.jobs.active().count(), 1);
     }
 }

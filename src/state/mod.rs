@@ -8,10 +8,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub mod job_table;
 pub mod jobs;
 pub mod linked_service;
+pub mod tracked;
 
+pub use job_table::Jobs;
+pub use jobs::JobHistory;
 pub use linked_service::{LinkedService, ProxySettings};
+pub use tracked::Tracked;
 
 /// Raft node ids. Never reused: a removed node's id stays retired.
 pub type NodeId = u64;
@@ -82,6 +87,15 @@ pub struct AdminCertRecord {
     pub issued_at: i64,
 }
 
+/// The applied state, in memory on every node.
+///
+/// Small parts (the IR's identity, its at most four nodes, the key slots) are plain values;
+/// the parts that grow with use (jobs, linked services, bench keys, admin certificates) are
+/// persistent maps that remember what changed ([`Tracked`], [`Jobs`]). That gives the two
+/// costs a write must not grow with: the store writes only the changed objects, and the
+/// node publishes the new state to readers as a clone that shares all unchanged structure.
+/// `Serialize`/`Deserialize` are the old one-value encoding, kept to read old data dirs
+/// and snapshots; the store itself writes one key per object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IrState {
     pub ir: Option<IrInfo>,
@@ -90,12 +104,12 @@ pub struct IrState {
     pub next_node_id: NodeId,
     /// Serials (hex) of certificates no node may accept any more.
     pub revoked_serials: BTreeSet<String>,
-    pub admin_certs: BTreeMap<String, AdminCertRecord>,
+    pub admin_certs: Tracked<String, AdminCertRecord>,
     /// Small key/value space used by `shir bench` to measure committed writes.
-    pub kv: BTreeMap<String, String>,
+    pub kv: Tracked<String, String>,
     /// Linked services by name; secret fields sealed with the data key.
     #[serde(default)]
-    pub linked_services: BTreeMap<String, LinkedService>,
+    pub linked_services: Tracked<String, LinkedService>,
     #[serde(default)]
     pub proxy: Option<ProxySettings>,
     /// Bumped by every proxy change, clearing included, so a version never repeats.
@@ -103,13 +117,16 @@ pub struct IrState {
     pub proxy_version: u64,
     /// Copy jobs by id, queued, running and the latest finished ones.
     #[serde(default)]
-    pub jobs: BTreeMap<String, jobs::Job>,
+    pub jobs: Jobs,
     /// Submissions so far; gives each job its place in the queue.
     #[serde(default)]
     pub job_seq: u64,
     /// `node set-limit` overrides of the nodes' concurrent-jobs limits.
     #[serde(default)]
     pub node_limits: BTreeMap<NodeId, u32>,
+    /// How many finished jobs are kept, and for how long (`shir settings job-history`).
+    #[serde(default)]
+    pub job_history: JobHistory,
 }
 
 /// A log entry's payload: one change to the replicated state.
@@ -193,6 +210,22 @@ pub enum Command {
     SetNodeLimit {
         node: NodeId,
         limit: Option<u32>,
+    },
+    /// The retention policy of finished jobs.
+    SetJobHistory {
+        history: JobHistory,
+    },
+    /// Drop the finished jobs the retention policy no longer keeps as of `now_ms`; proposed
+    /// by the dispatcher, so every node drops the same ones.
+    PruneJobs {
+        now_ms: i64,
+    },
+    /// `shir bench --history` only: `count` finished jobs made from `template`, so a
+    /// benchmark can keep 100,000 of them without running each. Goes through the log and
+    /// the store like real jobs; only a node started for a benchmark proposes it.
+    SeedJobHistory {
+        template: jobs::Job,
+        count: u32,
     },
     /// Several commands proposed together (group commit); applied in order, each as if alone.
     Batch(#[serde(deserialize_with = "bounded_batch")] Vec<Command>),
@@ -292,6 +325,7 @@ impl Command {
     pub fn approximate_size(&self) -> usize {
         match self {
             Command::Put { key, value } => 64 + key.len() + value.len(),
+            Command::SetJobHistory { .. } | Command::PruneJobs { .. } => 64,
             Command::Batch(commands) => commands.iter().map(Command::approximate_size).sum(),
             // Certificates and sealed keys: a few KiB at most.
             _ => 4096,
@@ -396,8 +430,16 @@ impl IrState {
                 };
                 CommandResult::Ok
             }
+            Command::SetJobHistory { history } => self.set_job_history(history),
+            Command::PruneJobs { now_ms } => self.prune_jobs(*now_ms),
+            Command::SeedJobHistory { template, count } => self.seed_job_history(template, *count),
             Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
         }
+    }
+
+    /// Roughly how many objects the state holds (what a snapshot's size grows with).
+    pub fn objects(&self) -> u64 {
+        (self.jobs.len() + self.kv.len() + self.linked_services.len() + self.admin_certs.len()) as u64
     }
 
     /// Why a node called `name` at `address` may not join now, if it may not.

@@ -60,7 +60,7 @@ pub async fn worker_loop(node: Arc<Node>, reports: Arc<dyn Reports>) {
         let me = node.id();
         let mine: Vec<Job> = node.read_state(|s| {
             s.jobs
-                .values()
+                .active()
                 .filter(|j| j.state == JobState::Running && j.node == Some(me))
                 .cloned()
                 .collect()

@@ -6,6 +6,7 @@
 
 mod copy;
 mod etcd;
+mod history;
 mod load;
 
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub struct BenchArgs {
     /// to CSV against `psql \copy` (with SHIR_TEST_PG), submit-to-start latency.
     #[arg(long)]
     pub copy: bool,
+    /// Measure writes with this many finished jobs kept instead, one phase per size (e.g.
+    /// `0,10000,100000`): committed writes/s and the median `job submit` latency.
+    #[arg(long, value_delimiter = ',')]
+    pub history: Vec<u64>,
     /// Size of each file the copy benchmark writes and copies, in MiB.
     #[arg(long, default_value_t = 1024)]
     pub size_mib: u64,
@@ -74,6 +79,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         if cfg!(debug_assertions) { "debug" } else { "release" },
         work.path().display()
     ));
+    if !args.history.is_empty() {
+        history::prepare(&mut ir);
+    }
     let outcome = if args.copy {
         copy::run(&mut ir, work.path(), args.size_mib, &say).await
     } else {
@@ -102,6 +110,9 @@ async fn bench(
     let (bundle, _) = request_admin_cert(&mut ir.admin(0).await?, "bench").await?;
     let client_tls = tls::client_config_mtls(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem)?;
     let duration = Duration::from_secs_f64(args.seconds);
+    if !args.history.is_empty() {
+        return history::run(ir, &args.history, &args.clients, duration, client_tls, work, say).await;
+    }
 
     let etcd = if args.no_etcd {
         None
