@@ -14,9 +14,22 @@ pub enum Named {
     NotAName,
 }
 
+/// Text meant as a table name that is not a valid one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("unterminated quoted name in '{0}'")]
+    Unterminated(String),
+    #[error("'{0}' has an empty quoted name (\"\")")]
+    EmptyQuoted(String),
+    #[error(
+        "'{0}' has more than two parts: give a table as SCHEMA.TABLE or TABLE (the database is the linked service's)"
+    )]
+    TooManyParts(String),
+}
+
 /// Reads `TABLE`, `SCHEMA.TABLE` or their quoted forms; `Err` for text that is clearly meant
 /// as a name but is not a valid one (an unterminated quote, `db.schema.table`, `""`).
-pub fn parse_table(text: &str) -> Result<Named, String> {
+pub fn parse_table(text: &str) -> Result<Named, NameError> {
     let mut parts = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -32,11 +45,11 @@ pub fn parse_table(text: &str) -> Result<Named, String> {
                         }
                         Some('"') => break,
                         Some(c) => name.push(c),
-                        None => return Err(format!("unterminated quoted name in '{text}'")),
+                        None => return Err(NameError::Unterminated(text.to_string())),
                     }
                 }
                 if name.is_empty() {
-                    return Err(format!("'{text}' has an empty quoted name (\"\")"));
+                    return Err(NameError::EmptyQuoted(text.to_string()));
                 }
                 name
             }
@@ -68,9 +81,7 @@ pub fn parse_table(text: &str) -> Result<Named, String> {
             schema: "public".into(),
             table: parts.into_iter().next().expect("one part"),
         }),
-        Err(_) => Err(format!(
-            "'{text}' has more than two parts: give a table as SCHEMA.TABLE or TABLE (the database is the linked service's)"
-        )),
+        Err(_) => Err(NameError::TooManyParts(text.to_string())),
     }
 }
 
@@ -92,7 +103,7 @@ pub fn display_ident(name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn table(schema: &str, table: &str) -> Result<Named, String> {
+    fn table(schema: &str, table: &str) -> Result<Named, NameError> {
         Ok(Named::Table {
             schema: schema.into(),
             table: table.into(),
@@ -137,5 +148,16 @@ mod tests {
         }
         assert_eq!(display_ident("orders"), "orders");
         assert_eq!(display_ident("Orders"), "\"Orders\"");
+    }
+
+    #[test]
+    fn errors_read_as_before() {
+        let said = |text: &str| parse_table(text).unwrap_err().to_string();
+        assert_eq!(said("\"abc"), "unterminated quoted name in '\"abc'");
+        assert_eq!(said("\"\".t"), "'\"\".t' has an empty quoted name (\"\")");
+        assert_eq!(
+            said("a.b.c"),
+            "'a.b.c' has more than two parts: give a table as SCHEMA.TABLE or TABLE (the database is the linked service's)"
+        );
     }
 }

@@ -107,7 +107,7 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
     if req.nonce.len() < 16 || admitted_with_it || !node.admission.first_use(&req.nonce, now) {
         return Err(denied("join proof already used; run the command again for a fresh one"));
     }
-    validate_node_name(&req.name).map_err(Status::invalid_argument)?;
+    validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
     crate::pki::tls::server_name(&req.address)
         .map_err(|e| Status::invalid_argument(format!("invalid address '{}': {e}", req.address)))?;
     // The same joiner (same name, address and key) asking again with a fresh proof: its
@@ -119,7 +119,7 @@ pub async fn admit(node: &Node, req: proto::JoinRequest) -> Result<proto::JoinRe
         return Ok(join_response(node, ir, rec.id, rec.cert_pem));
     }
     let node_id = node.read_state(|s| s.check_admission(&req.name, &req.address).map(|()| s.next_node_id));
-    let node_id = node_id.map_err(Status::failed_precondition)?;
+    let node_id = node_id.map_err(|e| Status::failed_precondition(e.to_string()))?;
 
     let ca = node.ca()?;
     let issued = pki::sign_node_csr(&ca, &req.csr_der, &ir.id, &req.name, &req.address)

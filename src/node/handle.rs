@@ -15,6 +15,31 @@ use crate::raft::{self as raftmod, NodeId, Raft};
 use crate::secrets::{self, DataKey, SecretBytes};
 use crate::state::{Command, IrInfo, IrState, Sealed};
 
+/// What the handle's queries fail with. Converted to `tonic::Status` only at the service
+/// edge (`impl From<NodeError> for Status`), so the domain code never picks a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A joining or restored node has not applied the IR's state yet: it will shortly.
+    #[error("this node has not received the IR's state yet; try again shortly")]
+    NoState,
+    /// A sealed value did not open with this node's data key.
+    #[error("{0}")]
+    Unseal(String),
+    #[error("sealed CA key is not PEM")]
+    CaKeyNotPem,
+    #[error("cannot load the CA: {0}")]
+    CaLoad(String),
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Status {
+        match e {
+            NodeError::NoState => Status::unavailable(e.to_string()),
+            NodeError::Unseal(_) | NodeError::CaKeyNotPem | NodeError::CaLoad(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
 /// A running node: the parts every service and loop shares.
 pub struct Node {
     pub config: NodeConfig,
@@ -82,27 +107,24 @@ impl Node {
         f(&self.state.read().expect("state lock"))
     }
 
-    pub fn ir(&self) -> Result<IrInfo, Status> {
-        self.read_state(|s| s.ir.clone())
-            .ok_or_else(|| Status::unavailable("this node has not received the IR's state yet; try again shortly"))
+    pub fn ir(&self) -> Result<IrInfo, NodeError> {
+        self.read_state(|s| s.ir.clone()).ok_or(NodeError::NoState)
     }
 
     pub fn node_name(&self, id: NodeId) -> Option<String> {
         self.read_state(|s| s.nodes.get(&id).map(|n| n.name.clone()))
     }
 
-    pub fn unseal(&self, aad: &str, sealed: &Sealed) -> Result<SecretBytes, Status> {
-        secrets::open(&self.data_key, aad.as_bytes(), &sealed.0).map_err(|e| Status::internal(e.to_string()))
+    pub fn unseal(&self, aad: &str, sealed: &Sealed) -> Result<SecretBytes, NodeError> {
+        secrets::open(&self.data_key, aad.as_bytes(), &sealed.0).map_err(|e| NodeError::Unseal(e.to_string()))
     }
 
     /// The CA with its private key, unsealed for one signing.
-    pub fn ca(&self) -> Result<Ca, Status> {
+    pub fn ca(&self) -> Result<Ca, NodeError> {
         let ir = self.ir()?;
         let key = self.unseal(&crate::state::ca_key_aad(&ir.id), &ir.ca_key)?;
-        let key_pem = crate::secrets::SecretString::from_secret_bytes(key)
-            .map_err(|_| Status::internal("sealed CA key is not PEM"))?;
-        Ca::from_pem(&ir.ca_cert_pem, key_pem.expose())
-            .map_err(|e| Status::internal(format!("cannot load the CA: {e}")))
+        let key_pem = crate::secrets::SecretString::from_secret_bytes(key).map_err(|_| NodeError::CaKeyNotPem)?;
+        Ca::from_pem(&ir.ca_cert_pem, key_pem.expose()).map_err(|e| NodeError::CaLoad(e.to_string()))
     }
 
     /// Commits `cmd` through Raft (group-committed with concurrent proposals); returns its

@@ -121,7 +121,7 @@ fn new_id() -> String {
 
 pub async fn create(node: &Node, req: proto::LinkedServiceCreateRequest) -> Result<proto::LinkedServiceInfo, Status> {
     up_to_date(node).await?;
-    validate_service_name(&req.name).map_err(invalid)?;
+    validate_service_name(&req.name).map_err(|e| invalid(e.to_string()))?;
     let ir = node.ir()?;
     let spec = match (req.spec, req.encrypted_credential.trim()) {
         (Some(_), blob) if !blob.is_empty() => {

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
 use super::handle::Node;
@@ -17,6 +18,12 @@ use crate::timing::RECONCILE_INTERVAL;
 /// A learner is promoted once its replicated log is within this many entries of the
 /// leader's: close enough that the joint configuration commits without waiting on it.
 const CAUGHT_UP_LAG: u64 = 16;
+
+/// A membership change Raft refused (not the leader any more, a change already under way):
+/// the next round tries again.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct ChangeRefused(#[from] RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Node>>);
 
 pub async fn reconcile_loop(node: Arc<Node>) {
     loop {
@@ -33,7 +40,7 @@ pub async fn reconcile_loop(node: Arc<Node>) {
     }
 }
 
-async fn reconcile_once(node: &Node) -> Result<(), String> {
+async fn reconcile_once(node: &Node) -> Result<(), ChangeRefused> {
     let m = node.metrics();
     let membership = m.membership_config.membership().clone();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -49,16 +56,14 @@ async fn reconcile_once(node: &Node) -> Result<(), String> {
         tracing::info!(?gone_voters, "removing voters");
         node.raft
             .change_membership(ChangeMembers::RemoveVoters(gone_voters), false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         return Ok(());
     }
     let gone_learners: BTreeSet<NodeId> = learners.iter().filter(|id| !wanted.contains_key(id)).copied().collect();
     if !gone_learners.is_empty() {
         node.raft
             .change_membership(ChangeMembers::RemoveNodes(gone_learners), false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         return Ok(());
     }
 
@@ -67,8 +72,7 @@ async fn reconcile_once(node: &Node) -> Result<(), String> {
             tracing::info!(node = %record.name, id, "adding learner");
             node.raft
                 .add_learner(*id, BasicNode::new(&record.address), false)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         }
     }
 
@@ -87,8 +91,7 @@ async fn reconcile_once(node: &Node) -> Result<(), String> {
         tracing::info!(?caught_up, "promoting learners to voters");
         node.raft
             .change_membership(ChangeMembers::AddVoterIds(caught_up), false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     Ok(())
 }

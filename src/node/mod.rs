@@ -22,5 +22,5 @@ pub mod run;
 pub mod services;
 pub mod sysload;
 
-pub use handle::Node;
+pub use handle::{Node, NodeError};
 pub use run::{EXIT_REMOVED, Removed, open_db, run};

@@ -139,9 +139,16 @@ pub fn encrypted_credential_aad(ir_id: &str) -> String {
     format!("{ir_id}/encrypted-credential")
 }
 
+/// A linked-service name outside what job definitions, tables and URLs take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid linked-service name '{0}': use 1-80 letters, digits, '_', '-' or '.', starting with a letter or digit"
+)]
+pub struct InvalidServiceName(String);
+
 /// Linked-service names appear in job definitions, tables and URLs: 1–80 letters, digits,
 /// '_', '-' or '.', starting with a letter or digit.
-pub fn validate_service_name(name: &str) -> Result<(), String> {
+pub fn validate_service_name(name: &str) -> Result<(), InvalidServiceName> {
     let ok = !name.is_empty()
         && name.len() <= 80
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
@@ -149,9 +156,7 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid linked-service name '{name}': use 1-80 letters, digits, '_', '-' or '.', starting with a letter or digit"
-        ))
+        Err(InvalidServiceName(name.to_string()))
     }
 }
 

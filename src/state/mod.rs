@@ -356,7 +356,7 @@ impl IrState {
             }
             Command::AddNode { node } => {
                 if let Err(why) = self.check_admission(&node.name, &node.address) {
-                    return CommandResult::refused(why);
+                    return CommandResult::refused(why.to_string());
                 }
                 if node.id < self.next_node_id {
                     return CommandResult::refused(format!("node id {} already used", node.id));
@@ -443,15 +443,18 @@ impl IrState {
     }
 
     /// Why a node called `name` at `address` may not join now, if it may not.
-    pub fn check_admission(&self, name: &str, address: &str) -> Result<(), String> {
+    pub fn check_admission(&self, name: &str, address: &str) -> Result<(), AdmissionRefused> {
         if self.node_by_name(name).is_some() {
-            return Err(format!("a node named '{name}' is already registered"));
+            return Err(AdmissionRefused::NameTaken(name.to_string()));
         }
         if let Some(other) = self.nodes.values().find(|n| n.address == address) {
-            return Err(format!("address {address} is already used by node '{}'", other.name));
+            return Err(AdmissionRefused::AddressTaken {
+                address: address.to_string(),
+                by: other.name.clone(),
+            });
         }
         if self.nodes.len() >= MAX_NODES {
-            return Err(format!("the IR already has {MAX_NODES} nodes, the most it can have"));
+            return Err(AdmissionRefused::Full);
         }
         Ok(())
     }
@@ -465,6 +468,22 @@ impl IrState {
     }
 }
 
+/// Why a node may not join now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionRefused {
+    #[error("a node named '{0}' is already registered")]
+    NameTaken(String),
+    #[error("address {address} is already used by node '{by}'")]
+    AddressTaken { address: String, by: String },
+    #[error("the IR already has {MAX_NODES} nodes, the most it can have")]
+    Full,
+}
+
+/// A node name that does not fit in certificates or on screens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node name '{0}': use 1-63 lowercase letters, digits and '-', not starting with '-'")]
+pub struct InvalidNodeName(String);
+
 /// Associated data binding a sealed CA key to its IR, so a blob cannot be replayed elsewhere.
 pub fn ca_key_aad(ir_id: &str) -> String {
     format!("{ir_id}/ca-key")
@@ -477,7 +496,7 @@ pub fn auth_key_aad(ir_id: &str, slot: u8) -> String {
 
 /// Node names go into certificates (URI and DNS SANs) and onto operators' screens, so they
 /// are kept to what is safe in both: 1–63 of `a-z`, `0-9`, `-`, starting with a letter or digit.
-pub fn validate_node_name(name: &str) -> Result<(), String> {
+pub fn validate_node_name(name: &str) -> Result<(), InvalidNodeName> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -487,8 +506,6 @@ pub fn validate_node_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid node name '{name}': use 1-63 lowercase letters, digits and '-', not starting with '-'"
-        ))
+        Err(InvalidNodeName(name.to_string()))
     }
 }

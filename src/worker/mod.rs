@@ -10,6 +10,7 @@
 //! been allowed to publish stops and is handed back (the dispatcher requeues it), one that
 //! publishes finishes and reports, and the loop returns once every attempt has ended.
 
+mod error;
 mod failpoints;
 
 use std::collections::HashMap;
@@ -19,7 +20,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::copy::{self, AttemptId, CopyError, Counters, Endpoint};
+pub use error::AttemptError;
+
+use crate::copy::{self, AttemptId, Counters, Endpoint};
 use crate::job_spec::DatasetRef;
 use crate::node::forward::Reports;
 use crate::node::handle::Node;
@@ -103,14 +106,12 @@ pub async fn worker_loop(node: Arc<Node>, reports: Arc<dyn Reports>) {
 }
 
 /// A linked service's definition, unsealed for this attempt.
-fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, CopyError> {
-    let ir = node.ir().map_err(|s| CopyError::transient(s.message()))?;
+fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, AttemptError> {
+    let ir = node.ir().map_err(AttemptError::NoState)?;
     let service = node
         .read_state(|s| s.linked_services.get(&side.service).cloned())
-        .ok_or_else(|| CopyError::fatal(format!("linked service '{}' does not exist", side.service)))?;
-    let spec = service
-        .unseal(&node.data_key, &ir.id)
-        .map_err(|e| CopyError::fatal(e.to_string()))?;
+        .ok_or_else(|| AttemptError::UnknownService(side.service.clone()))?;
+    let spec = service.unseal(&node.data_key, &ir.id).map_err(AttemptError::Unseal)?;
     Ok(Endpoint {
         service_name: side.service.clone(),
         service: spec,
@@ -221,26 +222,42 @@ async fn attempt(
     counters: &Counters,
     cancel: &CancellationToken,
 ) -> Ended {
-    let failed = |e: CopyError| Outcome::Failed {
-        error: e.message,
-        retryable: e.retryable,
-    };
-    let (source, sink) = match (endpoint(node, &job.spec.source), endpoint(node, &job.spec.sink)) {
-        (Ok(source), Ok(sink)) => (source, sink),
-        (Err(e), _) | (_, Err(e)) => return Ended::Report(failed(e)),
-    };
+    match run(node, reports, job, id, counters, cancel).await {
+        Ok(outcome) => Ended::Report(outcome),
+        Err(AttemptError::Stopped) => cancelled(node, job),
+        Err(AttemptError::Cancelled) => Ended::Report(Outcome::Cancelled),
+        Err(AttemptError::LostAttempt(why)) => {
+            tracing::info!(job = %id.job_id, attempt = id.attempt, why = %why, "not allowed to publish; discarding");
+            Ended::Superseded
+        }
+        Err(AttemptError::DispatcherUnreachable(e)) => {
+            tracing::warn!(job = %id.job_id, error = %e, "no dispatcher allowed publishing; discarding");
+            Ended::Unsettled
+        }
+        Err(e) => Ended::Report(Outcome::Failed {
+            retryable: e.retryable(),
+            error: e.to_string(),
+        }),
+    }
+}
+
+/// Stages, asks for permission, publishes; staged output not published is discarded
+/// before an error returns.
+async fn run(
+    node: &Node,
+    reports: &dyn Reports,
+    job: &Job,
+    id: &AttemptId,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> Result<Outcome, AttemptError> {
+    let source = endpoint(node, &job.spec.source)?;
+    let sink = endpoint(node, &job.spec.sink)?;
     let stall = Duration::from_millis(job.spec.stall_timeout_ms);
     let staged = tokio::select! {
-        staged = copy::stage(id, &source, &sink, counters) => staged,
-        _ = cancel.cancelled() => return cancelled(node, job),
-        () = stalled(counters, stall) => Err(CopyError::transient(format!(
-            "no data moved for {}: the source or sink stopped answering; the attempt was stopped (--stall-timeout)",
-            humantime(stall)
-        ))),
-    };
-    let staged = match staged {
-        Ok(staged) => staged,
-        Err(e) => return Ended::Report(failed(e)),
+        staged = copy::stage(id, &source, &sink, counters) => staged?,
+        _ = cancel.cancelled() => return Err(AttemptError::Stopped),
+        () = stalled(counters, stall) => return Err(AttemptError::Stalled(stall)),
     };
     if let Some(hold) = failpoints::hold_before_publish(&job.spec.name) {
         // Tests widen the window between staging and publishing, to kill or pause a node
@@ -252,7 +269,7 @@ async fn attempt(
     }
     if cancel.is_cancelled() {
         staged.discard().await;
-        return cancelled(node, job);
+        return Err(AttemptError::Stopped);
     }
     let permission = proto::JobReportRequest {
         job_id: id.job_id.clone(),
@@ -267,25 +284,18 @@ async fn attempt(
         asked = reports.report(permission, REPORT_PATIENCE) => asked,
         _ = cancel.cancelled() => {
             staged.discard().await;
-            return cancelled(node, job);
+            return Err(AttemptError::Stopped);
         }
     };
-    match asked {
-        Ok(reply) if reply.accepted => {}
-        Ok(reply) if reply.cancelled => {
-            staged.discard().await;
-            return Ended::Report(Outcome::Cancelled);
-        }
-        Ok(reply) => {
-            tracing::info!(job = %id.job_id, attempt = id.attempt, why = %reply.message, "not allowed to publish; discarding");
-            staged.discard().await;
-            return Ended::Superseded;
-        }
-        Err(e) => {
-            tracing::warn!(job = %id.job_id, error = %e.message(), "no dispatcher allowed publishing; discarding");
-            staged.discard().await;
-            return Ended::Unsettled;
-        }
+    let refused = match asked {
+        Ok(reply) if reply.accepted => None,
+        Ok(reply) if reply.cancelled => Some(AttemptError::Cancelled),
+        Ok(reply) => Some(AttemptError::LostAttempt(reply.message)),
+        Err(e) => Some(AttemptError::DispatcherUnreachable(e.message().to_string())),
+    };
+    if let Some(refused) = refused {
+        staged.discard().await;
+        return Err(refused);
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
     let published = staged.publish().await;
@@ -293,15 +303,13 @@ async fn attempt(
         // Tests kill the node here: published, not yet reported.
         tokio::time::sleep(hold).await;
     }
-    match published {
-        Ok(()) => Ended::Report(Outcome::Succeeded {
-            rows,
-            bytes,
-            files,
-            check,
-        }),
-        Err(e) => Ended::Report(failed(e)),
-    }
+    published?;
+    Ok(Outcome::Succeeded {
+        rows,
+        bytes,
+        files,
+        check,
+    })
 }
 
 /// Returns once `counters` have not moved for `limit`. Dropping the staging future then
@@ -319,14 +327,6 @@ async fn stalled(counters: &Counters, limit: Duration) {
         } else if since.elapsed() >= limit {
             return;
         }
-    }
-}
-
-fn humantime(d: Duration) -> String {
-    match d.as_secs() {
-        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
-        s if s >= 1 => format!("{s} s"),
-        _ => format!("{} ms", d.as_millis()),
     }
 }
 
