@@ -143,6 +143,27 @@ pub const REPORT_PATIENCE: Duration = Duration::from_secs(30);
 /// hour.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
+// --- Stopping (SIGTERM) ---
+
+/// The systemd unit's `TimeoutStopSec` (deploy/shir.service), after which systemd kills.
+pub const SYSTEMD_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long `shir run` may take to stop once asked: within `SYSTEMD_STOP_TIMEOUT`, with
+/// room for Raft and sled after the drain.
+pub const STOP_WITHIN: Duration = Duration::from_secs(15);
+
+/// How long of `STOP_WITHIN` the worker has to hand back or finish its attempts.
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a hand-back may take to reach a dispatcher: the node is stopping, and an
+/// attempt not handed back is requeued anyway once the node is Offline.
+pub const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a node that handed its attempts back (it is shutting down) gets nothing new,
+/// whatever its heartbeats said before: its heartbeats say limit 0 from the moment it began
+/// to stop, and this covers one that arrives after the hand-back (a whole drain).
+pub const DRAINING_FOR: Duration = Duration::from_secs(10);
+
 // --- Connectors ---
 
 /// How long a probe may take in all (name resolution, connecting, logging in, the first
@@ -169,6 +190,19 @@ pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_systemd_unit_waits_as_long_as_we_think() {
+        let unit = include_str!("../deploy/shir.service");
+        let secs: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .expect("deploy/shir.service sets TimeoutStopSec")
+            .trim()
+            .parse()
+            .expect("TimeoutStopSec in whole seconds");
+        assert_eq!(Duration::from_secs(secs), SYSTEMD_STOP_TIMEOUT);
+    }
 
     #[test]
     fn the_timeouts_keep_their_order() {
@@ -216,6 +250,14 @@ mod tests {
         assert!(REPORT_PATIENCE > DEFAULT_OFFLINE_TIMEOUT + RAFT_FAILOVER_MAX);
         assert!(REPORT_PATIENCE > FORWARD_TIMEOUT);
         assert!(PROGRESS_EVERY < HEARTBEAT_INTERVAL);
+
+        // Stopping: the drain, then Raft and sled, all before systemd kills; a hand-back
+        // reaches the dispatcher within the drain; the dispatcher keeps a stopping node
+        // empty for as long as it may take to drain.
+        assert!(DRAIN_WITHIN < STOP_WITHIN);
+        assert!(STOP_WITHIN < SYSTEMD_STOP_TIMEOUT);
+        assert!(RELEASE_PATIENCE < DRAIN_WITHIN);
+        assert!(DRAINING_FOR >= DRAIN_WITHIN);
 
         // Connectors: the probe's own limit comes first; a dead PostgreSQL is noticed, and a
         // connect fails, well within the stall timeout.

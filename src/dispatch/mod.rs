@@ -82,10 +82,7 @@ impl From<DispatchError> for Status {
     }
 }
 
-/// How long a node that handed its attempts back (it is shutting down) gets nothing new,
-/// whatever its heartbeats said before: its heartbeats say limit 0 from the moment it began
-/// to stop, and this covers one that arrives after the hand-back.
-const DRAINING_FOR: Duration = Duration::from_secs(10);
+use crate::timing::DRAINING_FOR;
 
 /// What the dispatcher keeps between rounds and reports, shared by the services (job
 /// reports, `job show`'s progress, wake-ups on submit) and the dispatch loop.

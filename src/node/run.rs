@@ -27,12 +27,8 @@ use crate::raft::{self as raftmod, Raft};
 use crate::state::IrState;
 use crate::transport::server::{PortTls, accept_local, accept_node_port};
 
-/// How long `shir run` may take to stop once asked: within the systemd unit's
-/// `TimeoutStopSec` (20 s, deploy/shir.service), with room for Raft and sled.
-pub const STOP_WITHIN: Duration = Duration::from_secs(15);
-
-/// How long of `STOP_WITHIN` the worker has to hand back or finish its attempts.
-const DRAIN_WITHIN: Duration = Duration::from_secs(10);
+use crate::timing::DRAIN_WITHIN;
+pub use crate::timing::STOP_WITHIN;
 
 /// A node being served: the handle, and what `run` waits on to stop it.
 pub struct Running {

@@ -29,11 +29,7 @@ use crate::node::handle::Node;
 use crate::proto::{self, job_report_request::Phase};
 use crate::state::jobs::{Job, JobState, Outcome};
 
-use crate::timing::{PROGRESS_EVERY, REPORT_PATIENCE};
-
-/// How long a hand-back may take to reach a dispatcher: the node is stopping, and an
-/// attempt not handed back is requeued anyway once the node is Offline.
-const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+use crate::timing::{PROGRESS_EVERY, RELEASE_PATIENCE, REPORT_PATIENCE};
 
 /// Runs the attempts the log assigns to this node, until the node shuts down and every
 /// attempt has ended.
