@@ -5,7 +5,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{FieldKind, FieldSpec, ServiceSpec};
+use super::{FieldKind, FieldSpec, ProbeError, ServiceSpec};
 
 pub(super) const FIELDS: &[FieldSpec] = &[FieldSpec {
     name: "root",
@@ -19,31 +19,39 @@ pub(super) fn target(spec: &ServiceSpec) -> String {
     format!("the directory {}", spec.get("root").unwrap_or_default())
 }
 
-pub(super) async fn probe(spec: &ServiceSpec) -> Result<String, String> {
+pub(super) async fn probe(spec: &ServiceSpec) -> Result<String, ProbeError> {
     let root = PathBuf::from(spec.get("root").unwrap_or_default());
     // std::fs blocks. On a runtime thread a hung network share would stall the runtime and
     // the caller's timeout could never fire; on a blocking thread the timeout answers the
     // operator, though the thread itself stays stuck until the share answers.
     tokio::task::spawn_blocking(move || probe_dir(&root))
         .await
-        .map_err(|e| format!("the filesystem probe did not finish: {e}"))?
+        .map_err(|e| ProbeError::FilesystemTaskLost { detail: e.to_string() })?
 }
 
-fn probe_dir(root: &Path) -> Result<String, String> {
+fn probe_dir(root: &Path) -> Result<String, ProbeError> {
     let shown = root.display();
+    let dir = || shown.to_string();
     let meta = fs::metadata(root).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => format!("{shown} does not exist on this node"),
-        _ => format!("cannot read {shown}: {e}"),
+        io::ErrorKind::NotFound => ProbeError::DirMissing { dir: dir() },
+        _ => ProbeError::DirUnreadable {
+            dir: dir(),
+            detail: e.to_string(),
+        },
     })?;
     if !meta.is_dir() {
-        return Err(format!("{shown} is not a directory"));
+        return Err(ProbeError::NotADir { dir: dir() });
     }
 
     // One entry proves the directory can be listed; listing all of it could take minutes
     // on a large share.
-    let mut entries = fs::read_dir(root).map_err(|e| format!("cannot list {shown}: {e}"))?;
+    let unlistable = |e: io::Error| ProbeError::DirUnlistable {
+        dir: dir(),
+        detail: e.to_string(),
+    };
+    let mut entries = fs::read_dir(root).map_err(unlistable)?;
     if let Some(Err(e)) = entries.next() {
-        return Err(format!("cannot list {shown}: {e}"));
+        return Err(unlistable(e));
     }
 
     // Permission bits do not tell: ACLs, read-only mounts and root squash on NFS all decide
@@ -54,8 +62,10 @@ fn probe_dir(root: &Path) -> Result<String, String> {
     match OpenOptions::new().write(true).create_new(true).open(&path) {
         Ok(file) => {
             drop(file);
-            fs::remove_file(&path).map_err(|e| {
-                format!("{shown} is readable and writable, but the probe file {name} could not be removed: {e}")
+            fs::remove_file(&path).map_err(|e| ProbeError::ProbeFileLeft {
+                dir: dir(),
+                file: name.clone(),
+                detail: e.to_string(),
             })?;
             Ok(format!("{shown} is a directory, readable and writable"))
         }
@@ -92,7 +102,7 @@ mod tests {
     async fn filesystem_probe_of_a_missing_root_fails() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("not-there");
-        let err = probe(&spec(&missing), None).await.unwrap_err();
+        let err = probe(&spec(&missing), None).await.unwrap_err().to_string();
         assert!(err.contains("does not exist"), "{err}");
         assert!(err.contains("not-there"), "{err}");
     }
@@ -102,7 +112,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain.txt");
         fs::write(&file, "x").unwrap();
-        let err = probe(&spec(&file), None).await.unwrap_err();
+        let err = probe(&spec(&file), None).await.unwrap_err().to_string();
         assert!(err.contains("is not a directory"), "{err}");
     }
 
@@ -137,7 +147,7 @@ mod tests {
         fs::set_permissions(&root, fs::Permissions::from_mode(0o311)).unwrap();
         let outcome = probe(&spec(&root), None).await;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        let err = outcome.unwrap_err();
+        let err = outcome.unwrap_err().to_string();
         assert!(err.contains("cannot list"), "{err}");
     }
 }

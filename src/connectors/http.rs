@@ -18,7 +18,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
-use super::{FieldKind, FieldSpec, ProxyConfig, ServiceSpec, parse_port};
+use super::{
+    FieldKind, FieldSpec, ProbeError, ProxyConfig, ServiceSpec, ServiceType, SpecError, UrlError, ValueError,
+    parse_port,
+};
 use crate::pki::tls::describe_tls_error;
 use crate::secrets::SecretString;
 
@@ -61,14 +64,12 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_STATUS: usize = 120;
 
 /// Rules beyond the per-field ones, which need two fields at once.
-pub(super) fn check(spec: &ServiceSpec) -> Result<(), String> {
+pub(super) fn check(spec: &ServiceSpec) -> Result<(), SpecError> {
     if spec.get("user").is_some_and(|u| u.contains(':')) {
-        return Err(
-            "http linked service: field 'user' must not contain ':' (HTTP Basic authentication cannot carry it)".into(),
-        );
+        return Err(SpecError::ColonInHttpUser);
     }
     if spec.get_secret("password").is_some() && spec.get("user").is_none() {
-        return Err("http linked service: field 'password' is given without field 'user'".into());
+        return Err(SpecError::HttpPasswordWithoutUser);
     }
     // Basic authentication over plain HTTP is the password in clear on the wire (and in
     // every proxy on the way).
@@ -76,23 +77,28 @@ pub(super) fn check(spec: &ServiceSpec) -> Result<(), String> {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return Err(format!(
-                "http linked service: field 'insecure_http' is true or false, not '{other}'"
-            ));
+            return Err(SpecError::InsecureHttpNotBool {
+                given: other.to_owned(),
+            });
         }
     };
     if spec.get_secret("password").is_some()
         && !insecure
         && let Some(url) = spec.get("url")
-        && !Url::parse(url)?.https
+        && !Url::parse(url).map_err(bad_url)?.https
     {
-        return Err(
-            "http linked service: a password is sent only over https:// (over http:// it crosses the \
-                    network in clear); use an https:// URL, or set insecure_http=true to accept that"
-                .into(),
-        );
+        return Err(SpecError::PasswordOverPlainHttp);
     }
     Ok(())
+}
+
+/// Field 'url' refused for `problem`.
+fn bad_url(problem: UrlError) -> SpecError {
+    SpecError::BadValue {
+        kind: ServiceType::Http,
+        name: "url".to_owned(),
+        problem: ValueError::Url(problem),
+    }
 }
 
 /// A checked `http://` or `https://` URL, split into what the request needs.
@@ -111,17 +117,15 @@ pub(super) struct Url {
 impl Url {
     /// Parses a URL; the error completes "field 'url' …" and never repeats the URL, which
     /// may carry a token in its query.
-    pub(super) fn parse(text: &str) -> Result<Url, String> {
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or("must be a URL starting with http:// or https://")?;
+    pub(super) fn parse(text: &str) -> Result<Url, UrlError> {
+        let (scheme, rest) = text.split_once("://").ok_or(UrlError::NoScheme)?;
         let https = match scheme.to_ascii_lowercase().as_str() {
             "http" => false,
             "https" => true,
-            _ => return Err("must start with http:// or https://".into()),
+            _ => return Err(UrlError::UnknownScheme),
         };
         if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("must not contain spaces or control characters".into());
+            return Err(UrlError::SpaceOrControl);
         }
         // The fragment is for the client alone; it is never sent.
         let rest = rest.split('#').next().unwrap_or_default();
@@ -130,18 +134,14 @@ impl Url {
             None => (rest, ""),
         };
         if authority.contains('@') {
-            return Err("must not carry a user or password: give them as the fields 'user' and 'password'".into());
+            return Err(UrlError::Credentials);
         }
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (v6, after) = bracketed.split_once(']').ok_or("has an unclosed '[' in its host")?;
-            v6.parse::<Ipv6Addr>().map_err(|_| "has an invalid IPv6 address")?;
+            let (v6, after) = bracketed.split_once(']').ok_or(UrlError::UnclosedBracket)?;
+            v6.parse::<Ipv6Addr>().map_err(|_| UrlError::BadIpv6)?;
             let port = match after {
                 "" => None,
-                _ => Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or("has something other than a port after its host")?,
-                ),
+                _ => Some(after.strip_prefix(':').ok_or(UrlError::JunkAfterHost)?),
             };
             (v6, port)
         } else {
@@ -151,13 +151,13 @@ impl Url {
             }
         };
         if host.is_empty() {
-            return Err("has no host".into());
+            return Err(UrlError::NoHost);
         }
         if !host.is_ascii() {
-            return Err("has a host with non-ASCII characters: write it in its xn-- form".into());
+            return Err(UrlError::NonAsciiHost);
         }
         let port = match port {
-            Some(p) => parse_port(p).ok_or("has an invalid port (1-65535)")?,
+            Some(p) => parse_port(p).ok_or(UrlError::BadPort)?,
             None if https => 443,
             None => 80,
         };
@@ -239,9 +239,8 @@ pub(super) async fn probe(
     spec: &ServiceSpec,
     proxy: Option<&ProxyConfig>,
     tls: Option<Arc<ClientConfig>>,
-) -> Result<String, String> {
-    let url = Url::parse(spec.get("url").unwrap_or_default())
-        .map_err(|why| format!("http linked service: field 'url' {why}"))?;
+) -> Result<String, ProbeError> {
+    let url = Url::parse(spec.get("url").unwrap_or_default()).map_err(bad_url)?;
     let authorization = spec.get("user").map(|user| basic(user, spec.get_secret("password")));
 
     // Three routes: straight to the server; to a proxy that forwards a plain-http request
@@ -250,15 +249,19 @@ pub(super) async fn probe(
     // credentials.
     let (tcp, request_target, proxy_authorization) = match proxy {
         None => {
-            let tcp = dial(&url.host, url.port)
-                .await
-                .map_err(|e| format!("cannot reach {}: {e}", url.host_port()))?;
+            let tcp = dial(&url.host, url.port).await.map_err(|e| ProbeError::Unreachable {
+                peer: url.host_port(),
+                detail: e.to_string(),
+            })?;
             (tcp, url.target.clone(), None)
         }
         Some(proxy) => {
             let mut tcp = dial(&proxy.address, proxy.port)
                 .await
-                .map_err(|e| format!("cannot reach proxy {}: {e}", proxy_name(proxy)))?;
+                .map_err(|e| ProbeError::ProxyUnreachable {
+                    proxy: proxy_name(proxy),
+                    detail: e.to_string(),
+                })?;
             let credentials = proxy.user.as_deref().map(|user| basic(user, proxy.password.as_ref()));
             if url.https {
                 tunnel(&mut tcp, &url, proxy, credentials.as_deref().map(String::as_str)).await?;
@@ -279,12 +282,14 @@ pub(super) async fn probe(
             Some(config) => config,
             None => system_tls_config()?,
         };
-        let name = ServerName::try_from(url.host.clone())
-            .map_err(|_| "http linked service: the host of field 'url' is not a valid TLS server name".to_string())?;
+        let name = ServerName::try_from(url.host.clone()).map_err(|_| ProbeError::NotATlsName)?;
         let tls_stream = TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {peer} failed: {}", describe_tls_error(&e)))?;
+            .map_err(|e| ProbeError::Tls {
+                peer: peer.clone(),
+                detail: describe_tls_error(&e),
+            })?;
         Box::new(tls_stream)
     } else {
         Box::new(tcp)
@@ -299,22 +304,27 @@ pub(super) async fn probe(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("lost the connection to {peer}: {}", describe_tls_error(&e)))?;
-    let head = read_head(&mut stream, &peer).await?;
+        .map_err(|e| ProbeError::Lost {
+            peer: peer.clone(),
+            detail: describe_tls_error(&e),
+        })?;
+    let head = read_head(&mut stream, &peer).await.map_err(bad_response)?;
 
     let via = proxy
         .map(|p| format!(" through proxy {}", proxy_name(p)))
         .unwrap_or_default();
-    let what = format!("GET {}{via}", url.shown());
-    match head.code {
-        200..=399 => Ok(format!("{what}: {}", head.status)),
-        401 => Err(format!(
-            "{what}: {} (check the linked service's user and password)",
-            head.status
-        )),
-        407 => Err(format!("{what}: {} (check the proxy's user and password)", head.status)),
-        _ => Err(format!("{what}: {}", head.status)),
-    }
+    let request = format!("GET {}{via}", url.shown());
+    let hint = match head.code {
+        200..=399 => return Ok(format!("{request}: {}", head.status)),
+        401 => " (check the linked service's user and password)",
+        407 => " (check the proxy's user and password)",
+        _ => "",
+    };
+    Err(ProbeError::Refused {
+        request,
+        status: head.status,
+        hint,
+    })
 }
 
 async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
@@ -327,7 +337,7 @@ async fn tunnel(
     url: &Url,
     proxy: &ProxyConfig,
     proxy_authorization: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let name = proxy_name(proxy);
     let authority = url.host_port();
     let mut request = Zeroizing::new(String::with_capacity(256 + proxy_authorization.map_or(0, str::len)));
@@ -341,23 +351,30 @@ async fn tunnel(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("lost the connection to proxy {name}: {e}"))?;
-    let head = read_head(stream, &format!("proxy {name}")).await?;
+        .map_err(|e| ProbeError::ProxyLost {
+            proxy: name.clone(),
+            detail: e.to_string(),
+        })?;
+    let head = read_head(stream, &format!("proxy {name}"))
+        .await
+        .map_err(bad_response)?;
     if !(200..300).contains(&head.code) {
         let hint = if head.code == 407 {
             " (check the proxy's user and password)"
         } else {
             ""
         };
-        return Err(format!(
-            "proxy {name} refused CONNECT {authority}: {}{hint}",
-            head.status
-        ));
+        return Err(ProbeError::ProxyRefusedTunnel {
+            proxy: name,
+            authority,
+            status: head.status,
+            hint,
+        });
     }
     // The client speaks first in TLS, so a proxy that sends more than its answer is broken
     // or is not a proxy; those bytes would corrupt the handshake.
     if !head.rest.is_empty() {
-        return Err(format!("proxy {name} sent data after its CONNECT answer"));
+        return Err(ProbeError::ProxyDataAfterTunnel { proxy: name });
     }
     Ok(())
 }
@@ -365,17 +382,17 @@ async fn tunnel(
 /// The roots this node trusts: the operating system's store, where a company's own CAs
 /// (and those of TLS-inspecting proxies) are installed. Read on each https probe, so a CA
 /// added to the system is used without restarting the node.
-fn system_tls_config() -> Result<Arc<ClientConfig>, String> {
+fn system_tls_config() -> Result<Arc<ClientConfig>, ProbeError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
         let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
-        return Err(format!("no trusted root certificates found on this node{why}"));
+        return Err(ProbeError::NoTrustedRoots { detail: why });
     }
     let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .map_err(|e| ProbeError::TlsSetup { detail: e.to_string() })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -427,6 +444,11 @@ struct Head {
     /// `200 OK`: the status line without the version, cleaned for a one-line message.
     status: String,
     rest: Vec<u8>,
+}
+
+/// What [`read_head`] refused, as it crosses out of this file.
+fn bad_response(detail: String) -> ProbeError {
+    ProbeError::BadResponse { detail }
 }
 
 async fn read_head<S: AsyncRead + Unpin + ?Sized>(stream: &mut S, peer: &str) -> Result<Head, String> {
@@ -519,7 +541,7 @@ mod tests {
             .with("url", "http://intranet/")
             .with("user", "etl")
             .with_secret("password", SERVICE_PASSWORD);
-        let err = super::super::validate(&plain).unwrap_err();
+        let err = super::super::validate(&plain).unwrap_err().to_string();
         assert!(err.contains("https://") && !err.contains(SERVICE_PASSWORD), "{err}");
         assert!(super::super::validate(&plain.clone().with("insecure_http", "true")).is_ok());
         assert!(super::super::validate(&plain.clone().with("insecure_http", "yes")).is_err());
@@ -709,7 +731,8 @@ mod tests {
             Some(&proxy_at(proxy_addr, Some("puser"))),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         proxy.await.unwrap();
         assert!(err.contains("407 Proxy Authentication Required"), "{err}");
         assert!(err.contains("proxy's user and password"), "{err}");
@@ -721,7 +744,8 @@ mod tests {
         let (addr, _server) = answer_once("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic\r\n\r\n").await;
         let err = probe_spec(&service(&format!("http://{addr}/")), None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("401 Unauthorized"), "{err}");
         assert!(err.contains("linked service's user and password"), "{err}");
         assert_clean(&err);
@@ -729,7 +753,8 @@ mod tests {
         let (addr, _server) = answer_once("HTTP/1.1 500 Internal Server Error\r\n\r\n").await;
         let err = probe_spec(&service(&format!("http://{addr}/")), None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.ends_with("500 Internal Server Error"), "{err}");
         assert_clean(&err);
 
@@ -751,7 +776,8 @@ mod tests {
         let addr = closed_port().await;
         let err = probe_spec(&service(&format!("http://{addr}/")), None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with(&format!("cannot reach {addr}: ")), "{err}");
         assert_clean(&err);
 
@@ -760,7 +786,8 @@ mod tests {
             Some(&proxy_at(addr, Some("puser"))),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with(&format!("cannot reach proxy {addr}: ")), "{err}");
         assert_clean(&err);
     }
@@ -770,12 +797,14 @@ mod tests {
         let (addr, _server) = answer_once("SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
         let err = probe_spec(&service(&format!("http://{addr}/")), None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did not answer with HTTP"), "{err}");
         let (addr, _server) = answer_once("").await;
         let err = probe_spec(&service(&format!("http://{addr}/")), None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("closed the connection without answering"), "{err}");
     }
 
@@ -790,7 +819,8 @@ mod tests {
         });
         let err = probe_within(&service(&format!("http://{addr}/x")), None, Duration::from_millis(300))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, format!("gave up after 300 ms: no answer from http://{addr}/x"));
     }
 
@@ -802,7 +832,8 @@ mod tests {
             Some(&proxy_at(proxy_addr, Some("puser"))),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         let request = proxy.await.unwrap();
         assert!(
             request.starts_with("CONNECT service.invalid:443 HTTP/1.1\r\n"),
@@ -915,7 +946,8 @@ mod tests {
         let config = proxy_at(proxy_addr, Some("puser"));
         let err = probe_spec(&service("https://service.test/"), Some(&config))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("certificate"), "{err}");
         assert_clean(&err);
     }
@@ -959,7 +991,8 @@ mod tests {
             Some(trusting(cert)),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with(&format!("TLS with localhost:{} failed", addr.port())),
             "{err}"

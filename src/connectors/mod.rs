@@ -6,6 +6,7 @@
 //! which are required and which are secret ([`schema`]), checks a definition against that
 //! ([`validate`]), and tries a connection from the node that runs it ([`probe`]).
 
+mod error;
 mod filesystem;
 mod http;
 pub(crate) mod postgres;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::error::{ProbeError, SpecError, UrlError, ValueError};
 use crate::secrets::SecretString;
 
 /// The kinds of store a linked service can point at.
@@ -43,10 +45,13 @@ impl ServiceType {
     }
 
     /// Parses a type name as operators write it; the error lists the known types.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
         Self::ALL.into_iter().find(|t| t.as_str() == text).ok_or_else(|| {
             let known: Vec<&str> = Self::ALL.iter().map(|t| t.as_str()).collect();
-            format!("unknown linked-service type '{text}' (known: {})", known.join(", "))
+            SpecError::UnknownType {
+                given: text.to_owned(),
+                known: known.join(", "),
+            }
         })
     }
 }
@@ -149,7 +154,7 @@ pub fn schema(kind: ServiceType) -> &'static [FieldSpec] {
 /// Checks a definition against its type's schema: every required field present, no unknown
 /// field, secret values only in secret fields, ports, paths and URLs well formed. The error
 /// is one line naming the field; it never contains a secret value.
-pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
+pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     let kind = spec.kind;
     let fields = schema(kind);
     let find = |name: &str| fields.iter().find(|f| f.name == name);
@@ -157,10 +162,11 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
     for name in spec.fields.keys().chain(spec.secrets.keys()) {
         if find(name).is_none() {
             let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
-            return Err(format!(
-                "{kind} linked service: unknown field '{name}' (its fields: {})",
-                known.join(", ")
-            ));
+            return Err(SpecError::UnknownField {
+                kind,
+                name: name.clone(),
+                known: known.join(", "),
+            });
         }
     }
 
@@ -168,16 +174,18 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
     // replicated and shown in clear, so it is refused before anything looks at its value.
     for name in spec.fields.keys() {
         if find(name).is_some_and(|f| f.secret) {
-            return Err(format!(
-                "{kind} linked service: field '{name}' is secret: give it as a secret, not as a plain field"
-            ));
+            return Err(SpecError::SecretGivenPlain {
+                kind,
+                name: name.clone(),
+            });
         }
     }
     for name in spec.secrets.keys() {
         if find(name).is_some_and(|f| !f.secret) {
-            return Err(format!(
-                "{kind} linked service: field '{name}' is not secret: give it as a plain field"
-            ));
+            return Err(SpecError::PlainGivenSecret {
+                kind,
+                name: name.clone(),
+            });
         }
     }
 
@@ -189,16 +197,14 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
         };
         match given {
             None if field.required => {
-                return Err(format!(
-                    "{kind} linked service: field '{}' is required ({})",
-                    field.name, field.about
-                ));
+                return Err(SpecError::Missing {
+                    kind,
+                    name: field.name,
+                    about: field.about,
+                });
             }
             Some(true) => {
-                return Err(format!(
-                    "{kind} linked service: field '{}' is empty (leave it out if it is optional)",
-                    field.name
-                ));
+                return Err(SpecError::Empty { kind, name: field.name });
             }
             _ => {}
         }
@@ -209,11 +215,16 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
         // Every plain field is one line: a line break in a host or user name could smuggle a
         // header into an HTTP request or a second line into a log.
         if value.chars().any(char::is_control) {
-            return Err(format!(
-                "{kind} linked service: field '{name}' contains a control character"
-            ));
+            return Err(SpecError::ControlCharacter {
+                kind,
+                name: name.clone(),
+            });
         }
-        check_kind(field, value).map_err(|why| format!("{kind} linked service: field '{name}' {why}"))?;
+        check_kind(field, value).map_err(|problem| SpecError::BadValue {
+            kind,
+            name: name.clone(),
+            problem,
+        })?;
     }
 
     match kind {
@@ -223,24 +234,24 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
 }
 
 /// The value check of a field kind; the error completes "field 'x' …".
-fn check_kind(field: &FieldSpec, value: &str) -> Result<(), String> {
+fn check_kind(field: &FieldSpec, value: &str) -> Result<(), ValueError> {
     match field.kind {
         FieldKind::Text => Ok(()),
         FieldKind::Host => check_host(value),
         FieldKind::Port => match parse_port(value) {
             Some(_) => Ok(()),
-            None => Err(format!("is not a port number (1-65535): '{value}'")),
+            None => Err(ValueError::NotAPort(value.to_owned())),
         },
         FieldKind::Path if Path::new(value).is_absolute() => Ok(()),
-        FieldKind::Path => Err(format!("must be an absolute path: '{value}'")),
+        FieldKind::Path => Err(ValueError::NotAbsolute(value.to_owned())),
         // The URL itself is not repeated: it may carry a token in its query.
-        FieldKind::Url => http::Url::parse(value).map(|_| ()),
+        FieldKind::Url => http::Url::parse(value).map(|_| ()).map_err(ValueError::Url),
     }
 }
 
 /// A host name or IP address as a connector dials it: no port (that has its own field),
 /// no spaces; IPv6 literals with or without brackets. The error completes "field 'x' …".
-pub fn check_host(value: &str) -> Result<(), String> {
+pub fn check_host(value: &str) -> Result<(), ValueError> {
     let bare = value
         .strip_prefix('[')
         .and_then(|v| v.strip_suffix(']'))
@@ -249,9 +260,7 @@ pub fn check_host(value: &str) -> Result<(), String> {
         return Ok(());
     }
     if value.contains(':') {
-        return Err(format!(
-            "must be a host name or IP address without a port (give the port separately): '{value}'"
-        ));
+        return Err(ValueError::HostWithPort(value.to_owned()));
     }
     let name_ok = !value.is_empty()
         && value.len() <= 253
@@ -260,7 +269,7 @@ pub fn check_host(value: &str) -> Result<(), String> {
     if name_ok {
         Ok(())
     } else {
-        Err(format!("is not a host name or IP address: '{value}'"))
+        Err(ValueError::NotAHost(value.to_owned()))
     }
 }
 
@@ -289,11 +298,11 @@ fn parse_port(text: &str) -> Option<u16> {
 ///
 /// The definition is validated first. The whole probe is bounded by [`PROBE_TIMEOUT`].
 /// `proxy` is used by the types that speak HTTP and ignored by the others.
-pub async fn probe(spec: &ServiceSpec, proxy: Option<&ProxyConfig>) -> Result<String, String> {
+pub async fn probe(spec: &ServiceSpec, proxy: Option<&ProxyConfig>) -> Result<String, ProbeError> {
     probe_within(spec, proxy, PROBE_TIMEOUT).await
 }
 
-async fn probe_within(spec: &ServiceSpec, proxy: Option<&ProxyConfig>, limit: Duration) -> Result<String, String> {
+async fn probe_within(spec: &ServiceSpec, proxy: Option<&ProxyConfig>, limit: Duration) -> Result<String, ProbeError> {
     validate(spec)?;
     let work = async {
         match spec.kind {
@@ -304,11 +313,10 @@ async fn probe_within(spec: &ServiceSpec, proxy: Option<&ProxyConfig>, limit: Du
     };
     let outcome = match tokio::time::timeout(limit, work).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(format!(
-            "gave up after {}: no answer from {}",
-            show_duration(limit),
-            target(spec, proxy)
-        )),
+        Err(_) => Err(ProbeError::TimedOut {
+            after: show_duration(limit),
+            target: target(spec, proxy),
+        }),
     };
 
     // The probes never format a secret into a message; this is the second line of defence,
@@ -320,8 +328,13 @@ async fn probe_within(spec: &ServiceSpec, proxy: Option<&ProxyConfig>, limit: Du
         .map(SecretString::expose)
         .filter(|s| !s.is_empty())
         .collect();
-    let clean = |text: String| redact(&one_line(&text), &secrets);
-    outcome.map(clean).map_err(clean)
+    let clean = |text: &str| redact(&one_line(text), &secrets);
+    outcome.map(|what| clean(&what)).map_err(|mut why| {
+        for text in why.texts_mut() {
+            *text = clean(text);
+        }
+        why
+    })
 }
 
 /// What a probe talks to, for the timeout message.
@@ -385,7 +398,9 @@ mod tests {
     /// Validates a definition that must fail; checks the error is one line, names `field`
     /// and holds no secret value.
     fn refused(spec: &ServiceSpec, field: &str) -> String {
-        let err = validate(spec).expect_err("the definition should be refused");
+        let err = validate(spec)
+            .expect_err("the definition should be refused")
+            .to_string();
         assert!(
             err.contains(&format!("'{field}'")),
             "error does not name field {field}: {err}"
@@ -571,7 +586,7 @@ mod tests {
             http().with("user", "a:b"),
         ];
         for spec in &cases {
-            let err = validate(spec).expect_err("should be refused");
+            let err = validate(spec).expect_err("should be refused").to_string();
             assert!(!err.contains(SECRET), "{err}");
             assert!(!err.contains("S3cr3t"), "{err}");
         }
@@ -580,7 +595,11 @@ mod tests {
     #[tokio::test]
     async fn probe_validates_before_connecting() {
         let err = probe(&postgres().with("port", "0"), None).await.unwrap_err();
-        assert!(err.contains("'port'"), "{err}");
+        assert!(
+            matches!(&err, ProbeError::Spec(SpecError::BadValue { name, problem: ValueError::NotAPort(_), .. }) if name == "port"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("'port'"), "{err}");
     }
 
     #[test]
@@ -602,11 +621,16 @@ mod tests {
         for bad in ["db:5432", "proxy:3128", "", "-", "a b", ".x", "x/y"] {
             assert!(check_host(bad).is_err(), "{bad}");
         }
-        assert!(check_host("db:5432").unwrap_err().contains("without a port"));
+        assert!(
+            check_host("db:5432")
+                .unwrap_err()
+                .to_string()
+                .contains("without a port")
+        );
         let spec = ServiceSpec::new(ServiceType::Postgres)
             .with("host", "db:5432")
             .with("database", "d")
             .with("user", "u");
-        assert!(validate(&spec).unwrap_err().contains("'host'"));
+        assert!(validate(&spec).unwrap_err().to_string().contains("'host'"));
     }
 }

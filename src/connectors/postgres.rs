@@ -73,24 +73,24 @@ pub(super) fn target(spec: &ServiceSpec) -> String {
 /// Logs in and asks for the server's version, user and database: a login alone proves the
 /// password, and the query proves the session is usable (not, say, refused for too many
 /// connections after authentication).
-pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String, String> {
+pub(super) async fn probe(spec: &ServiceSpec, limit: Duration) -> Result<String, super::ProbeError> {
     let at = address(spec);
     let client = connect(spec, "shir linked-service probe", limit)
         .await
-        .map_err(|failure| failure.message)?;
+        .map_err(|failure| super::ProbeError::PostgresConnect {
+            detail: failure.message,
+        })?;
     let row = client
         .query_one(
             "SELECT current_setting('server_version'), current_user::text, current_database()::text",
             &[],
         )
         .await
-        .map_err(|e| {
-            format!(
-                "logged in, but a query failed on PostgreSQL at {at} as {} to database {}: {}",
-                spec.get("user").unwrap_or_default(),
-                spec.get("database").unwrap_or_default(),
-                one_line(&crate::error_chain(&e))
-            )
+        .map_err(|e| super::ProbeError::PostgresQuery {
+            at: at.clone(),
+            user: spec.get("user").unwrap_or_default().to_owned(),
+            database: spec.get("database").unwrap_or_default().to_owned(),
+            detail: one_line(&crate::error_chain(&e)),
         })?;
     let version: String = row.get(0);
     let who: String = row.get(1);
@@ -392,7 +392,7 @@ mod tests {
         let name = role.name.clone();
         role.drop_role().await;
 
-        let err = outcome.unwrap_err();
+        let err = outcome.unwrap_err().to_string();
         println!("{err}");
         assert!(
             err.contains(&format!("password authentication failed for user \"{name}\"")),
@@ -400,7 +400,7 @@ mod tests {
         );
         assert!(!err.contains(&wrong) && !err.contains(&right), "{err}");
         assert!(!err.contains('\n'), "{err}");
-        let err = without.unwrap_err();
+        let err = without.unwrap_err().to_string();
         println!("{err}");
         assert!(err.contains("password missing"), "{err}");
     }
@@ -414,7 +414,7 @@ mod tests {
         let password = role.password.clone();
         role.drop_role().await;
 
-        let err = outcome.unwrap_err();
+        let err = outcome.unwrap_err().to_string();
         println!("{err}");
         assert!(
             err.contains(&format!("database \"{database}\" does not exist")),
@@ -438,7 +438,7 @@ mod tests {
             .with("database", "sales")
             .with("user", "etl")
             .with_secret("password", "closed-port-secret");
-        let err = probe_spec(&spec, None).await.unwrap_err();
+        let err = probe_spec(&spec, None).await.unwrap_err().to_string();
         println!("{err}");
         assert!(
             err.starts_with(&format!(
@@ -474,7 +474,8 @@ mod tests {
             .with_secret("password", "Impostor-Bait-pw");
         let err = probe_spec(&spec, None)
             .await
-            .expect_err("an impostor must not get a login");
+            .expect_err("an impostor must not get a login")
+            .to_string();
         (err, server.await.unwrap())
     }
 

@@ -32,7 +32,7 @@ fn invalid(why: impl Into<String>) -> Status {
 /// Turns the operator's definition into its in-memory form, moving each secret into a
 /// zeroizing buffer, and checks it against the type's schema.
 fn spec_from_proto(spec: proto::LinkedServiceSpec) -> Result<ServiceSpec, Status> {
-    let kind = ServiceType::parse(&spec.r#type).map_err(invalid)?;
+    let kind = ServiceType::parse(&spec.r#type).map_err(|e| invalid(e.to_string()))?;
     let spec = ServiceSpec {
         kind,
         fields: spec.fields.into_iter().collect(),
@@ -58,7 +58,7 @@ fn check(spec: &ServiceSpec) -> Result<(), Status> {
             "field '{field}' is {len} bytes long; at most {MAX_FIELD_BYTES} are allowed"
         )));
     }
-    connectors::validate(spec).map_err(invalid)
+    connectors::validate(spec).map_err(|e| invalid(e.to_string()))
 }
 
 /// A sealed value that does not open here: the node's fault, not the caller's.
@@ -393,7 +393,8 @@ pub async fn test(node: &Node, name: &str, stale: bool) -> Result<proto::LinkedS
     reply.decrypted = true;
     let outcome = tokio::time::timeout(TEST_TIMEOUT, connectors::probe(&spec, proxy.as_ref()))
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", TEST_TIMEOUT.as_secs())));
+        .map_err(|_| format!("no answer within {} s", TEST_TIMEOUT.as_secs()))
+        .and_then(|probed| probed.map_err(|e| e.to_string()));
     reply.elapsed_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(what) => {
