@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use super::Node;
+use super::handle::Node;
 use super::proposer::ProposeError;
 use crate::copy::{CsvOptions, Format, Location};
 use crate::job_spec::{DEFAULT_STALL_TIMEOUT_MS, DatasetRef, JobSpec};

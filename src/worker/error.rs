@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::copy::CopyError;
-use crate::node::NodeError;
+use crate::node::handle::NodeError;
 use crate::state::linked_service::UnsealError;
 
 #[derive(Debug, thiserror::Error)]
