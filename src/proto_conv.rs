@@ -22,6 +22,7 @@ impl From<proto::JobSubmitRequest> for Submission {
             stall_timeout_ms: r.stall_timeout_ms,
             allow_empty: r.allow_empty,
             encoding: r.encoding,
+            if_exists: r.if_exists,
         }
     }
 }
@@ -90,12 +91,14 @@ impl From<Outcome> for proto::JobOutcome {
                 rows,
                 bytes,
                 files,
+                files_skipped,
                 check,
             } => Wire::Succeeded(proto::JobSucceeded {
                 rows,
                 bytes,
                 files,
                 check: Some(check.into()),
+                files_skipped,
             }),
             Outcome::Failed { error, retryable } => Wire::Failed(proto::JobFailed { error, retryable }),
             Outcome::Cancelled => Wire::Cancelled(proto::JobCancelled {}),
@@ -113,6 +116,7 @@ impl TryFrom<proto::JobOutcome> for Outcome {
                 rows: s.rows,
                 bytes: s.bytes,
                 files: s.files,
+                files_skipped: s.files_skipped,
                 check: s
                     .check
                     .ok_or_else(|| Malformed("a success without its consistency check".into()))?
@@ -190,6 +194,7 @@ mod tests {
                 rows: 3,
                 bytes: 30,
                 files: 1,
+                files_skipped: 2,
                 check: Consistency {
                     rows_read: 3,
                     rows_written: 3,

@@ -4,12 +4,16 @@
 //! a version range will let old and new nodes overlap.
 
 /// This build's protocol version. Raise it with any change to `proto/shir.proto` that an
-/// older node would misread (a field that changes meaning, a message that changes shape).
+/// older node would misread (a field that changes meaning, a message that changes shape),
+/// and with any change to the Raft commands, which travel between nodes as bincode, where
+/// a field added to a job spec or an outcome is a different shape.
 /// 1: typed wire (enums, report phases as a `oneof`, messages instead of JSON).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `--if-exists` in job specs and skipped files in outcomes.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// The oldest version this build still speaks. Builds before version 1 sent none (0).
-pub const OLDEST_COMPATIBLE: u32 = 1;
+/// The oldest version this build still speaks. Builds before version 1 sent none (0);
+/// version 1's Raft commands lack version 2's fields.
+pub const OLDEST_COMPATIBLE: u32 = 2;
 
 /// A peer or joiner of a protocol version this node does not speak.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! Data fidelity through the real binary on a one-node IR: submissions that would write
 //! what they read or name paths outside the share are refused at submit and leave no job
 //! behind; CSV that is malformed fails its job at once (no retry) with file and line and
-//! publishes nothing; `--allow-empty` and `--encoding` let the rest through.
+//! publishes nothing; `--allow-empty` and `--encoding` let the rest through; `--if-exists
+//! fail|skip` leave a file that was there before the job as it was.
 
 mod common;
 
@@ -222,4 +223,48 @@ async fn bad_jobs_are_refused_and_bad_csv_fails_naming_file_and_line() {
         err.contains("--encoding 'ebcdic' is not one of utf-8, latin1, windows-1252"),
         "{err}"
     );
+
+    steps.step("--if-exists fail and skip leave a file another job wrote as it was");
+    let before = std::fs::read_to_string(share.join("out/utf8.csv")).unwrap();
+    let onto_it = |rule: &'static str| {
+        [
+            "--source",
+            "share:/in/a.csv",
+            "--sink",
+            "share:/out/utf8.csv",
+            "--if-exists",
+            rule,
+        ]
+    };
+    let job = run(&ir, &onto_it("fail")).await;
+    assert_eq!(job["state"], "Failed", "{job}");
+    assert_eq!(job["attempt"], 1, "not retried: {job}");
+    assert_eq!(
+        job["error"],
+        "share:out/utf8.csv existed before the job and --if-exists fail leaves it as it was"
+    );
+    let job = run(&ir, &onto_it("skip")).await;
+    assert_eq!(job["state"], "Succeeded", "{job}");
+    assert_eq!((&job["files"], &job["files_skipped"]), (&0.into(), &1.into()), "{job}");
+    let id = job["id"].as_str().unwrap();
+    let shown = shir(&ir, &["job", "show", id]).await.unwrap();
+    assert!(
+        shown.contains("0 (1 skipped: they existed, --if-exists skip)"),
+        "{shown}"
+    );
+    assert_eq!(std::fs::read_to_string(share.join("out/utf8.csv")).unwrap(), before);
+    let job = run(&ir, &onto_it("overwrite")).await;
+    assert_eq!(job["state"], "Succeeded", "{job}");
+    assert_eq!(std::fs::read_to_string(share.join("out/utf8.csv")).unwrap(), input);
+    assert_eq!(
+        listing(&share.join("out")),
+        ["empty.csv", "utf8.csv"],
+        "no staging file left"
+    );
+    let known = jobs(&ir).await.len();
+    let mut all = vec!["job", "submit"];
+    all.extend(onto_it("append"));
+    let err = shir(&ir, &all).await.unwrap_err();
+    assert_eq!(err.trim(), "--if-exists 'append' is not one of overwrite, fail, skip");
+    assert_eq!(jobs(&ir).await.len(), known, "the refused job did not enter the log");
 }

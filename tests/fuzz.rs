@@ -258,6 +258,7 @@ fn job(id: &str) -> Job {
         sink: dataset("out", Format::Binary),
         retry: RetryPolicy::default(),
         stall_timeout_ms: shir::job_spec::DEFAULT_STALL_TIMEOUT_MS,
+        if_exists: Default::default(),
     };
     Job::queued(id.into(), spec, 1_700_000_000_000)
 }
@@ -370,6 +371,7 @@ fn seed_commands() -> Vec<Command> {
                 rows: 10,
                 bytes: 100,
                 files: 1,
+                files_skipped: 0,
                 check: Consistency::default(),
             },
             now_ms: 1_700_000_002_000,

@@ -192,6 +192,9 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
         sink: "share:/out/published.bin".into(),
         binary: true,
         max_attempts: 1,
+        // The second attempt finds the first one's output at the sink: its own, so it does
+        // not count as a file that was there before the job.
+        if_exists: "fail".into(),
         ..Default::default()
     };
     let id = common::submit_job(&ir, 0, request).await;
@@ -213,6 +216,11 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     // a second attempt publishes again (idempotently) and the job succeeds.
     let done = wait_state(&ir, via, &id, "Succeeded", Duration::from_secs(60)).await;
     assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(
+        (&done["files"], &done["files_skipped"]),
+        (&1.into(), &0.into()),
+        "{done}"
+    );
     assert_eq!(sha256(&published), sha256(&share.join("in/big.bin")));
     assert!(
         staging_files(&share.join("out")).is_empty(),

@@ -51,6 +51,10 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
         /// Text encoding of a CSV source: utf-8 (default), latin1 or windows-1252.
         #[arg(long, value_name = "ENCODING")]
         encoding: Option<String>,
+        /// A sink file that was there before the job: overwrite it (default), fail the
+        /// job, or skip it and publish the rest. The job's own earlier attempts never count.
+        #[arg(long, value_name = "overwrite|fail|skip")]
+        if_exists: Option<String>,
         /// Attempts in all, the first included (default 3).
         #[arg(long)]
         max_attempts: Option<u32>,
@@ -185,6 +189,8 @@ pub fn job_json(j: &proto::JobInfo) -> Value {
         "rows": j.rows,
         "bytes": j.bytes,
         "files": j.files,
+        "files_skipped": j.files_skipped,
+        "if_exists": j.if_exists,
         "error": (!j.error.is_empty()).then_some(&j.error),
         "source": j.source,
         "sink": j.sink,
@@ -216,7 +222,7 @@ fn job_text(j: &proto::JobInfo) -> String {
         vec!["sink".into(), j.sink.clone()],
         vec!["rows".into(), j.rows.to_string()],
         vec!["bytes".into(), j.bytes.to_string()],
-        vec!["files".into(), j.files.to_string()],
+        vec!["files".into(), files_text(j)],
         vec!["submitted".into(), time(j.submitted_at_ms)],
         vec!["started".into(), time(j.started_at_ms)],
         vec!["finished".into(), time(j.finished_at_ms)],
@@ -228,6 +234,14 @@ fn job_text(j: &proto::JobInfo) -> String {
         rows.push(vec!["error".into(), j.error.clone()]);
     }
     table(&["FIELD", "VALUE"], &rows)
+}
+
+fn files_text(j: &proto::JobInfo) -> String {
+    match (j.files_skipped, j.if_exists.as_str()) {
+        (0, "" | "overwrite") => j.files.to_string(),
+        (0, rule) => format!("{} (--if-exists {rule})", j.files),
+        (skipped, rule) => format!("{} ({skipped} skipped: they existed, --if-exists {rule})", j.files),
+    }
 }
 
 fn check_text(c: &proto::ConsistencyCheck) -> String {
@@ -287,6 +301,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
             csv_delimiter,
             allow_empty,
             encoding,
+            if_exists,
             max_attempts,
             retry_interval,
             stall_timeout,
@@ -318,6 +333,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 stall_timeout_ms: stall_timeout.map(|s| (s * 1000.0) as u64).unwrap_or(0),
                 allow_empty,
                 encoding: encoding.unwrap_or_default(),
+                if_exists: if_exists.unwrap_or_default(),
             };
             let reply = target.connect().await?.job_submit(request).await?.into_inner();
             if json {

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 // A copy's inputs and the check it ends with are job-spec types, shared with the state;
 // every copy module speaks them, so they are named here too.
-pub use crate::job_spec::{Consistency, CsvOptions, Format, Location};
+pub use crate::job_spec::{Consistency, CsvOptions, Format, IfExists, Location};
 
 /// One end of a copy as a worker sees it: the linked service's definition with its secrets
 /// unsealed for this run, and the place within it.
@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub service: ServiceSpec,
     pub location: Location,
     pub format: Format,
+    /// A sink's rule for a file that was there before the job; sources ignore it.
+    pub if_exists: IfExists,
 }
 
 /// Which attempt of which job this is: staging names and PostgreSQL's idempotency record
@@ -121,7 +123,7 @@ impl Staged {
 
     /// Makes the output visible at the target. Idempotent per job: if another attempt of
     /// the same job already published, this one leaves the target as it is.
-    pub async fn publish(self) -> Result<(), CopyError> {
+    pub async fn publish(self) -> Result<Published, CopyError> {
         self.output.publish().await
     }
 
@@ -131,9 +133,16 @@ impl Staged {
     }
 }
 
+/// What publishing did besides making the output visible.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Files left as they were because they existed before the job (`--if-exists skip`).
+    pub skipped: u64,
+}
+
 /// A sink's staged output.
 pub trait StagedOutput: Send {
-    fn publish(self: Box<Self>) -> BoxFuture<'static, Result<(), CopyError>>;
+    fn publish(self: Box<Self>) -> BoxFuture<'static, Result<Published, CopyError>>;
     fn discard(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 

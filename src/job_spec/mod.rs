@@ -145,6 +145,34 @@ pub struct JobSpec {
     /// otherwise hold the node's slot for ever.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_ms: u64,
+    /// What publishing does to a sink file that was there before the job.
+    #[serde(default)]
+    pub if_exists: IfExists,
+}
+
+/// What happens to a sink file that existed before the job (`--if-exists`). A file the
+/// job's own earlier attempt published never counts as existing: publishing again stays
+/// idempotent whatever this says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IfExists {
+    /// Replace it, as `cp` and ADF do.
+    #[default]
+    Overwrite,
+    /// Fail the job, leaving the file as it was.
+    Fail,
+    /// Leave the file as it was and publish the job's other files; the job succeeds and
+    /// its outcome counts the files skipped.
+    Skip,
+}
+
+impl IfExists {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IfExists::Overwrite => "overwrite",
+            IfExists::Fail => "fail",
+            IfExists::Skip => "skip",
+        }
+    }
 }
 
 /// [`crate::timing::DEFAULT_STALL_TIMEOUT`] in the milliseconds a job spec carries.

@@ -4,7 +4,9 @@
 
 use super::names::{self, Named};
 use super::paths::{self, RelPath};
-use super::{CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Encoding, Format, JobSpec, Location, RetryPolicy};
+use super::{
+    CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Encoding, Format, IfExists, JobSpec, Location, RetryPolicy,
+};
 use crate::connectors::ServiceType;
 
 /// A submission refused: the line says which flag is wrong and what it takes instead.
@@ -41,6 +43,8 @@ pub struct Submission {
     pub allow_empty: bool,
     /// The CSV source's text encoding: `utf-8`, `latin1`, `windows-1252`; empty: UTF-8.
     pub encoding: String,
+    /// `overwrite`, `fail`, `skip`; empty: overwrite.
+    pub if_exists: String,
 }
 
 /// Which end of the job a dataset is; flags and messages are named after it.
@@ -89,9 +93,26 @@ impl Submission {
             allow_empty: self.allow_empty,
             encoding,
         };
+        let if_exists = match self.if_exists.to_ascii_lowercase().as_str() {
+            "" | "overwrite" => IfExists::Overwrite,
+            "fail" => IfExists::Fail,
+            "skip" => IfExists::Skip,
+            other => {
+                return Err(invalid(format!(
+                    "--if-exists '{other}' is not one of overwrite, fail, skip"
+                )));
+            }
+        };
         let source = self.dataset(Role::Source, &kind_of, &csv)?;
         let sink = self.dataset(Role::Sink, &kind_of, &csv)?;
         refuse_overlap(&source, &sink)?;
+        if if_exists != IfExists::Overwrite && !matches!(sink.location, Location::Path(_)) {
+            return Err(invalid(format!(
+                "--if-exists {} applies to file sinks; rows copied to the table {} are added to it",
+                if_exists.as_str(),
+                sink.describe()
+            )));
+        }
         let retry = match (self.max_attempts, self.retry_interval_ms) {
             (0, 0) => RetryPolicy::default(),
             (0, interval_ms) => RetryPolicy {
@@ -119,6 +140,7 @@ impl Submission {
             sink,
             retry,
             stall_timeout_ms,
+            if_exists,
         })
     }
 
@@ -436,6 +458,35 @@ mod tests {
         assert!(options.allow_empty);
         let err = with("ebcdic").parse(kinds).unwrap_err();
         assert_eq!(err.0, "--encoding 'ebcdic' is not one of utf-8, latin1, windows-1252");
+    }
+
+    #[test]
+    fn if_exists_is_named_or_refused_and_only_for_file_sinks() {
+        let with = |sink: &str, if_exists: &str| Submission {
+            if_exists: if_exists.into(),
+            ..submit("share:/in/a.csv", sink)
+        };
+        assert_eq!(
+            with("share:/out/a.csv", "").parse(kinds).unwrap().if_exists,
+            IfExists::Overwrite
+        );
+        assert_eq!(
+            with("share:/out/a.csv", "Fail").parse(kinds).unwrap().if_exists,
+            IfExists::Fail
+        );
+        assert_eq!(
+            with("share:/out/a.csv", "skip").parse(kinds).unwrap().if_exists,
+            IfExists::Skip
+        );
+        assert_eq!(
+            with("share:/out/a.csv", "append").parse(kinds).unwrap_err().0,
+            "--if-exists 'append' is not one of overwrite, fail, skip"
+        );
+        assert_eq!(
+            with("db:public.t", "skip").parse(kinds).unwrap_err().0,
+            "--if-exists skip applies to file sinks; rows copied to the table db:public.t are added to it"
+        );
+        with("db:public.t", "overwrite").parse(kinds).unwrap();
     }
 
     #[test]

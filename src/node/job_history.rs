@@ -91,6 +91,7 @@ pub async fn seed(node: &Node, req: proto::JobHistorySeedRequest) -> Result<prot
         sink: ds("out.csv"),
         retry: Default::default(),
         stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
+        if_exists: Default::default(),
     };
     let mut template = Job::queued("bench-history".into(), spec, now_ms);
     template.state = JobState::Succeeded;

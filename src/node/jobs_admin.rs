@@ -68,6 +68,8 @@ fn info(node: &Node, dispatcher: &Dispatcher, j: &Job) -> proto::JobInfo {
         check: j.check.clone().map(Into::into),
         cancel_requested: j.cancel_requested,
         stall_timeout_ms: j.spec.stall_timeout_ms,
+        if_exists: j.spec.if_exists.as_str().into(),
+        files_skipped: j.files_skipped,
     }
 }
 

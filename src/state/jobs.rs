@@ -58,6 +58,9 @@ pub struct Job {
     pub rows: u64,
     pub bytes: u64,
     pub files: u64,
+    /// Files left as they were because they existed before the job (`--if-exists skip`).
+    #[serde(default)]
+    pub files_skipped: u64,
     pub check: Option<Consistency>,
     pub error: Option<String>,
     pub submitted_at_ms: i64,
@@ -84,6 +87,7 @@ impl Job {
             rows: 0,
             bytes: 0,
             files: 0,
+            files_skipped: 0,
             check: None,
             error: None,
             submitted_at_ms,
@@ -100,7 +104,10 @@ pub enum Outcome {
     Succeeded {
         rows: u64,
         bytes: u64,
+        /// Files published; `files_skipped` more were staged and left unpublished.
         files: u64,
+        #[serde(default)]
+        files_skipped: u64,
         check: Consistency,
     },
     Failed {
@@ -417,9 +424,10 @@ fn end_attempt(j: &mut Job, outcome: &Outcome, now_ms: i64) -> CommandResult {
             rows,
             bytes,
             files,
+            files_skipped,
             check,
         } => {
-            (j.rows, j.bytes, j.files) = (*rows, *bytes, *files);
+            (j.rows, j.bytes, j.files, j.files_skipped) = (*rows, *bytes, *files, *files_skipped);
             j.check = Some(check.clone());
             j.error = None;
             j.state = JobState::Succeeded;
@@ -496,6 +504,7 @@ mod tests {
                 interval_ms: 1000,
             },
             stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
+            if_exists: Default::default(),
         };
         Job::queued(id.into(), spec, 0)
     }
@@ -531,6 +540,7 @@ mod tests {
             rows: 3,
             bytes: 30,
             files: 1,
+            files_skipped: 0,
             check: Consistency::default(),
         }
     }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::AttemptError;
 
 use crate::copy::{self, AttemptId, Counters, Endpoint};
-use crate::job_spec::DatasetRef;
+use crate::job_spec::{DatasetRef, IfExists};
 use crate::node::forward::Reports;
 use crate::node::handle::Node;
 use crate::proto::{self, job_report_request::Phase};
@@ -102,7 +102,7 @@ pub async fn worker_loop(node: Arc<Node>, reports: Arc<dyn Reports>) {
 }
 
 /// A linked service's definition, unsealed for this attempt.
-fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, AttemptError> {
+fn endpoint(node: &Node, side: &DatasetRef, if_exists: IfExists) -> Result<Endpoint, AttemptError> {
     let ir = node.ir().map_err(AttemptError::NoState)?;
     let service = node
         .read_state(|s| s.linked_services.get(&side.service).cloned())
@@ -113,6 +113,7 @@ fn endpoint(node: &Node, side: &DatasetRef) -> Result<Endpoint, AttemptError> {
         service: spec,
         location: side.location.clone(),
         format: side.format.clone(),
+        if_exists,
     })
 }
 
@@ -247,8 +248,8 @@ async fn run(
     counters: &Counters,
     cancel: &CancellationToken,
 ) -> Result<Outcome, AttemptError> {
-    let source = endpoint(node, &job.spec.source)?;
-    let sink = endpoint(node, &job.spec.sink)?;
+    let source = endpoint(node, &job.spec.source, IfExists::Overwrite)?;
+    let sink = endpoint(node, &job.spec.sink, job.spec.if_exists)?;
     let stall = Duration::from_millis(job.spec.stall_timeout_ms);
     let staged = tokio::select! {
         staged = copy::stage(id, &source, &sink, counters) => staged?,
@@ -299,11 +300,12 @@ async fn run(
         // Tests kill the node here: published, not yet reported.
         tokio::time::sleep(hold).await;
     }
-    published?;
+    let skipped = published?.skipped;
     Ok(Outcome::Succeeded {
         rows,
         bytes,
-        files,
+        files: files.saturating_sub(skipped),
+        files_skipped: skipped,
         check,
     })
 }

@@ -39,7 +39,7 @@ use super::paths::{
 };
 use super::stage::{DiscardOnDrop, StagedFile, StagedFiles};
 use super::{IO_BUFFER, blocking, io_error};
-use crate::copy::{AttemptId, Consistency, CopyError, Counters, Endpoint, Staged};
+use crate::copy::{AttemptId, Consistency, CopyError, Counters, Endpoint, IfExists, Staged};
 
 /// Bytes per `copy_file_range` call: few enough calls that their cost vanishes, small
 /// enough that progress and the sink's hasher follow the copy closely.
@@ -63,14 +63,14 @@ pub(super) async fn copy_binary(
     let source_text = source_root.path_of(source)?.to_owned();
     let sink_root = Root::of(sink)?;
     let sink_text = sink_root.path_of(sink)?.to_owned();
-    let (attempt, counters) = (attempt.clone(), counters.clone());
+    let (attempt, counters, if_exists) = (attempt.clone(), counters.clone(), sink.if_exists);
 
     // A blocking thread cannot be cancelled; a cancelled copy (its future dropped) raises
     // this flag, the copier stops at its next chunk and the staging files are removed.
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel = CancelOnDrop(cancelled.clone());
     blocking(move || {
-        let plan = Plan::make(&source_root, &source_text, &sink_root, &sink_text)?;
+        let plan = Plan::make(&source_root, &source_text, &sink_root, &sink_text, if_exists)?;
         plan.stage(&sink_root, &attempt, &counters, &cancelled)
     })
     .await
@@ -91,10 +91,18 @@ struct Plan {
     /// Each source file with its `service:path`.
     files: Vec<(SourceFile, String)>,
     targets: Vec<Target>,
+    /// What publishing does to a target that was there before the job.
+    if_exists: IfExists,
 }
 
 impl Plan {
-    fn make(source_root: &Root, source_text: &str, sink_root: &Root, sink_text: &str) -> Result<Plan, CopyError> {
+    fn make(
+        source_root: &Root,
+        source_text: &str,
+        sink_root: &Root,
+        sink_text: &str,
+        if_exists: IfExists,
+    ) -> Result<Plan, CopyError> {
         let sources = resolve_sources(source_root, source_text, Walk::Binary)?;
         sink_root.check_present()?;
         let sink_rel = rel_path(sink_root, sink_text)?;
@@ -133,6 +141,7 @@ impl Plan {
             source_shown: format!("{}:{source_text}", source_root.service),
             files,
             targets,
+            if_exists,
         })
     }
 
@@ -218,7 +227,7 @@ impl Plan {
         source_jobs: SyncSender<HashJob>,
         sink_jobs: SyncSender<HashJob>,
     ) -> Result<Copied, Stopped> {
-        let mut staged = DiscardOnDrop(Some(StagedFiles::new(attempt)));
+        let mut staged = DiscardOnDrop(Some(StagedFiles::new(attempt, self.if_exists)));
         let mut ready_dirs: HashSet<PathBuf> = HashSet::new();
         let mut buffer: Vec<u8> = Vec::new();
         let (mut total, mut files) = (0u64, 0usize);
@@ -260,12 +269,15 @@ impl Plan {
                 .truncate(true)
                 .open(&temp)
                 .map_err(|e| io_error(format!("cannot create the staging file for {}", target.shown), &e))?;
+            staged.get().add(
+                &output,
+                StagedFile {
+                    temp,
+                    target: target.path.clone(),
+                    shown: target.shown.clone(),
+                },
+            )?;
             let output = Arc::new(output);
-            staged.get().files.push(StagedFile {
-                temp,
-                target: target.path.clone(),
-                shown: target.shown.clone(),
-            });
 
             let (mut at, mut handed_to_disk) = (0u64, 0u64);
             let mut in_kernel = true;

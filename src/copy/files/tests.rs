@@ -14,7 +14,8 @@ use futures::StreamExt;
 use super::paths::is_staging_name;
 use crate::connectors::{ServiceSpec, ServiceType};
 use crate::copy::{
-    AttemptId, Batches, Consistency, CopyError, Counters, CsvOptions, Endpoint, Format, Location, Staged, stage,
+    AttemptId, Batches, Consistency, CopyError, Counters, CsvOptions, Endpoint, Format, IfExists, Location, Published,
+    Staged, stage,
 };
 
 // --- helpers -----------------------------------------------------------------------------
@@ -25,6 +26,7 @@ fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
         service: ServiceSpec::new(ServiceType::Filesystem).with("root", root.to_str().unwrap()),
         location: Location::Path(path.into()),
         format,
+        if_exists: Default::default(),
     }
 }
 
@@ -119,6 +121,22 @@ async fn copy_as(
         counted: counters.snapshot(),
     };
     Ok((staged, report))
+}
+
+/// Stages attempt `n` with a sink rule for files that were there before.
+async fn stage_with(
+    n: u32,
+    root: &Path,
+    from: &str,
+    to: &str,
+    format: Format,
+    rule: IfExists,
+) -> Result<Staged, CopyError> {
+    let sink = Endpoint {
+        if_exists: rule,
+        ..endpoint(root, to, format.clone())
+    };
+    stage(&attempt(n), &endpoint(root, from, format), &sink, &Counters::default()).await
 }
 
 async fn copy(root: &Path, from: &str, from_format: Format, to: &str, to_format: Format) -> Result<Report, CopyError> {
@@ -803,6 +821,84 @@ async fn publishing_twice_or_from_two_attempts_leaves_one_complete_file() {
     later.discard().await;
     assert_eq!(listing(&out), ["a.csv"]);
     assert!(read(root, "out/a.csv") == input);
+}
+
+#[tokio::test]
+async fn if_exists_fail_and_skip_leave_a_file_that_was_there_alone_but_replace_the_jobs_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "in/a.csv", "id\n1\n");
+    write(root, "out/a.csv", "old\n");
+    let out = root.join("out");
+
+    // fail: refused before copying, nothing staged, the file as it was.
+    let err = fatal(
+        stage_with(1, root, "in/a.csv", "out/a.csv", csv(), IfExists::Fail)
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(
+        err,
+        "share:out/a.csv existed before the job and --if-exists fail leaves it as it was"
+    );
+    assert_eq!(listing(&out), ["a.csv"]);
+    assert_eq!(read(root, "out/a.csv"), "old\n");
+
+    // skip: staged and checked, not published; the outcome counts it.
+    let staged = stage_with(1, root, "in/a.csv", "out/a.csv", csv(), IfExists::Skip)
+        .await
+        .unwrap();
+    assert_eq!(staged.publish().await.unwrap(), Published { skipped: 1 });
+    assert_eq!(listing(&out), ["a.csv"]);
+    assert_eq!(read(root, "out/a.csv"), "old\n");
+
+    // The job's own earlier publish is replaced under either rule: retries stay idempotent.
+    fs::remove_file(out.join("a.csv")).unwrap();
+    for (n, rule) in [(1, IfExists::Fail), (2, IfExists::Fail), (3, IfExists::Skip)] {
+        let staged = stage_with(n, root, "in/a.csv", "out/a.csv", csv(), rule).await.unwrap();
+        assert_eq!(staged.publish().await.unwrap(), Published { skipped: 0 }, "attempt {n}");
+        assert_eq!(listing(&out), ["a.csv"]);
+        assert_eq!(read(root, "out/a.csv"), "id\n1\n");
+    }
+    // Another job's output is not this job's: `job-1` is not `job-2`.
+    let other = AttemptId {
+        job_id: "job-2".into(),
+        attempt: 1,
+    };
+    let sink = Endpoint {
+        if_exists: IfExists::Fail,
+        ..endpoint(root, "out/a.csv", csv())
+    };
+    let err = stage(&other, &endpoint(root, "in/a.csv", csv()), &sink, &Counters::default()).await;
+    assert!(fatal(err.map(|_| ())).contains("existed before the job"));
+
+    // A file that appears between staging and publishing is not replaced either.
+    fs::remove_file(out.join("a.csv")).unwrap();
+    let failing = stage_with(4, root, "in/a.csv", "out/a.csv", csv(), IfExists::Fail)
+        .await
+        .unwrap();
+    let skipping = stage_with(5, root, "in/a.csv", "out/a.csv", csv(), IfExists::Skip)
+        .await
+        .unwrap();
+    write(root, "out/a.csv", "late\n");
+    assert!(fatal(failing.publish().await).contains("existed before the job"));
+    assert_eq!(skipping.publish().await.unwrap(), Published { skipped: 1 });
+    assert_eq!(listing(&out), ["a.csv"]);
+    assert_eq!(read(root, "out/a.csv"), "late\n");
+
+    // Binary folder copies decide file by file.
+    write(root, "tree/x.bin", "new x");
+    write(root, "tree/y.bin", "new y");
+    write(root, "copy/x.bin", "old x");
+    let staged = stage_with(6, root, "tree/", "copy/", Format::Binary, IfExists::Skip)
+        .await
+        .unwrap();
+    assert_eq!(staged.publish().await.unwrap(), Published { skipped: 1 });
+    assert_eq!(listing(&root.join("copy")), ["x.bin", "y.bin"]);
+    assert_eq!(
+        (read(root, "copy/x.bin"), read(root, "copy/y.bin")),
+        ("old x".into(), "new y".into())
+    );
 }
 
 #[tokio::test]

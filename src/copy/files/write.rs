@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::paths::{Root, Target, create_dirs, sink_file, staging_name};
 use super::stage::{DiscardOnDrop, StagedFile, StagedFiles};
 use super::{BATCHES_IN_FLIGHT, IO_BUFFER, TableFormat, io_error};
-use crate::copy::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, Staged};
+use crate::copy::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, IfExists, Staged};
 
 /// Parquet row groups are cut at this size: readers fetch and decode a row group at a
 /// time, and the writer buffers one in memory, so it bounds the writer's memory while
@@ -45,8 +45,8 @@ pub(super) async fn write_table(
 
     let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
     let writer = {
-        let (target, attempt) = (target.clone(), attempt.clone());
-        tokio::task::spawn_blocking(move || write_staging(&root, &target, &attempt, &format, rx))
+        let (target, attempt, if_exists) = (target.clone(), attempt.clone(), sink.if_exists);
+        tokio::task::spawn_blocking(move || write_staging(&root, &target, &attempt, if_exists, &format, rx))
     };
 
     let mut rows_read = 0u64;
@@ -116,6 +116,7 @@ fn write_staging(
     root: &Root,
     target: &Target,
     attempt: &AttemptId,
+    if_exists: IfExists,
     format: &TableFormat,
     mut rx: mpsc::Receiver<Option<RecordBatch>>,
 ) -> Result<Written, CopyError> {
@@ -123,7 +124,7 @@ fn write_staging(
     let shown = &target.shown;
     let dir = target.path.parent().expect("a sink file lies under the root");
     let name = target.path.file_name().expect("a sink path names a file");
-    let mut staged = DiscardOnDrop(Some(StagedFiles::new(attempt)));
+    let mut staged = DiscardOnDrop(Some(StagedFiles::new(attempt, if_exists)));
     create_dirs(root, dir, &mut staged.get().created_dirs)?;
     if target.path.is_dir() {
         return Err(CopyError::fatal(format!(
@@ -140,11 +141,14 @@ fn write_staging(
         .truncate(true)
         .open(&temp)
         .map_err(|e| io_error(format!("cannot create the staging file for {shown}"), &e))?;
-    staged.get().files.push(StagedFile {
-        temp,
-        target: target.path.clone(),
-        shown: shown.clone(),
-    });
+    staged.get().add(
+        &file,
+        StagedFile {
+            temp,
+            target: target.path.clone(),
+            shown: shown.clone(),
+        },
+    )?;
 
     let mut writer = TableWriter {
         format: format.clone(),

@@ -55,7 +55,9 @@ use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio_postgres::Client;
 
-use super::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, Location, Staged, StagedOutput};
+use super::{
+    AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, Location, Published, Staged, StagedOutput,
+};
 use crate::connectors::one_line;
 use crate::connectors::postgres::{connect as connect_service, is_retryable};
 use crate::job_spec::names::quote_ident;
@@ -444,7 +446,7 @@ struct PgStaged {
 }
 
 impl StagedOutput for PgStaged {
-    fn publish(self: Box<Self>) -> futures::future::BoxFuture<'static, Result<(), CopyError>> {
+    fn publish(self: Box<Self>) -> futures::future::BoxFuture<'static, Result<Published, CopyError>> {
         Box::pin(async move {
             let what = format!(
                 "publishing job {} attempt {} to sink table {}",
@@ -474,14 +476,15 @@ impl StagedOutput for PgStaged {
                     .batch_execute("ROLLBACK")
                     .await
                     .map_err(|e| pg_error(&what, &e))?;
-                return Ok(());
+                return Ok(Published::default());
             }
             // If the connection drops during COMMIT, whether it happened is unknown: the
             // error is transient, and the next attempt's publish finds the record if it did.
             self.client
                 .batch_execute("COMMIT")
                 .await
-                .map_err(|e| pg_error(&what, &e))
+                .map_err(|e| pg_error(&what, &e))?;
+            Ok(Published::default())
         })
     }
 

@@ -37,6 +37,7 @@ impl Db {
             location,
             // PostgreSQL ignores the format.
             format: Format::Csv(CsvOptions::default()),
+            if_exists: Default::default(),
         }
     }
 
@@ -681,6 +682,7 @@ async fn unreachable_servers_are_transient_and_wrong_passwords_fatal_never_shown
             table: "t".into(),
         },
         format: Format::Parquet,
+        if_exists: Default::default(),
     };
 
     let err = read_table(&endpoint(closed), &Counters::default()).await.err().unwrap();

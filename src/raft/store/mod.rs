@@ -359,6 +359,7 @@ mod tests {
             sink: ds("out.csv"),
             retry: RetryPolicy::default(),
             stall_timeout_ms: crate::job_spec::DEFAULT_STALL_TIMEOUT_MS,
+            if_exists: Default::default(),
         };
         for id in ["j1", "j2"] {
             s.apply(&Command::SubmitJob {
