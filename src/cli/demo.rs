@@ -3,7 +3,7 @@
 //! nodes, a node killed mid-copy, its jobs finished elsewhere and every output verified.
 //! Real processes, real TLS, real disks.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
@@ -11,6 +11,10 @@ use clap::Args;
 use super::local_ir::{LocalIr, check_port_free};
 use super::output;
 use crate::proto;
+use crate::timing::{
+    ALL_ONLINE_WAIT, DEMO_BATCH_AFTER_KILL, DEMO_FAILOVER_WAIT, DEMO_JOB_RUNNING_WAIT, DEMO_OFFLINE_WAIT,
+    FIRST_LEADER_WAIT, JOB_POLL,
+};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -82,7 +86,7 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
     step("node1: shir run   (the host service)");
     ir.start(0).await?;
     let key = ir
-        .wait_for("node1 to become dispatcher", Duration::from_secs(20), || async {
+        .wait_for("node1 to become dispatcher", FIRST_LEADER_WAIT, || async {
             ir.key1(0).await.ok()
         })
         .await?;
@@ -101,7 +105,7 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
         ir.start(i).await?;
     }
     step("waiting for the four nodes to be Online voters");
-    let status = ir.wait_all_online(0, Duration::from_secs(30)).await?;
+    let status = ir.wait_all_online(0, ALL_ONLINE_WAIT).await?;
     println!("{}", output::status_text(&status));
 
     let victim = ir.dispatcher(0).await?;
@@ -112,7 +116,7 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
     ir.kill(victim).await?;
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     let (new_name, took) = ir
-        .wait_for("a new dispatcher", Duration::from_secs(10), || async {
+        .wait_for("a new dispatcher", DEMO_FAILOVER_WAIT, || async {
             for &i in &survivors {
                 if let Ok(v) = ir.local_view(i).await
                     && v.is_leader
@@ -132,7 +136,7 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
         "waiting for {victim_name} to be marked Offline (silent for the offline timeout)"
     ));
     let status = ir
-        .wait_for("the killed node to show Offline", Duration::from_secs(15), || async {
+        .wait_for("the killed node to show Offline", DEMO_OFFLINE_WAIT, || async {
             let s = ir.status(watcher).await.ok()?;
             s.nodes
                 .iter()
@@ -146,7 +150,7 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
         "restarting {victim_name}: shir run on its existing data dir (no re-registration)"
     ));
     ir.start(victim).await?;
-    let status = ir.wait_all_online(watcher, Duration::from_secs(30)).await?;
+    let status = ir.wait_all_online(watcher, ALL_ONLINE_WAIT).await?;
     println!("{}", output::status_text(&status));
     println!(
         "\n{victim_name} is back Online as a {}; the dispatcher is {}.",
@@ -229,7 +233,7 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
     // Kill a worker that is not the dispatcher, while it copies.
     let dispatcher = ir.dispatcher(0).await?;
     let running = ir
-        .wait_for("a job running on a worker", Duration::from_secs(10), || async {
+        .wait_for("a job running on a worker", DEMO_JOB_RUNNING_WAIT, || async {
             let mut admin = ir.admin(dispatcher).await.ok()?;
             let list = admin
                 .job_list(proto::JobListRequest {
@@ -270,10 +274,13 @@ async fn jobs_script(ir: &mut LocalIr, work: &std::path::Path, file_mib: usize) 
         if finished == ids.len() {
             break list.jobs;
         }
-        if killed_at.elapsed() > Duration::from_secs(120) {
-            return Err(anyhow!("the batch did not finish within 2 minutes of the kill"));
+        if killed_at.elapsed() > DEMO_BATCH_AFTER_KILL {
+            return Err(anyhow!(
+                "the batch did not finish within {} minutes of the kill",
+                DEMO_BATCH_AFTER_KILL.as_secs() / 60
+            ));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(JOB_POLL).await;
     };
     step("every job, and its output checked against its input (SHA-256)");
     let mut rows = Vec::new();

@@ -1,7 +1,6 @@
 //! `shir job`: submit copy jobs, follow them, cancel them; `shir node set-limit`.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Subcommand, ValueEnum};
@@ -11,6 +10,7 @@ use super::client::Target;
 use super::output::{rfc3339_ms, table};
 use super::print_json;
 use crate::proto;
+use crate::timing::JOB_POLL;
 
 #[derive(Subcommand)]
 pub enum JobCommand {
@@ -465,7 +465,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                     }
                     .into());
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(JOB_POLL).await;
             };
             if live && !last_line.is_empty() {
                 eprintln!();

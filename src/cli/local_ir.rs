@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 use crate::datadir::DataDir;
 use crate::proto::{self, admin_client::AdminClient};
+use crate::timing::{ALL_ONLINE_WAIT, FIRST_LEADER_WAIT, LOCAL_IR_POLL, NODE_EXIT_WAIT, NODE_START_WAIT};
 use crate::transport::client::unix_channel;
 
 pub struct LocalNode {
@@ -175,7 +176,7 @@ impl LocalIr {
             .spawn()
             .with_context(|| format!("cannot start {}", self.exe.display()))?;
         self.nodes[i].child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + NODE_START_WAIT;
         loop {
             if self.admin(i).await.is_ok() {
                 return Ok(());
@@ -187,9 +188,13 @@ impl LocalIr {
                 bail!("{} exited ({status}) at start: {last}", self.nodes[i].name);
             }
             if Instant::now() > deadline {
-                bail!("{} did not open its local socket within 20 s", self.nodes[i].name);
+                bail!(
+                    "{} did not open its local socket within {} s",
+                    self.nodes[i].name,
+                    NODE_START_WAIT.as_secs()
+                );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(LOCAL_IR_POLL).await;
         }
     }
 
@@ -205,7 +210,7 @@ impl LocalIr {
         if (signal == libc::SIGKILL || signal == libc::SIGTERM)
             && let Some(mut child) = self.nodes[i].child.take()
         {
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            let _ = tokio::time::timeout(NODE_EXIT_WAIT, child.wait()).await;
         }
         Ok(())
     }
@@ -269,7 +274,7 @@ impl LocalIr {
             .key1)
     }
 
-    /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+    /// Polls `check` every `LOCAL_IR_POLL` until it returns `Some`, or fails after `timeout`.
     pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -283,7 +288,7 @@ impl LocalIr {
             if Instant::now() > deadline {
                 bail!("timed out after {:?} waiting for {what}", timeout);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(LOCAL_IR_POLL).await;
         }
     }
 
@@ -315,7 +320,7 @@ impl LocalIr {
         self.init(0, ir_name).await?;
         self.start(0).await?;
         let key = self
-            .wait_for("the first node to lead", Duration::from_secs(20), || async {
+            .wait_for("the first node to lead", FIRST_LEADER_WAIT, || async {
                 self.key1(0).await.ok()
             })
             .await?;
@@ -323,7 +328,7 @@ impl LocalIr {
             self.register(i, &key).await?;
             self.start(i).await?;
         }
-        self.wait_all_online(0, Duration::from_secs(30)).await?;
+        self.wait_all_online(0, ALL_ONLINE_WAIT).await?;
         Ok(())
     }
 

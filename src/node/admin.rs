@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use openraft::ChangeMembers;
 
@@ -22,7 +22,7 @@ use crate::proto;
 use crate::secrets::DataKey;
 use crate::secrets::member_proof::{MemberProof, ProofError};
 use crate::state::{AdminCertRecord, Command, auth_key_aad};
-use crate::timing::READ_PATIENCE;
+use crate::timing::{HANDOVER_PROBE_TIMEOUT, HANDOVER_RETRY_PAUSE, READ_PATIENCE};
 
 /// Runs `call` where it belongs and returns the encoded reply. `on_behalf_of` names the
 /// operator, for the dispatcher's log.
@@ -311,7 +311,7 @@ async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
                 sent_at_ms: 0,
                 protocol_version: crate::protocol::PROTOCOL_VERSION,
             };
-            let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(1), cluster.heartbeat(probe)).await else {
+            let Ok(Ok(reply)) = tokio::time::timeout(HANDOVER_PROBE_TIMEOUT, cluster.heartbeat(probe)).await else {
                 continue;
             };
             let dispatcher = reply.into_inner().dispatcher;
@@ -344,7 +344,7 @@ async fn remove_self(node: &Node, request: &[u8]) -> Result<Vec<u8>, Status> {
         if Instant::now() > deadline {
             return Err(no_dispatcher());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(HANDOVER_RETRY_PAUSE).await;
     }
 }
 

@@ -21,6 +21,8 @@ pub use crate::timing::FORWARD_TIMEOUT;
 
 pub use crate::timing::FORWARD_PATIENCE;
 
+use crate::timing::FORWARD_RETRY_PAUSE;
+
 /// How a call goes to the dispatcher: how long to keep trying, how long one attempt may
 /// take, and whether running it twice is harmless.
 #[derive(Clone, Copy)]
@@ -98,7 +100,7 @@ impl Node {
             };
             match attempt {
                 Err(s) if calling.may_retry(&s) && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
                 }
                 other => return other,
             }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use openraft::BasicNode;
@@ -21,6 +20,7 @@ use crate::raft::{self as raftmod, Raft};
 use crate::secrets::member_proof::MemberProof;
 use crate::secrets::{self, DataKey};
 use crate::state::{AuthKeySlot, Command, IrInfo, IrState, NodeRecord, Sealed, ca_key_aad, validate_node_name};
+use crate::timing::BOOTSTRAP_LEADER_WAIT;
 use crate::transport::client::tls_channel_checked;
 
 /// Where a node listens and what address it gives others.
@@ -161,7 +161,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
         .await?;
         raft.initialize(BTreeMap::from([(1, BasicNode::new(&addrs.advertise))]))
             .await?;
-        raft.wait(Some(Duration::from_secs(10)))
+        raft.wait(Some(BOOTSTRAP_LEADER_WAIT))
             .current_leader(1, "bootstrap leader")
             .await?;
         let bootstrap = Command::Bootstrap {

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::handle::Node;
 use crate::datadir::DataDir;
+use crate::timing::RESTORED_CATCH_UP_CHECK;
 
 pub struct RestoreGuard {
     marker: PathBuf,
@@ -84,7 +85,7 @@ pub async fn watch(node: Arc<Node>) {
         // A change of metrics, or a first append that set the target, both come with a
         // metrics update; the timeout only bounds how late a lifted guard is noticed.
         tokio::select! {
-            _ = tokio::time::timeout(std::time::Duration::from_millis(200), metrics.changed()) => {}
+            _ = tokio::time::timeout(RESTORED_CATCH_UP_CHECK, metrics.changed()) => {}
             _ = node.shutdown.cancelled() => return,
         }
     }

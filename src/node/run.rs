@@ -9,7 +9,6 @@
 //! worker has drained, the node port closes, Raft stops and sled is flushed.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, UnixListener};
@@ -27,8 +26,8 @@ use crate::raft::{self as raftmod, Raft};
 use crate::state::IrState;
 use crate::transport::server::{PortTls, accept_local, accept_node_port};
 
-use crate::timing::DRAIN_WITHIN;
 pub use crate::timing::STOP_WITHIN;
+use crate::timing::{DRAIN_WITHIN, SERVER_CLOSE_WAIT};
 
 /// A node being served: the handle, and what `run` waits on to stop it.
 pub struct Running {
@@ -87,7 +86,7 @@ async fn stop(running: Running) {
     }
     servers_stop.cancel();
     for server in servers {
-        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        let _ = tokio::time::timeout(SERVER_CLOSE_WAIT, server).await;
     }
     let _ = node.raft.shutdown().await;
     let _ = node.db.flush_async().await;
@@ -108,7 +107,7 @@ pub struct Removed {
 /// `RestartPreventExitStatus`.
 pub const EXIT_REMOVED: u8 = 3;
 
-use crate::timing::OUT_OF_MEMBERSHIP_GRACE;
+use crate::timing::{OUT_OF_MEMBERSHIP_GRACE, REMOVAL_CHECK_INTERVAL};
 
 /// Resolves once this node was removed: its certificate is on the replicated revoked list,
 /// or most peers refuse it as revoked (it missed its removal: see `liveness`), or, having
@@ -138,7 +137,7 @@ async fn removed_from_ir(node: &Node) {
             tracing::error!(node = %node.config.name, "this node was removed from the IR; stopping");
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(REMOVAL_CHECK_INTERVAL).await;
     }
 }
 

@@ -7,7 +7,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -20,7 +19,7 @@ use tonic::transport::server::Connected;
 use super::Caller;
 use crate::pki::{self, tls::ALPN_JOIN};
 
-use crate::timing::{HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
+use crate::timing::{ACCEPT_RETRY_PAUSE, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
 
 /// Handshakes in flight at once, in all and from one address. Connections beyond either
 /// are closed at once: a flood from one address cannot crowd out peers, joiners and
@@ -150,7 +149,7 @@ pub fn accept_node_port(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 }
             };
@@ -262,7 +261,7 @@ pub fn accept_local(listener: UnixListener, stop: CancellationToken) -> Incoming
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "local socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                 }
             }
         }

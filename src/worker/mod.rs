@@ -29,7 +29,10 @@ use crate::node::handle::Node;
 use crate::proto::{self, job_report_request::Phase};
 use crate::state::jobs::{Job, JobState, Outcome};
 
-use crate::timing::{PROGRESS_EVERY, RELEASE_PATIENCE, REPORT_PATIENCE};
+use crate::timing::{
+    PROGRESS_EVERY, PROGRESS_REPORT_PATIENCE, RELEASE_PATIENCE, REPORT_PATIENCE, STALL_CHECK_MAX, STALL_CHECK_MIN,
+    START_CONFIRM_PATIENCE, UNCONFIRMED_START_PAUSE, UNSETTLED_RERUN_PAUSE, WORKER_IDLE_POLL,
+};
 
 /// Runs the attempts the log assigns to this node, until the node shuts down and every
 /// attempt has ended.
@@ -44,7 +47,7 @@ pub async fn worker_loop(node: Arc<Node>, reports: Arc<dyn Reports>) {
     loop {
         tokio::select! {
             _ = metrics.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(WORKER_IDLE_POLL) => {}
             _ = node.shutdown.cancelled() => break,
         }
         while tasks.try_join_next().is_some() {}
@@ -137,13 +140,13 @@ async fn run_attempt(
         phase: Some(Phase::Start(proto::ReportStart {})),
     };
     let confirmed = !node.shutdown.is_cancelled()
-        && matches!(reports.report(start, Duration::from_secs(5)).await, Ok(reply) if reply.accepted);
+        && matches!(reports.report(start, START_CONFIRM_PATIENCE).await, Ok(reply) if reply.accepted);
     if !confirmed {
         // Not current, or the dispatcher has not applied the assignment yet, or it cannot be
         // reached (it would not allow publishing either): look again in a moment, if the log
         // still says the attempt runs here.
         tracing::debug!(job = %id.job_id, attempt = id.attempt, "attempt not confirmed current; not starting it yet");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(UNCONFIRMED_START_PAUSE).await;
         let _ = unsettled.send((id.job_id, id.attempt));
         return;
     }
@@ -174,7 +177,7 @@ async fn run_attempt(
             return;
         }
         Ended::Unsettled => {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(UNSETTLED_RERUN_PAUSE).await;
             let _ = unsettled.send((id.job_id, id.attempt));
             return;
         }
@@ -192,7 +195,7 @@ async fn run_attempt(
     };
     if let Err(e) = reports.report(request, REPORT_PATIENCE).await {
         tracing::warn!(job = %id.job_id, error = %e.message(), "could not report the outcome; the attempt will run again");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(UNSETTLED_RERUN_PAUSE).await;
         let _ = unsettled.send((id.job_id, id.attempt));
     }
 }
@@ -314,7 +317,7 @@ async fn run(
 /// closes its connections and removes its staging file; a thread blocked in a hung file
 /// system call stays blocked, but the node's slot is free again.
 async fn stalled(counters: &Counters, limit: Duration) {
-    let tick = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let tick = (limit / 4).clamp(STALL_CHECK_MIN, STALL_CHECK_MAX);
     let mut last = counters.snapshot();
     let mut since = tokio::time::Instant::now();
     loop {
@@ -364,6 +367,6 @@ async fn report_progress(reports: Arc<dyn Reports>, id: AttemptId, counters: Arc
                 files: now.2,
             })),
         };
-        let _ = reports.report(request, Duration::from_secs(1)).await;
+        let _ = reports.report(request, PROGRESS_REPORT_PATIENCE).await;
     }
 }

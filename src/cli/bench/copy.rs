@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::cli::local_ir::LocalIr;
 use crate::proto;
+use crate::timing::BENCH_JOB_POLL;
 
 /// Copies measured per tool, alternating; the best of them counts (the machine is shared:
 /// the best run is the one least disturbed by others). Five, because this machine's disk
@@ -95,7 +96,7 @@ async fn time_job(ir: &LocalIr, request: proto::JobSubmitRequest) -> Result<(Dur
             proto::JobState::Failed | proto::JobState::Cancelled => {
                 bail!("job {id} {}: {}", j.state().label(), j.error)
             }
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => tokio::time::sleep(BENCH_JOB_POLL).await,
         }
     }
 }

@@ -4,13 +4,14 @@
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
 use super::load::PutFuture;
+use crate::timing::{ETCD_LEADER_POLL, ETCD_LEADER_WAIT};
 
 pub mod pb {
     tonic::include_proto!("etcdserverpb");
@@ -76,12 +77,12 @@ impl Cluster {
             client_urls: (0..3).map(client).collect(),
             _members: members,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + ETCD_LEADER_WAIT;
         while cluster.leader_url().await.is_err() {
             if Instant::now() > deadline {
-                bail!("no etcd leader within 30 s");
+                bail!("no etcd leader within {} s", ETCD_LEADER_WAIT.as_secs());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(ETCD_LEADER_POLL).await;
         }
         Ok(Some(cluster))
     }

@@ -21,6 +21,7 @@ use super::client::request_admin_cert;
 use super::local_ir::{LocalIr, check_port_free};
 use crate::pki::tls;
 use crate::proto::{self, admin_client::AdminClient};
+use crate::timing::{ALL_ONLINE_WAIT, BENCH_FAILOVER_POLL, BENCH_FAILOVER_WAIT};
 use crate::transport::client::tls_channel_checked;
 use load::LoadResult;
 
@@ -235,13 +236,16 @@ async fn failover_once(ir: &mut LocalIr) -> Result<Duration> {
         if found {
             break killed_at.elapsed();
         }
-        if killed_at.elapsed() > Duration::from_secs(15) {
-            return Err(anyhow!("no new dispatcher 15 s after the kill"));
+        if killed_at.elapsed() > BENCH_FAILOVER_WAIT {
+            return Err(anyhow!(
+                "no new dispatcher {} s after the kill",
+                BENCH_FAILOVER_WAIT.as_secs()
+            ));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(BENCH_FAILOVER_POLL).await;
     };
     ir.start(victim).await?;
-    ir.wait_all_online(survivors[0], Duration::from_secs(30)).await?;
+    ir.wait_all_online(survivors[0], ALL_ONLINE_WAIT).await?;
     Ok(took)
 }
 
