@@ -260,8 +260,9 @@ pub const LOCAL_IR_POLL: Duration = Duration::from_millis(50);
 pub const NODE_START_WAIT: Duration = Duration::from_secs(20);
 pub const FIRST_LEADER_WAIT: Duration = Duration::from_secs(20);
 
-/// How long a local IR waits for a node it sent SIGTERM or SIGKILL to exit.
-pub const NODE_EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How long a local IR waits for a node it sent SIGTERM or SIGKILL to exit: a stopping
+/// node bounds its own stop at `STOP_WITHIN`; the rest is the process's teardown.
+pub const NODE_EXIT_WAIT: Duration = STOP_WITHIN.saturating_add(Duration::from_secs(5));
 
 /// How long a local IR waits for every running node to be an Online voter: registering a
 /// node, or bringing one back from Offline, takes a few heartbeats; this is many.
@@ -398,6 +399,8 @@ mod tests {
         // node coming back Online); a failover is measured finer than a heartbeat.
         assert!(JOB_POLL <= PROGRESS_EVERY);
         assert!(LOCAL_IR_POLL < RAFT_ELECTION_MIN);
+        // A local IR must not give up on a stopping node before the node itself would.
+        assert!(NODE_EXIT_WAIT > STOP_WITHIN);
         assert!(RAFT_FAILOVER_MAX * 4 < DEMO_FAILOVER_WAIT);
         assert!(RAFT_FAILOVER_MAX * 4 < BENCH_FAILOVER_WAIT);
         assert!(BENCH_FAILOVER_POLL < RAFT_HEARTBEAT);
