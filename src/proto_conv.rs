@@ -23,6 +23,7 @@ impl From<proto::JobSubmitRequest> for Submission {
             allow_empty: r.allow_empty,
             encoding: r.encoding,
             if_exists: r.if_exists,
+            schema: r.schema,
         }
     }
 }

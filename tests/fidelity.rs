@@ -2,7 +2,8 @@
 //! what they read or name paths outside the share are refused at submit and leave no job
 //! behind; CSV that is malformed fails its job at once (no retry) with file and line and
 //! publishes nothing; `--allow-empty` and `--encoding` let the rest through; `--if-exists
-//! fail|skip` leave a file that was there before the job as it was.
+//! fail|skip` leave a file that was there before the job as it was; CSV column types are
+//! inferred unless `--schema text`.
 
 mod common;
 
@@ -267,4 +268,26 @@ async fn bad_jobs_are_refused_and_bad_csv_fails_naming_file_and_line() {
     let err = shir(&ir, &all).await.unwrap_err();
     assert_eq!(err.trim(), "--if-exists 'append' is not one of overwrite, fail, skip");
     assert_eq!(jobs(&ir).await.len(), known, "the refused job did not enter the log");
+
+    steps.step("CSV to JSON Lines: types inferred by default, text with --schema text");
+    std::fs::write(share.join("in/typed.csv"), "id,ok,day\n1,true,2026-12-01\n2,false,\n").unwrap();
+    let to_jsonl = |sink: &'static str, schema: &'static str| {
+        ["--source", "share:/in/typed.csv", "--sink", sink, "--schema", schema]
+    };
+    let job = run(&ir, &to_jsonl("share:/out/typed.jsonl", "infer")).await;
+    assert_eq!(job["state"], "Succeeded", "{job}");
+    assert_eq!(
+        std::fs::read_to_string(share.join("out/typed.jsonl")).unwrap(),
+        "{\"id\":1,\"ok\":true,\"day\":\"2026-12-01\"}\n{\"id\":2,\"ok\":false}\n"
+    );
+    let job = run(&ir, &to_jsonl("share:/out/text.jsonl", "text")).await;
+    assert_eq!(job["state"], "Succeeded", "{job}");
+    assert_eq!(
+        std::fs::read_to_string(share.join("out/text.jsonl")).unwrap(),
+        "{\"id\":\"1\",\"ok\":\"true\",\"day\":\"2026-12-01\"}\n{\"id\":\"2\",\"ok\":\"false\"}\n"
+    );
+    let mut all = vec!["job", "submit"];
+    all.extend(to_jsonl("share:/out/x.jsonl", "guess"));
+    let err = shir(&ir, &all).await.unwrap_err();
+    assert_eq!(err.trim(), "--schema 'guess' is not infer or text");
 }

@@ -12,6 +12,41 @@ use super::print_json;
 use crate::proto;
 use crate::timing::JOB_POLL;
 
+/// How `job submit` reads and writes its data: formats, CSV options, types, existing files.
+#[derive(clap::Args)]
+pub struct FormatArgs {
+    /// csv, jsonl or parquet (default: from the file extension).
+    #[arg(long)]
+    pub source_format: Option<String>,
+    /// csv, jsonl or parquet (default: from the file extension).
+    #[arg(long)]
+    pub sink_format: Option<String>,
+    /// Copy files as they are (both ends filesystem).
+    #[arg(long, conflicts_with_all = ["source_format", "sink_format"])]
+    pub binary: bool,
+    /// CSV files have no header line.
+    #[arg(long)]
+    pub csv_no_header: bool,
+    /// CSV field delimiter (one character; default ',').
+    #[arg(long, value_name = "CHAR")]
+    pub csv_delimiter: Option<String>,
+    /// Copy a CSV source that holds no rows (an empty output with its columns) instead
+    /// of failing.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Text encoding of a CSV source: utf-8 (default), latin1 or windows-1252.
+    #[arg(long, value_name = "ENCODING")]
+    pub encoding: Option<String>,
+    /// A sink file that was there before the job: overwrite it (default), fail the
+    /// job, or skip it and publish the rest. The job's own earlier attempts never count.
+    #[arg(long, value_name = "overwrite|fail|skip")]
+    pub if_exists: Option<String>,
+    /// Column types of a CSV source going to Parquet or JSON Lines: infer them from the
+    /// first 20,480 rows (default), or keep every column text.
+    #[arg(long, value_name = "infer|text")]
+    pub schema: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum JobCommand {
     /// Queue a copy job; prints its id once it is committed (it survives any single node failure).
@@ -29,32 +64,8 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
         /// Where to write: LINKED_SERVICE:PATH or :SCHEMA.TABLE.
         #[arg(long)]
         sink: String,
-        /// csv, jsonl or parquet (default: from the file extension).
-        #[arg(long)]
-        source_format: Option<String>,
-        /// csv, jsonl or parquet (default: from the file extension).
-        #[arg(long)]
-        sink_format: Option<String>,
-        /// Copy files as they are (both ends filesystem).
-        #[arg(long, conflicts_with_all = ["source_format", "sink_format"])]
-        binary: bool,
-        /// CSV files have no header line.
-        #[arg(long)]
-        csv_no_header: bool,
-        /// CSV field delimiter (one character; default ',').
-        #[arg(long, value_name = "CHAR")]
-        csv_delimiter: Option<String>,
-        /// Copy a CSV source that holds no rows (an empty output with its columns) instead
-        /// of failing.
-        #[arg(long)]
-        allow_empty: bool,
-        /// Text encoding of a CSV source: utf-8 (default), latin1 or windows-1252.
-        #[arg(long, value_name = "ENCODING")]
-        encoding: Option<String>,
-        /// A sink file that was there before the job: overwrite it (default), fail the
-        /// job, or skip it and publish the rest. The job's own earlier attempts never count.
-        #[arg(long, value_name = "overwrite|fail|skip")]
-        if_exists: Option<String>,
+        #[command(flatten)]
+        formats: Box<FormatArgs>,
         /// Attempts in all, the first included (default 3).
         #[arg(long)]
         max_attempts: Option<u32>,
@@ -294,14 +305,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
         JobCommand::Submit {
             source,
             sink,
-            source_format,
-            sink_format,
-            binary,
-            csv_no_header,
-            csv_delimiter,
-            allow_empty,
-            encoding,
-            if_exists,
+            formats,
             max_attempts,
             retry_interval,
             stall_timeout,
@@ -309,6 +313,17 @@ pub async fn run(command: JobCommand) -> Result<()> {
             target,
             json,
         } => {
+            let FormatArgs {
+                source_format,
+                sink_format,
+                binary,
+                csv_no_header,
+                csv_delimiter,
+                allow_empty,
+                encoding,
+                if_exists,
+                schema,
+            } = *formats;
             if let Some(s) = stall_timeout
                 && !(1.0..=86_400.0).contains(&s)
             {
@@ -334,6 +349,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 allow_empty,
                 encoding: encoding.unwrap_or_default(),
                 if_exists: if_exists.unwrap_or_default(),
+                schema: schema.unwrap_or_default(),
             };
             let reply = target.connect().await?.job_submit(request).await?.into_inner();
             if json {

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 // A copy's inputs and the check it ends with are job-spec types, shared with the state;
 // every copy module speaks them, so they are named here too.
-pub use crate::job_spec::{Consistency, CsvOptions, Format, IfExists, Location};
+pub use crate::job_spec::{Consistency, CsvOptions, Format, IfExists, Location, SchemaMode};
 
 /// One end of a copy as a worker sees it: the linked service's definition with its secrets
 /// unsealed for this run, and the place within it.
@@ -149,6 +149,15 @@ pub trait StagedOutput: Send {
 /// Record batches from a tabular source.
 pub type Batches = BoxStream<'static, Result<arrow::record_batch::RecordBatch, CopyError>>;
 
+/// Whether a CSV source's column types are inferred: if it asks for it (`--schema infer`,
+/// the default) and the sink stores types. A CSV sink gets the text as it was (no `1.50`
+/// turned into `1.5`), and PostgreSQL converts text to its columns' types itself, as `COPY`
+/// does.
+fn infers_types(source: &Endpoint, sink: &Endpoint) -> bool {
+    let asked = matches!(&source.format, Format::Csv(options) if options.schema == SchemaMode::Infer);
+    asked && sink.service.kind == ServiceType::Filesystem && matches!(sink.format, Format::Parquet | Format::JsonLines)
+}
+
 /// Reads `source` and writes it to `sink`'s staging location.
 pub async fn stage(
     attempt: &AttemptId,
@@ -166,7 +175,7 @@ pub async fn stage(
         return files::copy_binary(attempt, source, sink, counters).await;
     }
     let batches = match source.service.kind {
-        ServiceType::Filesystem => files::read_table(source, counters).await?,
+        ServiceType::Filesystem => files::read_table(source, counters, infers_types(source, sink)).await?,
         ServiceType::Postgres => postgres::read_table(source, counters).await?,
         ServiceType::Http => return Err(CopyError::fatal("an http linked service cannot be a copy source yet")),
     };

@@ -49,6 +49,27 @@ pub struct CsvOptions {
     /// Read: the files' text encoding, decoded to UTF-8.
     #[serde(default)]
     pub encoding: Encoding,
+    /// Read: whether column types are inferred or every column is text. Specs written
+    /// before inference existed read as `Text`, so a job queued across an upgrade copies
+    /// as it was submitted.
+    #[serde(default = "SchemaMode::before_inference")]
+    pub schema: SchemaMode,
+}
+
+/// How a CSV source's columns are typed (`--schema`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchemaMode {
+    /// From a sample of the values, when the sink stores types (Parquet, JSON Lines).
+    #[default]
+    Infer,
+    /// Every column is text.
+    Text,
+}
+
+impl SchemaMode {
+    fn before_inference() -> Self {
+        SchemaMode::Text
+    }
 }
 
 /// A CSV source's text encoding. Anything but UTF-8 is decoded as it is read, so a byte
@@ -71,6 +92,7 @@ impl Default for CsvOptions {
             quote: b'"',
             allow_empty: false,
             encoding: Encoding::Utf8,
+            schema: SchemaMode::Infer,
         }
     }
 }

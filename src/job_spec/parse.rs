@@ -6,6 +6,7 @@ use super::names::{self, Named};
 use super::paths::{self, RelPath};
 use super::{
     CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Encoding, Format, IfExists, JobSpec, Location, RetryPolicy,
+    SchemaMode,
 };
 use crate::connectors::ServiceType;
 
@@ -45,6 +46,8 @@ pub struct Submission {
     pub encoding: String,
     /// `overwrite`, `fail`, `skip`; empty: overwrite.
     pub if_exists: String,
+    /// A CSV source's column types: `infer` or `text`; empty: infer.
+    pub schema: String,
 }
 
 /// Which end of the job a dataset is; flags and messages are named after it.
@@ -86,12 +89,20 @@ impl Submission {
                 )));
             }
         };
+        let schema = match self.schema.to_ascii_lowercase().as_str() {
+            "" | "infer" => SchemaMode::Infer,
+            "text" => SchemaMode::Text,
+            other => {
+                return Err(invalid(format!("--schema '{other}' is not infer or text")));
+            }
+        };
         let csv = CsvOptions {
             header: !self.csv_no_header,
             delimiter,
             quote: b'"',
             allow_empty: self.allow_empty,
             encoding,
+            schema,
         };
         let if_exists = match self.if_exists.to_ascii_lowercase().as_str() {
             "" | "overwrite" => IfExists::Overwrite,
@@ -487,6 +498,28 @@ mod tests {
             "--if-exists skip applies to file sinks; rows copied to the table db:public.t are added to it"
         );
         with("db:public.t", "overwrite").parse(kinds).unwrap();
+    }
+
+    #[test]
+    fn schema_modes_are_named_or_refused() {
+        let with = |schema: &str| Submission {
+            schema: schema.into(),
+            ..submit("share:/in/a.csv", "share:/out/a.parquet")
+        };
+        let mode = |spec: JobSpec| match spec.source.format {
+            Format::Csv(options) => options.schema,
+            other => panic!("a csv source, not {other:?}"),
+        };
+        assert_eq!(mode(with("").parse(kinds).unwrap()), SchemaMode::Infer);
+        assert_eq!(mode(with("TEXT").parse(kinds).unwrap()), SchemaMode::Text);
+        assert_eq!(
+            with("guess").parse(kinds).unwrap_err().0,
+            "--schema 'guess' is not infer or text"
+        );
+        // A spec stored before inference existed keeps copying text.
+        let old = r#"{"header":true,"delimiter":44,"quote":34}"#;
+        let options: CsvOptions = serde_json::from_str(old).unwrap();
+        assert_eq!(options.schema, SchemaMode::Text);
     }
 
     #[test]

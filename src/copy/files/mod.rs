@@ -28,6 +28,7 @@
 
 mod binary;
 mod checksum;
+mod infer;
 mod paths;
 mod read;
 mod stage;
@@ -62,8 +63,10 @@ const IO_BUFFER: usize = 1 << 20;
 /// root) and yields their rows as record batches. Fails before yielding anything when no
 /// file matches or the files do not share one schema; a bad row ends the stream with an
 /// error naming its file and line.
-pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batches, CopyError> {
-    read::read_table(source, counters).await
+/// With `infer`, a CSV source's columns get the types a sample of their values has
+/// (`infer`); otherwise they are text.
+pub async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> Result<Batches, CopyError> {
+    read::read_table(source, counters, infer).await
 }
 
 /// Writes `batches` to a staging file next to the target file; [`Staged::publish`] renames

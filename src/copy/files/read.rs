@@ -40,16 +40,17 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::infer::{self, Inference, SAMPLE_ROWS};
 use super::paths::{Root, SourceFile, Walk, resolve_sources};
 use super::{BATCH_BYTES, BATCH_ROWS, BATCHES_IN_FLIGHT, IO_BUFFER, TableFormat, blocking, io_error};
 use crate::copy::{Batches, CopyError, Counters, CsvOptions, Endpoint};
 use crate::job_spec::Encoding;
 
-pub(super) async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batches, CopyError> {
+pub(super) async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> Result<Batches, CopyError> {
     let root = Root::of(source)?;
     let text = root.path_of(source)?.to_owned();
     let format = TableFormat::of(source)?;
-    let plan = blocking(move || Plan::make(root, &text, format)).await?;
+    let plan = blocking(move || Plan::make(root, &text, format, infer)).await?;
 
     let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
     let counters = counters.clone();
@@ -82,7 +83,10 @@ struct Plan {
     shown: String,
     format: TableFormat,
     inputs: Vec<Input>,
+    /// The schema of the batches sent on.
     schema: SchemaRef,
+    /// CSV with inferred types: the columns as read (all text), converted to `schema`'s.
+    text_schema: Option<SchemaRef>,
 }
 
 /// Why reading stopped early.
@@ -99,7 +103,8 @@ impl From<CopyError> for Stop {
 }
 
 impl Plan {
-    fn make(root: Root, text: &str, format: TableFormat) -> Result<Plan, CopyError> {
+    /// `infer`: a CSV source's column types are inferred from a sample (see `infer`).
+    fn make(root: Root, text: &str, format: TableFormat, infer: bool) -> Result<Plan, CopyError> {
         let sources = resolve_sources(&root, text, Walk::Table)?;
         let inputs: Vec<Input> = sources
             .files
@@ -115,6 +120,7 @@ impl Plan {
             format,
             inputs,
             schema: Arc::new(Schema::empty()),
+            text_schema: None,
         };
         let format = plan.format.clone();
         let schema = match &format {
@@ -123,7 +129,33 @@ impl Plan {
             TableFormat::JsonLines => json_schema(&mut plan.inputs)?,
         };
         plan.schema = Arc::new(schema);
+        if let TableFormat::Csv(options) = &format
+            && infer
+        {
+            let typed = Arc::new(plan.sample(options)?);
+            plan.text_schema = Some(std::mem::replace(&mut plan.schema, typed));
+        }
         Ok(plan)
+    }
+
+    /// The CSV columns with the types their first rows have, over the files in order.
+    fn sample(&self, options: &CsvOptions) -> Result<Schema, CopyError> {
+        let mut inference = Inference::new(self.schema.fields().len());
+        let mut record = csv::StringRecord::new();
+        for input in self.inputs.iter().filter(|i| !i.empty) {
+            let (mut reader, _) = csv_reader(input, options)?;
+            let failed = |e| csv_error(input, e, options.header);
+            if options.header {
+                reader.read_record(&mut record).map_err(failed)?;
+            }
+            while inference.rows < SAMPLE_ROWS && reader.read_record(&mut record).map_err(failed)? {
+                inference.observe(&record);
+            }
+            if inference.rows >= SAMPLE_ROWS {
+                break;
+            }
+        }
+        Ok(inference.apply(&self.schema))
     }
 
     /// Reads each file's schema and requires them to be the same; files without one (empty)
@@ -166,7 +198,13 @@ impl Plan {
                 Ok(())
             } else {
                 match &self.format {
-                    TableFormat::Csv(options) => read_csv(input, options, &self.schema, &mut emit, counters),
+                    TableFormat::Csv(options) => {
+                        let schemas = Schemas {
+                            text: self.text_schema.as_ref().unwrap_or(&self.schema),
+                            typed: self.text_schema.as_ref().map(|_| &self.schema),
+                        };
+                        read_csv(input, options, schemas, &mut emit, counters)
+                    }
                     TableFormat::JsonLines => read_json(input, &self.schema, &mut emit, counters),
                     TableFormat::Parquet => read_parquet(input, &self.schema, &mut emit, counters),
                 }
@@ -450,10 +488,37 @@ fn check_header(input: &Input, header: &csv::StringRecord) -> Result<(), CopyErr
     Ok(())
 }
 
+/// The schemas a CSV file is read with: its text columns, and the types they are converted
+/// to when types were inferred.
+#[derive(Clone, Copy)]
+struct Schemas<'a> {
+    text: &'a SchemaRef,
+    typed: Option<&'a SchemaRef>,
+}
+
+impl Schemas<'_> {
+    /// A batch of text columns as it is sent on; `lines` holds each row's first line.
+    fn batch(
+        self,
+        builders: Vec<StringBuilder>,
+        rows: usize,
+        lines: &mut Vec<u64>,
+        input: &Input,
+    ) -> Result<RecordBatch, CopyError> {
+        let text = string_batch(self.text, builders, rows, input)?;
+        let batch = match self.typed {
+            Some(typed) => infer::convert(text, typed, lines, &input.shown)?,
+            None => text,
+        };
+        lines.clear();
+        Ok(batch)
+    }
+}
+
 fn read_csv(
     input: &Input,
     options: &CsvOptions,
-    schema: &SchemaRef,
+    schemas: Schemas,
     emit: &mut dyn FnMut(RecordBatch) -> Result<(), Stop>,
     counters: &Counters,
 ) -> Result<(), Stop> {
@@ -466,7 +531,9 @@ fn read_csv(
     if options.header && reader.read_record(&mut record).map_err(failed)? {
         last = record.position().cloned();
     }
-    let columns = schema.fields().len();
+    let columns = schemas.text.fields().len();
+    // Only a conversion can fail on a row after it was read: then its line is needed.
+    let mut lines = Vec::with_capacity(if schemas.typed.is_some() { BATCH_ROWS } else { 0 });
     let new_builders = || -> Vec<StringBuilder> {
         (0..columns)
             .map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8))
@@ -481,6 +548,9 @@ fn read_csv(
             break;
         }
         last = record.position().cloned();
+        if schemas.typed.is_some() {
+            lines.push(last.as_ref().map_or(0, |p| p.line()));
+        }
         for (builder, field) in builders.iter_mut().zip(record.iter()) {
             if field.is_empty() {
                 builder.append_null();
@@ -491,7 +561,12 @@ fn read_csv(
         rows += 1;
         text += record.as_slice().len();
         if rows == BATCH_ROWS || text >= BATCH_BYTES {
-            let batch = string_batch(schema, std::mem::replace(&mut builders, new_builders()), rows, input)?;
+            let batch = schemas.batch(
+                std::mem::replace(&mut builders, new_builders()),
+                rows,
+                &mut lines,
+                input,
+            )?;
             let at = reader.position().byte();
             counters.add(rows as u64, at - counted, 0);
             counted = at;
@@ -501,7 +576,7 @@ fn read_csv(
     }
     check_last_record(input, options, last)?;
     if rows > 0 {
-        let batch = string_batch(schema, builders, rows, input)?;
+        let batch = schemas.batch(builders, rows, &mut lines, input)?;
         counters.add(rows as u64, 0, 0);
         emit(batch)?;
     }

@@ -15,7 +15,7 @@ use super::paths::is_staging_name;
 use crate::connectors::{ServiceSpec, ServiceType};
 use crate::copy::{
     AttemptId, Batches, Consistency, CopyError, Counters, CsvOptions, Endpoint, Format, IfExists, Location, Published,
-    Staged, stage,
+    SchemaMode, Staged, stage,
 };
 
 // --- helpers -----------------------------------------------------------------------------
@@ -32,6 +32,14 @@ fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
 
 fn csv() -> Format {
     Format::Csv(CsvOptions::default())
+}
+
+/// CSV read as text whatever the sink (`--schema text`).
+fn csv_text() -> Format {
+    Format::Csv(CsvOptions {
+        schema: SchemaMode::Text,
+        ..CsvOptions::default()
+    })
 }
 
 fn csv_with(delimiter: u8, quote: u8, header: bool) -> Format {
@@ -250,7 +258,7 @@ async fn csv_without_a_header_gets_numbered_columns() {
     .unwrap();
     assert_eq!(
         read(root, "out/raw.jsonl"),
-        "{\"column_1\":\"a\",\"column_2\":\"1\"}\n{\"column_1\":\"b\",\"column_2\":\"2\"}\n"
+        "{\"column_1\":\"a\",\"column_2\":1}\n{\"column_1\":\"b\",\"column_2\":2}\n"
     );
     copy(
         root,
@@ -272,7 +280,7 @@ async fn csv_with_a_byte_order_mark_keeps_its_first_column_name() {
     copy(root, "in/excel.csv", csv(), "out/excel.jsonl", Format::JsonLines)
         .await
         .unwrap();
-    assert_eq!(read(root, "out/excel.jsonl"), "{\"id\":\"1\",\"name\":\"x\"}\n");
+    assert_eq!(read(root, "out/excel.jsonl"), "{\"id\":1,\"name\":\"x\"}\n");
 }
 
 #[tokio::test]
@@ -285,9 +293,14 @@ async fn csv_to_json_lines_leaves_nulls_out() {
         .unwrap();
     assert_eq!(
         read(root, "out/a.jsonl"),
-        "{\"id\":\"1\",\"name\":\"Ann\"}\n{\"id\":\"2\",\"name\":\"Bo \\\"B\\\"\",\"city\":\"Oslo\"}\n"
+        "{\"id\":1,\"name\":\"Ann\"}\n{\"id\":2,\"name\":\"Bo \\\"B\\\"\",\"city\":\"Oslo\"}\n"
     );
     assert_eq!(report.rows, 2);
+    // --schema text keeps the values as they were written.
+    copy(root, "in/a.csv", csv_text(), "out/text.jsonl", Format::JsonLines)
+        .await
+        .unwrap();
+    assert!(read(root, "out/text.jsonl").starts_with("{\"id\":\"1\",\"name\":\"Ann\"}\n"));
 }
 
 #[tokio::test]
@@ -314,9 +327,13 @@ async fn json_lines_to_parquet_to_csv_round_trip_keeps_types_and_column_order() 
     assert_eq!(to_parquet.counted.0, 3);
 
     let counters = Counters::default();
-    let mut batches = super::read_table(&endpoint(root, "lake/events.parquet", Format::Parquet), &counters)
-        .await
-        .unwrap();
+    let mut batches = super::read_table(
+        &endpoint(root, "lake/events.parquet", Format::Parquet),
+        &counters,
+        false,
+    )
+    .await
+    .unwrap();
     let batch = batches.next().await.unwrap().unwrap();
     let schema = batch.schema();
     let columns: Vec<(&str, &DataType)> = schema
@@ -397,7 +414,7 @@ async fn many_rows_stream_in_bounded_batches() {
     }
     write(root, "in/rows.csv", &input);
     let counters = Counters::default();
-    let batches = super::read_table(&endpoint(root, "in/rows.csv", csv()), &counters)
+    let batches = super::read_table(&endpoint(root, "in/rows.csv", csv()), &counters, false)
         .await
         .unwrap();
     let sizes: Vec<usize> = batches.map(|b| b.unwrap().num_rows()).collect().await;
@@ -740,7 +757,7 @@ async fn files_with_different_schemas_are_refused() {
     // Same names, other types: text in one Parquet file, integers in the other.
     write(root, "p/src1.csv", "id\n1\n");
     write(root, "p/src2.jsonl", "{\"id\":2}\n");
-    copy(root, "p/src1.csv", csv(), "pq/1.parquet", Format::Parquet)
+    copy(root, "p/src1.csv", csv_text(), "pq/1.parquet", Format::Parquet)
         .await
         .unwrap();
     copy(root, "p/src2.jsonl", Format::JsonLines, "pq/2.parquet", Format::Parquet)
@@ -1138,7 +1155,7 @@ async fn binary_copy_of_a_missing_file_is_fatal() {
 // --- read back by tools we did not write --------------------------------------------------------
 
 /// `python3`, if it is installed and can import `module`; otherwise prints why the test is
-/// skipped.
+/// skipped, or under `CI=true` (where `.ci/run` installs them) fails.
 fn python_with(module: &str) -> Option<()> {
     let found = Command::new("python3")
         .args(["-c", &format!("import {module}")])
@@ -1148,6 +1165,9 @@ fn python_with(module: &str) -> Option<()> {
         Ok(_) => format!("python3 cannot import {module}"),
         Err(e) => format!("python3 is not available ({e})"),
     };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but {reason}: .ci/run must install it");
+    }
     println!("skipped: {reason}");
     None
 }
@@ -1209,6 +1229,95 @@ async fn csv_we_write_reads_back_identically_in_pythons_csv_module() {
         assert_eq!(rows[0], serde_json::json!(["id", "text"]));
         assert_eq!(rows[1..], expected[..], "delimiter {delimiter}, quote {quote}");
     }
+}
+
+/// A CSV with a column of each type inference knows, and a ZIP code that must stay text.
+const TYPED_CSV: &str = "id,amount,ok,day,at,at_utc,zip,note\n\
+    1,1.50,true,2026-12-01,2026-12-01 10:11:12,2026-12-01T10:11:12Z,02134,hello\n\
+    2,-3,FALSE,2026-12-02,2026-12-02T00:00:00.5,2026-12-02 01:00:00+01:00,10001,\n\
+    ,2.25e1,,,,,,\"quoted, text\"\n";
+
+#[tokio::test]
+async fn csv_column_types_are_inferred_as_duckdb_infers_them_and_read_back_as_such() {
+    if python_with("pyarrow").is_none() || python_with("duckdb").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "in/t.csv", TYPED_CSV);
+    copy(root, "in/t.csv", csv(), "lake/t.parquet", Format::Parquet)
+        .await
+        .unwrap();
+    let script = "import json, sys\n\
+                  import pyarrow.parquet as pq\n\
+                  t = pq.read_table(sys.argv[1])\n\
+                  show = lambda v: v.isoformat() if hasattr(v, 'isoformat') else v\n\
+                  rows = [{k: show(v) for k, v in r.items()} for r in t.to_pylist()]\n\
+                  print(json.dumps({'types': [[f.name, str(f.type)] for f in t.schema], 'rows': rows}))\n";
+    let got: serde_json::Value = serde_json::from_str(&python(script, &[&root.join("lake/t.parquet")])).unwrap();
+    assert_eq!(
+        got["types"],
+        serde_json::json!([
+            ["id", "int64"],
+            ["amount", "double"],
+            ["ok", "bool"],
+            ["day", "date32[day]"],
+            ["at", "timestamp[us]"],
+            ["at_utc", "timestamp[us, tz=UTC]"],
+            ["zip", "string"],
+            ["note", "string"]
+        ])
+    );
+    assert_eq!(
+        got["rows"],
+        serde_json::json!([
+            {"id": 1, "amount": 1.5, "ok": true, "day": "2026-12-01", "at": "2026-12-01T10:11:12",
+             "at_utc": "2026-12-01T10:11:12+00:00", "zip": "02134", "note": "hello"},
+            {"id": 2, "amount": -3.0, "ok": false, "day": "2026-12-02", "at": "2026-12-02T00:00:00.500000",
+             "at_utc": "2026-12-02T00:00:00+00:00", "zip": "10001", "note": null},
+            {"id": null, "amount": 22.5, "ok": null, "day": null, "at": null,
+             "at_utc": null, "zip": null, "note": "quoted, text"},
+        ])
+    );
+    // DuckDB reads our Parquet with the types its own CSV reader infers from the source.
+    let script = "import json, sys, duckdb\n\
+                  d = lambda q: [[c[0], c[1]] for c in duckdb.sql(q).fetchall()]\n\
+                  print(json.dumps([d(f\"DESCRIBE SELECT * FROM read_parquet('{sys.argv[1]}')\"),\n\
+                  \x20                 d(f\"DESCRIBE SELECT * FROM read_csv('{sys.argv[2]}')\")]))\n";
+    let out = python(script, &[&root.join("lake/t.parquet"), &root.join("in/t.csv")]);
+    let [ours, duckdbs]: [serde_json::Value; 2] = serde_json::from_str(&out).unwrap();
+    assert_eq!(ours, duckdbs);
+    assert_eq!(ours[5], serde_json::json!(["at_utc", "TIMESTAMP WITH TIME ZONE"]));
+
+    // --schema text keeps every column text.
+    copy(root, "in/t.csv", csv_text(), "lake/text.parquet", Format::Parquet)
+        .await
+        .unwrap();
+    let script = "import sys, pyarrow.parquet as pq\n\
+                  print(sorted(set(str(f.type) for f in pq.read_table(sys.argv[1]).schema)))\n";
+    assert_eq!(python(script, &[&root.join("lake/text.parquet")]).trim(), "['string']");
+}
+
+#[tokio::test]
+async fn a_value_that_contradicts_the_inferred_type_fails_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Past the sample: the first 20,480 rows say integer, a later one says otherwise.
+    let mut input = String::from("id,amount\n");
+    for i in 0..30_000 {
+        input.push_str(&format!("{i},{}\n", i * 3));
+    }
+    input.push_str("30000,\"n/a\nreally\"\n");
+    write(root, "in/late.csv", &input);
+    let e = fatal(copy(root, "in/late.csv", csv(), "out/late.parquet", Format::Parquet).await);
+    assert_eq!(
+        e,
+        "share:in/late.csv line 30002 column 'amount': 'n/a\\nreally' is not an integer (the type inferred from the first 20480 rows; --schema text copies every column as text)"
+    );
+    assert!(!root.join("out").exists(), "nothing staged or published");
+    // The same file to CSV keeps the text, so nothing contradicts anything.
+    copy(root, "in/late.csv", csv(), "out/late.csv", csv()).await.unwrap();
+    assert!(read(root, "out/late.csv") == input);
 }
 
 #[tokio::test]
