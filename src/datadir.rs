@@ -50,6 +50,11 @@ pub struct NodeConfig {
     /// `None` is the default, 2,000. Tests lower it to exercise snapshots quickly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_every_entries: Option<u64>,
+    /// The members' addresses in the authentication key this node registered with. Until
+    /// its state names any peer (it has applied nothing yet), the node sends its heartbeats
+    /// there: a node removed before it ever caught up learns of it from their refusal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first_peers: Vec<String>,
 }
 
 fn default_offline_timeout() -> u64 {

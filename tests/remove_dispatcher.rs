@@ -88,6 +88,37 @@ async fn a_node_removed_while_down_stops_once_restarted() {
     removed_while_away(Away::Down).await;
 }
 
+/// Found by the nemesis suite (seed 914205537): a node removed right after it was admitted,
+/// before the dispatcher had replicated anything to it, had applied no state, so it knew no
+/// peer to send heartbeats to and none could refuse it: it ran on for minutes, a member of
+/// nothing. Registered and removed before it is ever started is the same case, made
+/// certain: started, it must ask the members its key named, be refused, and stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_before_it_ever_ran_stops_once_started() {
+    let steps = common::Steps::new();
+    let tmp = common::tempdir();
+    let mut ir = common::local_ir(tmp.path(), common::free_port(2), 2);
+    let _logs = common::DumpLogsOnPanic::new(&ir);
+
+    steps.step("one node; a second registers but does not start");
+    ir.init(0, "early-removal-ir").await.expect("init");
+    ir.start(0).await.expect("start node1");
+    let key = ir
+        .wait_for("key1", Duration::from_secs(20), || async { ir.key1(0).await.ok() })
+        .await
+        .expect("key1");
+    ir.register(1, &key).await.expect("register node2");
+    let name = ir.nodes[1].name.clone();
+
+    steps.step(&format!("remove {name} before it ever ran"));
+    remove_node(&ir, 0, &name, "the removal of a node that never ran").await;
+
+    steps.step(&format!("start {name}: it stops by itself with status 3"));
+    ir.start(1).await.expect("start node2");
+    assert_eq!(ir.wait_exit(1, Duration::from_secs(20)).await, Some(3));
+    ir.stop_all().await;
+}
+
 enum Away {
     Paused,
     Down,

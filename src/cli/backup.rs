@@ -280,6 +280,7 @@ mod tests {
             offline_timeout_ms: 4000,
             concurrent_jobs_limit: None,
             snapshot_every_entries: None,
+            first_peers: Vec::new(),
         };
         Parts {
             config,

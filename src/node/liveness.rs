@@ -7,7 +7,7 @@
 //! heartbeat of another protocol version is refused: its load is not taken, and the node
 //! shows as Limited with the reason, rather than as Offline (it is up) or Online.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::handle::Node;
@@ -45,6 +45,10 @@ pub struct Liveness {
     /// Set once most peers refused this node's certificate as revoked in one heartbeat
     /// round: it was removed, though it may never have received the entries saying so.
     pub refused_as_revoked: std::sync::atomic::AtomicBool,
+    /// Peer addresses whose last connection, probed apart from the heartbeat round, ended
+    /// in the `certificate_revoked` alert; and the probes under way.
+    revoked_by: Arc<Mutex<HashSet<String>>>,
+    probing: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Default for Liveness {
@@ -60,6 +64,8 @@ impl Liveness {
             reachable: Mutex::default(),
             cpu: Mutex::new(sysload::cpu_sample()),
             refused_as_revoked: Default::default(),
+            revoked_by: Arc::default(),
+            probing: Arc::default(),
         }
     }
 
@@ -132,6 +138,43 @@ impl Liveness {
     }
 }
 
+/// One peer's answer to a heartbeat.
+struct Answer {
+    name: String,
+    address: String,
+    ok: bool,
+    /// Refused this node's certificate as revoked, and said so.
+    revoked: bool,
+    /// Closed the connection without saying why.
+    unclear: bool,
+}
+
+impl Liveness {
+    /// Probes each peer that closed on this node without a reason, apart from the round (a
+    /// probe may take a second; the round must not), one probe per peer at a time; a peer
+    /// that answers again is no longer counted as refusing.
+    fn probe_unclear(&self, node: &Node, answers: &[Answer]) {
+        let mut revoked_by = self.revoked_by.lock().expect("revoked_by lock");
+        let mut probing = self.probing.lock().expect("probing lock");
+        for answer in answers {
+            if answer.ok {
+                revoked_by.remove(&answer.address);
+            }
+            if !answer.unclear || !probing.insert(answer.address.clone()) {
+                continue;
+            }
+            let (address, tls) = (answer.address.clone(), node.peers.tls());
+            let (revoked_by, probing) = (self.revoked_by.clone(), self.probing.clone());
+            tokio::spawn(async move {
+                if crate::transport::client::refuses_as_revoked(&address, tls).await {
+                    revoked_by.lock().expect("revoked_by lock").insert(address.clone());
+                }
+                probing.lock().expect("probing lock").remove(&address);
+            });
+        }
+    }
+}
+
 /// Sends this node's load to every peer once per interval, until `until`. When the node
 /// begins to shut down it sends at once (its limit is 0 from then: no more jobs for it),
 /// and goes on until `until` so that its peers do not take it for Offline while it drains.
@@ -148,13 +191,18 @@ pub async fn heartbeat_loop(node: Arc<Node>, until: tokio_util::sync::Cancellati
         let load = node.liveness.own_load(&node);
         node.liveness.record(&node.config.name, load.clone());
         let me = node.id();
-        let peers: Vec<(String, String)> = node.read_state(|s| {
+        let mut peers: Vec<(String, String)> = node.read_state(|s| {
             s.nodes
                 .values()
                 .filter(|n| n.id != me)
                 .map(|n| (n.name.clone(), n.address.clone()))
                 .collect()
         });
+        // Nothing applied yet (a node just registered, or removed before it caught up, to
+        // which the dispatcher no longer replicates): ask the members its key named.
+        if peers.is_empty() {
+            peers = node.config.first_peers.iter().map(|a| (a.clone(), a.clone())).collect();
+        }
         let calls = peers.into_iter().map(|(name, address)| {
             let request = proto::HeartbeatRequest {
                 name: node.config.name.clone(),
@@ -166,21 +214,40 @@ pub async fn heartbeat_loop(node: Arc<Node>, until: tokio_util::sync::Cancellati
             async move {
                 let answer = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request)).await;
                 let revoked = matches!(&answer, Ok(Err(e)) if crate::pki::tls::refused_as_revoked(e));
-                (name, matches!(answer, Ok(Ok(_))), revoked)
+                // Connected, then closed: perhaps refused after the handshake (see
+                // `refuses_as_revoked`), which only a probe can tell.
+                let unclear = !revoked
+                    && matches!(&answer, Ok(Err(e)) if matches!(e.code(), tonic::Code::Cancelled | tonic::Code::Unavailable)
+                        && !crate::transport::client::never_connected(e));
+                Answer {
+                    name,
+                    address,
+                    ok: matches!(answer, Ok(Ok(_))),
+                    revoked,
+                    unclear,
+                }
             }
         });
         let answers = futures::future::join_all(calls).await;
+        node.liveness.probe_unclear(&node, &answers);
         // A node removed while it could not hear the dispatcher (partitioned, paused, far
-        // behind) never receives its revocation nor the membership change: the dispatcher no
-        // longer replicates to it. Peers refusing its certificate as revoked tell it instead;
-        // a majority of them, so that no single peer can stop it (node::run stops on this).
-        let refusals = answers.iter().filter(|(_, _, revoked)| *revoked).count();
+        // behind, or before it ever caught up) never receives its revocation nor the
+        // membership change: the dispatcher no longer replicates to it. Peers refusing its
+        // certificate as revoked tell it instead; a majority of them, so that no single peer
+        // can stop it (node::run stops on this).
+        let refusals = {
+            let revoked_by = node.liveness.revoked_by.lock().expect("revoked_by lock");
+            answers
+                .iter()
+                .filter(|a| a.revoked || revoked_by.contains(&a.address))
+                .count()
+        };
         if refusals > 0 && refusals * 2 > answers.len() {
             node.liveness
                 .refused_as_revoked
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let reached: Vec<(String, bool)> = answers.into_iter().map(|(name, ok, _)| (name, ok)).collect();
+        let reached: Vec<(String, bool)> = answers.into_iter().map(|a| (a.name, a.ok)).collect();
         let mut reachable = node.liveness.reachable.lock().expect("reachable lock");
         // openraft's own per-retry logs are off by default; one line per change says the same.
         for (name, ok) in &reached {

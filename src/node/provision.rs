@@ -63,6 +63,7 @@ impl Addresses {
             offline_timeout_ms: DEFAULT_OFFLINE_TIMEOUT_MS,
             concurrent_jobs_limit: None,
             snapshot_every_entries: None,
+            first_peers: Vec::new(),
         }
     }
 }
@@ -254,7 +255,13 @@ pub async fn register(dir: &DataDir, name: &str, addrs: &Addresses, auth_key: &s
     if pki::spki_pin(reply.ca_cert_pem.as_bytes())? != key.ca_pin {
         bail!("the IR answered with a CA that does not match the authentication key's pin; nothing written");
     }
-    let config = addrs.node_config(&key.ir_id, &reply.ir_name, reply.node_id, name);
+    let mut config = addrs.node_config(&key.ir_id, &reply.ir_name, reply.node_id, name);
+    config.first_peers = key
+        .endpoints
+        .iter()
+        .filter(|e| **e != addrs.advertise)
+        .cloned()
+        .collect();
     let data_key =
         DataKey::from_bytes(&reply.data_key).map_err(|e| anyhow!("the IR sent a malformed data key: {e}"))?;
     let created = dir.create()?;

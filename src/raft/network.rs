@@ -40,6 +40,11 @@ impl Peers {
         }
     }
 
+    /// The client configuration (this node's certificate) its connections use.
+    pub fn tls(&self) -> Arc<ClientConfig> {
+        self.tls.clone()
+    }
+
     pub fn channel(&self, address: &str) -> Channel {
         let mut map = self.channels.lock().expect("peers lock");
         map.entry(address.to_string())

@@ -39,6 +39,32 @@ pub async fn connect_tls(address: &str, config: Arc<ClientConfig>) -> io::Result
     })?
 }
 
+/// Whether the member at `address` refuses `config`'s certificate as revoked. In TLS 1.3 the
+/// server judges the client's certificate after the client has finished its handshake, so
+/// its `certificate_revoked` alert is the first thing the client reads on what looked like
+/// an open connection; through a channel, a request sees only "connection closed". Here the
+/// handshake is followed by one read, which returns the alert itself.
+pub async fn refuses_as_revoked(address: &str, config: Arc<ClientConfig>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(name) = server_name(address) else { return false };
+    let probe = async {
+        let tcp = TcpStream::connect(address).await?;
+        let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+        let mut byte = [0u8; 1];
+        tls.read(&mut byte).await.map(|_| ())
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
+        Ok(Err(e)) => matches!(
+            e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRevoked
+            ))
+        ),
+        // Answered, closed without an alert, or silent: not a revocation.
+        _ => false,
+    }
+}
+
 /// A TCP connect plus TLS handshake that did not complete within `CONNECT_TIMEOUT`: nothing
 /// was sent on it.
 #[derive(Debug, thiserror::Error)]
