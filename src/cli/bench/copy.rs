@@ -157,6 +157,73 @@ async fn file_copy(ir: &LocalIr, share: &Path, file: &str, binary: bool, say: &d
     }))
 }
 
+/// CSV → Parquet with inferred column types against the same copy with `--schema text`
+/// (what inference costs) and against DuckDB's `COPY (FROM read_csv(…)) TO '….parquet'`,
+/// which infers the same types, when python3 has `duckdb`.
+async fn csv_to_parquet(ir: &LocalIr, share: &Path, say: &dyn Fn(&str)) -> Result<Value> {
+    let src = share.join("in/big.csv");
+    let bytes = std::fs::metadata(&src)?.len();
+    let duckdb = Process::new("python3")
+        .args(["-c", "import duckdb"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let (mut inferred, mut text, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        for (schema, times) in [("infer", &mut inferred), ("text", &mut text)] {
+            settle()?;
+            let request = proto::JobSubmitRequest {
+                source: "share:/in/big.csv".into(),
+                sink: format!("share:/out/{round}-{schema}.parquet"),
+                schema: schema.into(),
+                ..Default::default()
+            };
+            times.push(time_job(ir, request).await?.0);
+        }
+        if duckdb {
+            let out = share.join(format!("cp-out/{round}-duckdb.parquet"));
+            settle()?;
+            let started = Instant::now();
+            let script = "import sys, duckdb\n\
+                          duckdb.sql(f\"COPY (FROM read_csv('{sys.argv[1]}')) TO '{sys.argv[2]}' (FORMAT parquet)\")\n\
+                          import os; fd = os.open(sys.argv[2], os.O_RDONLY); os.fsync(fd)\n";
+            let ok = Process::new("python3")
+                .args(["-c", script])
+                .arg(&src)
+                .arg(&out)
+                .status()?
+                .success();
+            if !ok {
+                bail!("duckdb failed to copy {} to Parquet", src.display());
+            }
+            theirs.push(started.elapsed());
+        }
+    }
+    let (inferred, text) = (best(&inferred), best(&text));
+    let cost = mib_per_s(bytes, inferred) / mib_per_s(bytes, text);
+    let mut line = format!(
+        "  csv -> parquet {:>4.0} MiB  inferred types {:>6.1} MiB/s   --schema text {:>6.1} MiB/s   inferred/text {cost:.2}",
+        bytes as f64 / 1048576.0,
+        mib_per_s(bytes, inferred),
+        mib_per_s(bytes, text)
+    );
+    let duckdb = (!theirs.is_empty()).then(|| best(&theirs));
+    if let Some(d) = duckdb {
+        line += &format!(
+            "   duckdb {:>6.1} MiB/s   shir/duckdb {:.2}",
+            mib_per_s(bytes, d),
+            mib_per_s(bytes, inferred) / mib_per_s(bytes, d)
+        );
+    } else {
+        line += "   (duckdb: python3 has no duckdb module)";
+    }
+    say(&line);
+    Ok(json!({
+        "bytes": bytes, "inferred_s": inferred.as_secs_f64(), "text_s": text.as_secs_f64(),
+        "ratio_inferred_to_text": cost, "duckdb_s": duckdb.map(|d| d.as_secs_f64()),
+        "ratio_shir_to_duckdb": duckdb.map(|d| mib_per_s(bytes, inferred) / mib_per_s(bytes, d)),
+    }))
+}
+
 /// PostgreSQL table → CSV against `psql -c "\copy … to …"`, on the server `SHIR_TEST_PG` names.
 async fn postgres_copy(ir: &LocalIr, share: &Path, rows: u64, say: &dyn Fn(&str)) -> Result<Option<Value>> {
     let Ok(conn) = std::env::var("SHIR_TEST_PG") else {
@@ -279,8 +346,9 @@ pub async fn run(ir: &mut LocalIr, work: &Path, size_mib: u64, say: &dyn Fn(&str
     ));
     let binary = file_copy(ir, &share, "big.bin", true, say).await?;
     let csv = file_copy(ir, &share, "big.csv", false, say).await?;
+    let parquet = csv_to_parquet(ir, &share, say).await?;
     let postgres = postgres_copy(ir, &share, csv_rows.min(5_000_000), say).await?;
     say("\njob latency");
     let latency = latency(ir, &share, 200, say).await?;
-    Ok(json!({"binary": binary, "csv": csv, "postgres": postgres, "latency": latency}))
+    Ok(json!({"binary": binary, "csv": csv, "csv_to_parquet": parquet, "postgres": postgres, "latency": latency}))
 }
