@@ -241,6 +241,26 @@ async fn remove_ghosts(load: &Workload, hosts: &Mutex<Hosts>) {
     }
 }
 
+/// Every job a node lists, page by page: `job list` answers at most 1,000 jobs at a time,
+/// oldest first, and a 30-minute run submits thousands.
+async fn all_jobs(load: &Workload, endpoint: &str) -> Result<Vec<serde_json::Value>, history::Result> {
+    let mut jobs: Vec<serde_json::Value> = Vec::new();
+    loop {
+        let mut args = vec!["job", "list", "--limit", "1000"];
+        let last = jobs.last().and_then(|j| j["id"].as_str()).map(str::to_string);
+        if let Some(last) = &last {
+            args.extend(["--after", last.as_str()]);
+        }
+        let page = load.cli.json(endpoint, &args, None).await?;
+        let page = page.as_array().cloned().unwrap_or_default();
+        let full = page.len() == 1000;
+        jobs.extend(page);
+        if !full {
+            return Ok(jobs);
+        }
+    }
+}
+
 /// Waits (up to two minutes) until no job is Queued or Running.
 async fn wait_jobs_final(load: &Workload) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -248,10 +268,8 @@ async fn wait_jobs_final(load: &Workload) {
         let Some(via) = load.members.list().into_iter().next() else {
             return;
         };
-        if let Ok(list) = load.cli.json(&via.1, &["job", "list"], None).await
-            && list
-                .as_array()
-                .is_some_and(|jobs| jobs.iter().all(|j| j["state"] != "Queued" && j["state"] != "Running"))
+        if let Ok(jobs) = all_jobs(load, &via.1).await
+            && jobs.iter().all(|j| j["state"] != "Queued" && j["state"] != "Running")
         {
             return;
         }
@@ -271,15 +289,8 @@ async fn observe(load: &Workload, probe: &CredentialProbe, share: &Path, names: 
         if let Ok(status) = load.cli.json(&endpoint, &["status"], None).await {
             seen.status.insert(node.clone(), read_status(&status));
         }
-        if let Ok(list) = load.cli.json(&endpoint, &["job", "list"], None).await {
-            let jobs = list
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(job_view)
-                .collect();
-            seen.jobs.insert(node.clone(), jobs);
+        if let Ok(jobs) = all_jobs(load, &endpoint).await {
+            seen.jobs.insert(node.clone(), jobs.iter().map(job_view).collect());
         }
         if let Ok(keys) = load.cli.json(&endpoint, &["key", "show"], None).await {
             let key = |k: &str| workload::key_secret(keys[k].as_str().unwrap_or_default());
