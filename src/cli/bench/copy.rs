@@ -184,6 +184,7 @@ async fn csv_to_parquet(ir: &LocalIr, share: &Path, say: &dyn Fn(&str)) -> Resul
             settle()?;
             let started = Instant::now();
             let script = "import sys, duckdb\n\
+                          duckdb.sql('SET enable_progress_bar = false')\n\
                           duckdb.sql(f\"COPY (FROM read_csv('{sys.argv[1]}')) TO '{sys.argv[2]}' (FORMAT parquet)\")\n\
                           import os; fd = os.open(sys.argv[2], os.O_RDONLY); os.fsync(fd)\n";
             let ok = Process::new("python3")
