@@ -21,6 +21,17 @@ async fn remove_node(ir: &LocalIr, via: usize, name: &str, what: &str) {
     assert!(out.contains("revoked_serial"), "{out}");
 }
 
+/// A one-node IR named `ir_name` on node 1, and node 2 registered with its key (not started).
+async fn register_second(ir: &mut LocalIr, ir_name: &str) {
+    ir.init(0, ir_name).await.expect("init");
+    ir.start(0).await.expect("start node1");
+    let key = ir
+        .wait_for("key1", Duration::from_secs(20), || async { ir.key1(0).await.ok() })
+        .await
+        .expect("key1");
+    ir.register(1, &key).await.expect("register node2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_can_remove_itself() {
     let steps = common::Steps::new();
@@ -29,13 +40,7 @@ async fn the_dispatcher_can_remove_itself() {
     let _logs = common::DumpLogsOnPanic::new(&ir);
 
     steps.step("two nodes");
-    ir.init(0, "remove-ir").await.expect("init");
-    ir.start(0).await.expect("start node1");
-    let key = ir
-        .wait_for("key1", Duration::from_secs(20), || async { ir.key1(0).await.ok() })
-        .await
-        .expect("key1");
-    ir.register(1, &key).await.expect("register node2");
+    register_second(&mut ir, "remove-ir").await;
     ir.start(1).await.expect("start node2");
     ir.wait_all_online(0, Duration::from_secs(30)).await.expect("online");
     let dispatcher = ir.dispatcher(0).await.expect("dispatcher");
@@ -101,13 +106,7 @@ async fn a_node_removed_before_it_ever_ran_stops_once_started() {
     let _logs = common::DumpLogsOnPanic::new(&ir);
 
     steps.step("one node; a second registers but does not start");
-    ir.init(0, "early-removal-ir").await.expect("init");
-    ir.start(0).await.expect("start node1");
-    let key = ir
-        .wait_for("key1", Duration::from_secs(20), || async { ir.key1(0).await.ok() })
-        .await
-        .expect("key1");
-    ir.register(1, &key).await.expect("register node2");
+    register_second(&mut ir, "early-removal-ir").await;
     let name = ir.nodes[1].name.clone();
 
     steps.step(&format!("remove {name} before it ever ran"));

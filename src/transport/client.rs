@@ -18,14 +18,18 @@ use crate::pki::tls::server_name;
 pub use crate::timing::CONNECT_TIMEOUT;
 use crate::timing::{CHANNEL_KEEPALIVE_INTERVAL, CHANNEL_KEEPALIVE_TIMEOUT};
 
+/// TCP to `address` and a TLS handshake with `config`, its errors as rustls gave them.
+async fn handshake(address: &str, config: Arc<ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
+    let name = server_name(address).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let tcp = TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
 /// Opens TCP to `address` (`host:port`) and completes a TLS handshake with `config`.
 pub async fn connect_tls(address: &str, config: Arc<ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
-    let name = server_name(address).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let handshake = async {
-        let tcp = TcpStream::connect(address).await?;
-        tcp.set_nodelay(true)?;
-        TlsConnector::from(config)
-            .connect(name, tcp)
+        handshake(address, config)
             .await
             .map_err(|e| io::Error::new(e.kind(), crate::pki::tls::describe_tls_error(&e)))
     };
@@ -46,10 +50,8 @@ pub async fn connect_tls(address: &str, config: Arc<ClientConfig>) -> io::Result
 /// handshake is followed by one read, which returns the alert itself.
 pub async fn refuses_as_revoked(address: &str, config: Arc<ClientConfig>) -> bool {
     use tokio::io::AsyncReadExt;
-    let Ok(name) = server_name(address) else { return false };
     let probe = async {
-        let tcp = TcpStream::connect(address).await?;
-        let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+        let mut tls = handshake(address, config).await?;
         let mut byte = [0u8; 1];
         tls.read(&mut byte).await.map(|_| ())
     };
