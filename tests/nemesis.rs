@@ -42,8 +42,11 @@ async fn faults_lose_nothing_and_break_no_promise() {
         Some(seed) => vec![seed],
         None => vec![FIXED_SEED, rand::random::<u32>() as u64],
     };
+    // A long run can be given a copy of the binary, so that rebuilding the tree meanwhile
+    // does not change the nodes it restarts.
+    let shir = std::env::var("SHIR_NEMESIS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_shir").to_string());
     for seed in seeds {
-        let outcome = suite::run(seed, Duration::from_secs(secs), env!("CARGO_BIN_EXE_shir"))
+        let outcome = suite::run(seed, Duration::from_secs(secs), &shir)
             .await
             .unwrap_or_else(|e| panic!("nemesis run with seed {seed} could not complete: {e:#}"));
         assert!(

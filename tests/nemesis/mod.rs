@@ -330,8 +330,13 @@ async fn observe(load: &Workload, probe: &CredentialProbe, share: &Path, names: 
             if path.is_dir() {
                 stack.push(path);
             } else if let (Ok(rel), Ok(bytes)) = (path.strip_prefix(share), std::fs::read(&path)) {
-                seen.files
-                    .insert(rel.to_string_lossy().into_owned(), workload::sha256(&bytes));
+                let rel = rel.to_string_lossy().into_owned();
+                if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                    use std::os::unix::fs::MetadataExt;
+                    seen.changed_ms
+                        .insert(rel.clone(), meta.ctime() * 1000 + meta.ctime_nsec() / 1_000_000);
+                }
+                seen.files.insert(rel, workload::sha256(&bytes));
             }
         }
     }

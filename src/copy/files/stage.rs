@@ -5,8 +5,9 @@
 //! sees the old file or the new one, never a torn one — then fsyncs the directories so that
 //! the renames survive a crash. A later attempt of the same job that publishes again
 //! replaces the target with its own complete copy: either way the target holds exactly one
-//! complete file. Publishing also removes staging files that earlier attempts of the job
-//! left behind when their worker died.
+//! complete file. Publishing first removes the staging files of the job's earlier attempts:
+//! left behind by a worker that died, or still held by one that lives on after its node was
+//! judged offline, which can then no longer rename anything over the target.
 //!
 //! Under `--if-exists fail|skip` a target that was there before the job must be left alone,
 //! but one that an earlier attempt of the same job published must still be replaced, or a
@@ -113,9 +114,20 @@ impl StagedFiles {
             self.discard_now();
             return Err(e);
         }
-        let mut dirs = BTreeSet::new();
-        let mut published = Published::default();
         let files = std::mem::take(&mut self.files);
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.target.parent().map(Path::to_path_buf))
+            .collect();
+        // The fence against an earlier attempt that is still alive (its node paused or cut
+        // off, and judged offline): its staging files go before this attempt renames, so a
+        // rename it makes from now on fails, and the target ends as this attempt's file,
+        // not as whichever rename came last. (Its permission to publish is not revoked where
+        // it runs; only the file system can stop it.)
+        for dir in &dirs {
+            sweep_earlier_attempts(dir, &self.attempt);
+        }
+        let mut published = Published::default();
         for (i, file) in files.iter().enumerate() {
             let done = match self.if_exists {
                 IfExists::Overwrite => fs::rename(&file.temp, &file.target).map(|()| true),
@@ -142,9 +154,6 @@ impl StagedFiles {
                 }
                 return Err(e);
             }
-            if let Some(dir) = file.target.parent() {
-                dirs.insert(dir.to_path_buf());
-            }
         }
         for dir in &dirs {
             sync_dir(dir).map_err(|e| {
@@ -152,6 +161,7 @@ impl StagedFiles {
                 let shown = shown.map(|f| f.shown.as_str()).unwrap_or("the target directory");
                 io_error(format!("cannot make the publish of {shown} durable"), &e)
             })?;
+            // Again: an earlier attempt still staging may have added files since.
             sweep_earlier_attempts(dir, &self.attempt);
         }
         Ok(published)

@@ -840,6 +840,37 @@ async fn publishing_twice_or_from_two_attempts_leaves_one_complete_file() {
     assert!(read(root, "out/a.csv") == input);
 }
 
+/// The fence against an attempt thought dead that still runs: once a later attempt begins
+/// publishing, the earlier one's staging files are gone, in every directory, even if the
+/// later publish stops half way; the target ends as the later attempt's file.
+#[tokio::test]
+async fn an_earlier_attempt_cannot_publish_once_a_later_one_began() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "in/a.bin", "old a");
+    write(root, "in/b.bin", "old b");
+    let (earlier, _) = copy_as(1, root, "in/", Format::Binary, "out/", Format::Binary)
+        .await
+        .unwrap();
+    write(root, "in/a.bin", "new a");
+    write(root, "in/b.bin", "new b");
+    let (later, _) = copy_as(2, root, "in/", Format::Binary, "out/", Format::Binary)
+        .await
+        .unwrap();
+    // The later publish fails at its second file (say, a disk error): it has renamed one.
+    let second = staging_files(&root.join("out"))
+        .into_iter()
+        .filter(|f| f.contains("-2.tmp"))
+        .max()
+        .unwrap();
+    fs::remove_file(root.join("out").join(&second)).unwrap();
+    assert!(later.publish().await.is_err());
+    let refused = fatal(earlier.publish().await);
+    assert!(refused.contains("its staging file is gone"), "{refused}");
+    assert_eq!(listing(&root.join("out")), ["a.bin"]);
+    assert_eq!(read(root, "out/a.bin"), "new a");
+}
+
 #[tokio::test]
 async fn if_exists_fail_and_skip_leave_a_file_that_was_there_alone_but_replace_the_jobs_own() {
     let dir = tempfile::tempdir().unwrap();
