@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::client::Target;
 use super::output::{rfc3339_secs, table};
 use super::print_json;
+use crate::connectors::{self, ServiceType};
 use crate::proto;
 use crate::secrets::SecretString;
 
@@ -22,13 +23,18 @@ pub enum LinkedServiceCommand {
     #[command(
         after_help = "Types and their fields:\n  postgres    --host, --database, --user [--port 5432] [--password-stdin]\n  \
 filesystem  --root (an absolute path on every node)\n  http        --url [--user] [--password-stdin] (uses `shir settings proxy`; a password needs an https:// URL, \
-or --set insecure_http=true)\n\n\
-Example: echo \"$PW\" | shir linked-service create warehouse --type postgres --host db --database sales --user etl --password-stdin"
+or --set insecure_http=true)\n  \
+s3          --set bucket=, region=, access_key_id= [endpoint=, path_style=true|false] --secret-stdin secret_access_key [--secret-file session_token=F]\n  \
+azure-blob  --set account=, container= [endpoint=] --secret-stdin account_key (or sas_token)\n  \
+gcs         --set bucket= [endpoint=] --secret-file service_account_key=sa.json\n\n\
+Object stores are reached through `shir settings proxy` when one is set.\n\n\
+Examples:\n  echo \"$PW\" | shir linked-service create warehouse --type postgres --host db --database sales --user etl --password-stdin\n  \
+echo \"$SECRET\" | shir linked-service create lake --type s3 --set bucket=raw --set region=eu-west-1 --set access_key_id=AKIA... --secret-stdin secret_access_key"
     )]
     Create {
         /// Name of the linked service.
         name: String,
-        /// postgres, filesystem or http (not needed with --encrypted-credential).
+        /// postgres, filesystem, http, s3, azure-blob or gcs (not needed with --encrypted-credential).
         #[arg(long = "type", value_name = "TYPE", required_unless_present = "encrypted_credential")]
         kind: Option<String>,
         #[command(flatten)]
@@ -208,6 +214,20 @@ pub struct FieldArgs {
     /// Read the password from standard input (first line).
     #[arg(long)]
     password_stdin: bool,
+    /// Read the secret field FIELD from standard input (first line), e.g. --secret-stdin secret_access_key.
+    #[arg(long, value_name = "FIELD", conflicts_with = "password_stdin")]
+    secret_stdin: Option<String>,
+    /// Read the secret field FIELD from the file PATH, whole (a key file, a PEM certificate); repeatable.
+    #[arg(long = "secret-file", value_name = "FIELD=PATH")]
+    secret_file: Vec<String>,
+}
+
+/// Whether `name` is a secret field of some type: its value must not come on a command line,
+/// where every user of the machine can read it.
+fn is_secret_field(name: &str) -> bool {
+    ServiceType::ALL
+        .iter()
+        .any(|kind| connectors::schema(*kind).iter().any(|f| f.secret && f.name == name))
 }
 
 impl FieldArgs {
@@ -234,12 +254,36 @@ impl FieldArgs {
             if name == "password" {
                 bail!("give the password with --password-stdin, not on the command line");
             }
+            if is_secret_field(name) {
+                bail!(
+                    "field '{name}' is secret: give it with --secret-stdin {name} or --secret-file {name}=PATH, not on the command line"
+                );
+            }
             fields.insert(name.to_string(), value.to_string());
         }
         let mut secrets = HashMap::new();
         if self.password_stdin {
             let password = read_secret_stdin("password")?;
             secrets.insert("password".to_string(), password.expose().to_string());
+        }
+        if let Some(name) = self.secret_stdin {
+            let value = read_secret_stdin(&name)?;
+            secrets.insert(name, value.expose().to_string());
+        }
+        for pair in self.secret_file {
+            let (name, path) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--secret-file takes FIELD=PATH, got '{pair}'"))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read --secret-file {name}={path}"))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            if text.is_empty() {
+                bail!("--secret-file {name}={path}: the file is empty");
+            }
+            if secrets.insert(name.to_string(), text.to_string()).is_some() {
+                bail!("secret field '{name}' is given twice");
+            }
         }
         Ok(proto::LinkedServiceSpec {
             r#type: kind.to_string(),
@@ -542,6 +586,8 @@ impl FieldArgs {
         .any(|f| f.is_some())
             || !self.set.is_empty()
             || self.password_stdin
+            || self.secret_stdin.is_some()
+            || !self.secret_file.is_empty()
     }
 }
 

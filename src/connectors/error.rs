@@ -52,6 +52,10 @@ pub enum SpecError {
          network in clear); use an https:// URL, or set insecure_http=true to accept that"
     )]
     PasswordOverPlainHttp,
+    #[error("azure-blob linked service: give one of the secrets account_key or sas_token, not both")]
+    AzureCredential,
+    #[error("gcs linked service: field 'service_account_key' is not a service account's JSON key: {why}")]
+    NotAServiceAccountKey { why: &'static str },
 }
 
 /// What is wrong with one field's value; the text completes "field 'x' …".
@@ -65,6 +69,8 @@ pub enum ValueError {
     HostWithPort(String),
     #[error("is not a host name or IP address: '{0}'")]
     NotAHost(String),
+    #[error("is true or false, not '{0}'")]
+    NotABool(String),
     #[error(transparent)]
     Url(#[from] UrlError),
 }
@@ -155,6 +161,9 @@ pub enum ProbeError {
     /// An answer that is not a usable HTTP response head.
     #[error("{detail}")]
     BadResponse { detail: String },
+    /// An object store refused or could not be reached; `detail` names it and says why.
+    #[error("{detail}")]
+    ObjectStore { detail: String },
     /// The server answered with a status that is not success; `hint` says what to check.
     #[error("{request}: {status}{hint}")]
     Refused {
@@ -175,6 +184,7 @@ impl ProbeError {
             DirUnreadable { dir, detail } | DirUnlistable { dir, detail } => vec![dir, detail],
             ProbeFileLeft { dir, file, detail } => vec![dir, file, detail],
             FilesystemTaskLost { detail } | PostgresConnect { detail } | BadResponse { detail } => vec![detail],
+            ObjectStore { detail } => vec![detail],
             NoTrustedRoots { detail } | TlsSetup { detail } => vec![detail],
             PostgresQuery {
                 at,

@@ -9,6 +9,7 @@
 mod error;
 mod filesystem;
 mod http;
+pub(crate) mod objects;
 pub(crate) mod postgres;
 
 use std::collections::BTreeMap;
@@ -31,17 +32,47 @@ pub enum ServiceType {
     Filesystem,
     /// An HTTP endpoint, reached through the IR's proxy when one is set.
     Http,
+    /// An S3 bucket, or one of an S3-compatible store.
+    S3,
+    /// An Azure Blob Storage container (ADLS Gen2 accounts through their blob endpoint).
+    #[serde(rename = "azure-blob")]
+    AzureBlob,
+    /// A Google Cloud Storage bucket.
+    Gcs,
 }
 
 impl ServiceType {
-    pub const ALL: [ServiceType; 3] = [ServiceType::Postgres, ServiceType::Filesystem, ServiceType::Http];
+    pub const ALL: [ServiceType; 6] = [
+        ServiceType::Postgres,
+        ServiceType::Filesystem,
+        ServiceType::Http,
+        ServiceType::S3,
+        ServiceType::AzureBlob,
+        ServiceType::Gcs,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceType::Postgres => "postgres",
             ServiceType::Filesystem => "filesystem",
             ServiceType::Http => "http",
+            ServiceType::S3 => "s3",
+            ServiceType::AzureBlob => "azure-blob",
+            ServiceType::Gcs => "gcs",
         }
+    }
+
+    /// Whether datasets on it are files named by paths (a share, a bucket, a container).
+    pub fn holds_files(self) -> bool {
+        matches!(
+            self,
+            ServiceType::Filesystem | ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs
+        )
+    }
+
+    /// Whether it is an object store (reached over HTTP, objects named by keys).
+    pub fn is_object_store(self) -> bool {
+        matches!(self, ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs)
     }
 
     /// Parses a type name as operators write it; the error lists the known types.
@@ -74,6 +105,8 @@ pub enum FieldKind {
     Path,
     /// An `http://` or `https://` URL.
     Url,
+    /// `true` or `false`.
+    Bool,
 }
 
 /// One field of a linked-service type.
@@ -148,6 +181,9 @@ pub fn schema(kind: ServiceType) -> &'static [FieldSpec] {
         ServiceType::Postgres => postgres::FIELDS,
         ServiceType::Filesystem => filesystem::FIELDS,
         ServiceType::Http => http::FIELDS,
+        ServiceType::S3 => objects::S3_FIELDS,
+        ServiceType::AzureBlob => objects::AZURE_FIELDS,
+        ServiceType::Gcs => objects::GCS_FIELDS,
     }
 }
 
@@ -229,6 +265,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
 
     match kind {
         ServiceType::Http => http::check(spec),
+        ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => objects::check(spec),
         ServiceType::Postgres | ServiceType::Filesystem => Ok(()),
     }
 }
@@ -246,6 +283,8 @@ fn check_kind(field: &FieldSpec, value: &str) -> Result<(), ValueError> {
         FieldKind::Path => Err(ValueError::NotAbsolute(value.to_owned())),
         // The URL itself is not repeated: it may carry a token in its query.
         FieldKind::Url => http::Url::parse(value).map(|_| ()).map_err(ValueError::Url),
+        FieldKind::Bool if value == "true" || value == "false" => Ok(()),
+        FieldKind::Bool => Err(ValueError::NotABool(value.to_owned())),
     }
 }
 
@@ -280,6 +319,10 @@ pub fn fields_secrets_go_to(kind: ServiceType) -> &'static [&'static str] {
     match kind {
         ServiceType::Postgres => &["host", "port", "user"],
         ServiceType::Http => &["url", "user"],
+        // The signatures of S3 and Azure keys are not the keys, but a session token or a SAS
+        // token travels as it is, and a GCS key's tokens go to the endpoint.
+        ServiceType::S3 | ServiceType::Gcs => &["endpoint"],
+        ServiceType::AzureBlob => &["endpoint", "account"],
         ServiceType::Filesystem => &[],
     }
 }
@@ -309,6 +352,7 @@ async fn probe_within(spec: &ServiceSpec, proxy: Option<&ProxyConfig>, limit: Du
             ServiceType::Postgres => postgres::probe(spec, limit).await,
             ServiceType::Filesystem => filesystem::probe(spec).await,
             ServiceType::Http => http::probe(spec, proxy, None).await,
+            ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => objects::probe(spec, proxy).await,
         }
     };
     let outcome = match tokio::time::timeout(limit, work).await {
@@ -343,6 +387,7 @@ fn target(spec: &ServiceSpec, proxy: Option<&ProxyConfig>) -> String {
         ServiceType::Postgres => postgres::target(spec),
         ServiceType::Filesystem => filesystem::target(spec),
         ServiceType::Http => http::target(spec, proxy),
+        ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => objects::target(spec),
     }
 }
 

@@ -12,6 +12,7 @@
 //! they are.
 
 pub mod files;
+mod objects;
 pub mod postgres;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ pub use crate::job_spec::{Consistency, CsvOptions, Format, IfExists, Location, S
 
 /// One end of a copy as a worker sees it: the linked service's definition with its secrets
 /// unsealed for this run, and the place within it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Endpoint {
     /// The linked service's name, for messages.
     pub service_name: String,
@@ -35,6 +36,8 @@ pub struct Endpoint {
     pub format: Format,
     /// A sink's rule for a file that was there before the job; sources ignore it.
     pub if_exists: IfExists,
+    /// The IR's proxy, for the stores reached over HTTP.
+    pub proxy: Option<crate::connectors::ProxyConfig>,
 }
 
 /// Which attempt of which job this is: staging names and PostgreSQL's idempotency record
@@ -167,21 +170,33 @@ pub async fn stage(
 ) -> Result<Staged, CopyError> {
     let binary = matches!(source.format, Format::Binary) || matches!(sink.format, Format::Binary);
     if binary {
-        if source.service.kind != ServiceType::Filesystem || sink.service.kind != ServiceType::Filesystem {
+        let (from, to) = (source.service.kind, sink.service.kind);
+        if !from.holds_files() || !to.holds_files() {
             return Err(CopyError::fatal(
-                "a binary copy needs filesystem linked services on both sides",
+                "a binary copy needs file shares or object stores on both sides",
             ));
         }
-        return files::copy_binary(attempt, source, sink, counters).await;
+        if from == ServiceType::Filesystem && to == ServiceType::Filesystem {
+            return files::copy_binary(attempt, source, sink, counters).await;
+        }
+        return objects::copy_binary(attempt, source, sink, counters).await;
     }
     let batches = match source.service.kind {
         ServiceType::Filesystem => files::read_table(source, counters, infers_types(source, sink)).await?,
         ServiceType::Postgres => postgres::read_table(source, counters).await?,
         ServiceType::Http => return Err(CopyError::fatal("an http linked service cannot be a copy source yet")),
+        ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
+            return Err(CopyError::fatal(
+                "object stores take binary copies so far (--binary); tables (CSV, JSON Lines, Parquet) on them are not built yet",
+            ));
+        }
     };
     match sink.service.kind {
         ServiceType::Filesystem => files::write_table(attempt, sink, batches, counters).await,
         ServiceType::Postgres => postgres::write_table(attempt, sink, batches, counters).await,
         ServiceType::Http => Err(CopyError::fatal("an http linked service cannot be a copy sink")),
+        ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => Err(CopyError::fatal(
+            "object stores take binary copies so far (--binary); tables (CSV, JSON Lines, Parquet) on them are not built yet",
+        )),
     }
 }

@@ -182,8 +182,9 @@ impl Submission {
             )));
         }
         match kind {
-            ServiceType::Filesystem => {
-                // Paths are under the service's root; a leading '/' means the root itself.
+            ServiceType::Filesystem | ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
+                // Paths are under the service's root (a bucket's or container's top, for an
+                // object store); a leading '/' means the root itself.
                 let path = rest.trim_start_matches('/');
                 // The worker's own rule, so that a path it would refuse never enters the log.
                 let checked = match role {
@@ -210,7 +211,7 @@ impl Submission {
                 }
                 if self.binary {
                     return Err(invalid(
-                        "--binary copies files: both ends must be filesystem linked services",
+                        "--binary copies files: both ends must be file shares or object stores",
                     ));
                 }
                 let named = names::parse_table(rest).map_err(|why| invalid(format!("--{role_name}: {why}")))?;

@@ -111,7 +111,14 @@ fn endpoint(node: &Node, side: &DatasetRef, if_exists: IfExists) -> Result<Endpo
         .read_state(|s| s.linked_services.get(&side.service).cloned())
         .ok_or_else(|| AttemptError::UnknownService(side.service.clone()))?;
     let spec = service.unseal(&node.data_key, &ir.id).map_err(AttemptError::Unseal)?;
+    let proxy = match node.read_state(|s| s.proxy.clone()) {
+        Some(sealed) if spec.kind.is_object_store() => {
+            Some(sealed.unseal(&node.data_key, &ir.id).map_err(AttemptError::Unseal)?)
+        }
+        _ => None,
+    };
     Ok(Endpoint {
+        proxy,
         service_name: side.service.clone(),
         service: spec,
         location: side.location.clone(),

@@ -37,7 +37,7 @@ use super::checksum::Checksum;
 use super::paths::{
     Root, SourceFile, SourceKind, Target, Walk, create_dirs, rel_path, rel_to_path, resolve_sources, staging_name,
 };
-use super::stage::{DiscardOnDrop, StagedFile, StagedFiles};
+use super::stage::{StagedFile, StagedFiles};
 use super::{IO_BUFFER, blocking, io_error};
 use crate::copy::{AttemptId, Consistency, CopyError, Counters, Endpoint, IfExists, Staged};
 
@@ -207,7 +207,7 @@ impl Plan {
                 sink.checksum
             )));
         }
-        let staged = copied.staged.disarm();
+        let staged = copied.staged;
         Ok(Staged::new(
             0,
             copied.bytes,
@@ -227,7 +227,7 @@ impl Plan {
         source_jobs: SyncSender<HashJob>,
         sink_jobs: SyncSender<HashJob>,
     ) -> Result<Copied, Stopped> {
-        let mut staged = DiscardOnDrop(Some(StagedFiles::new(attempt, self.if_exists)));
+        let mut staged = StagedFiles::new(attempt, self.if_exists);
         let mut ready_dirs: HashSet<PathBuf> = HashSet::new();
         let mut buffer: Vec<u8> = Vec::new();
         let (mut total, mut files) = (0u64, 0usize);
@@ -249,7 +249,7 @@ impl Plan {
 
             let dir = target.path.parent().expect("a target lies under the root");
             if !ready_dirs.contains(dir) {
-                create_dirs(sink_root, dir, &mut staged.get().created_dirs)?;
+                create_dirs(sink_root, dir, &mut staged.created_dirs)?;
                 ready_dirs.insert(dir.to_path_buf());
             }
             if target.path.is_dir() {
@@ -269,7 +269,7 @@ impl Plan {
                 .truncate(true)
                 .open(&temp)
                 .map_err(|e| io_error(format!("cannot create the staging file for {}", target.shown), &e))?;
-            staged.get().add(
+            staged.add(
                 &output,
                 StagedFile {
                     temp,
@@ -378,7 +378,7 @@ impl From<CopyError> for Stopped {
 struct Copied {
     bytes: u64,
     files: usize,
-    staged: DiscardOnDrop,
+    staged: StagedFiles,
 }
 
 /// A stretch of a file for a hasher: `from` to `to`, or to its end.

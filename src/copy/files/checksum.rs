@@ -19,7 +19,7 @@ use twox_hash::XxHash3_128;
 pub(super) const ALGORITHM: &str = "xxh3-128";
 
 /// A running checksum over a sequence of byte stretches.
-pub(super) struct Checksum(XxHash3_128);
+pub(crate) struct Checksum(XxHash3_128);
 
 impl Checksum {
     pub fn new() -> Self {

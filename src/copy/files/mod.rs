@@ -27,6 +27,7 @@
 //!   source file that changed while it was copied (`io_error`).
 
 mod binary;
+mod bridge;
 mod checksum;
 mod infer;
 mod paths;
@@ -41,6 +42,9 @@ use std::fmt::Display;
 use std::io;
 
 use super::{AttemptId, Batches, CopyError, Counters, Endpoint, Format, Staged};
+
+pub(crate) use bridge::{FileSink, ListedFile, list_binary};
+pub(crate) use checksum::Checksum;
 
 /// Rows per record batch: large enough that per-batch costs (a channel hop, a CSV flush, a
 /// Parquet page check) vanish, small enough that a batch of a few dozen text columns stays
@@ -123,7 +127,7 @@ impl TableFormat {
 /// retrying would only delay the error. Transient: a full disk or quota (space can be
 /// freed, another node's disk may have room), a stale handle, a timeout or any other I/O
 /// error, which on a network share is usually the share rather than the data.
-fn io_error(what: impl Display, e: &io::Error) -> CopyError {
+pub(crate) fn io_error(what: impl Display, e: &io::Error) -> CopyError {
     use io::ErrorKind::*;
     let message = format!("{what}: {e}");
     match e.kind() {
@@ -137,7 +141,7 @@ fn io_error(what: impl Display, e: &io::Error) -> CopyError {
 
 /// Runs blocking file work off the async runtime: a hung network share then stalls one
 /// blocking thread, not the runtime that serves RPCs and heartbeats.
-async fn blocking<T, F>(work: F) -> Result<T, CopyError>
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T, CopyError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, CopyError> + Send + 'static,

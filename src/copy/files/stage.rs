@@ -164,17 +164,23 @@ impl StagedFiles {
             // Again: an earlier attempt still staging may have added files since.
             sweep_earlier_attempts(dir, &self.attempt);
         }
+        // The directories made hold the published files now.
+        self.created_dirs.clear();
         Ok(published)
     }
 
     /// Removes the staging files and the directories made for them; the targets are left
     /// as they were. Best effort: what cannot be removed now a later publish sweeps.
-    pub fn discard_now(self) {
-        for file in &self.files {
+    pub fn discard_now(mut self) {
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        for file in std::mem::take(&mut self.files) {
             let _ = fs::remove_file(&file.temp);
         }
         // Innermost first; `remove_dir` leaves a directory that something else has filled.
-        for dir in self.created_dirs.iter().rev() {
+        for dir in std::mem::take(&mut self.created_dirs).iter().rev() {
             let _ = fs::remove_dir(dir);
         }
     }
@@ -229,24 +235,11 @@ impl StagedOutput for StagedFiles {
     }
 }
 
-/// Discards staged work unless disarmed: an error or a cancelled copy (its future dropped,
-/// its channel closed) must not leave staging files behind.
-pub(super) struct DiscardOnDrop(pub Option<StagedFiles>);
-
-impl DiscardOnDrop {
-    pub fn get(&mut self) -> &mut StagedFiles {
-        self.0.as_mut().expect("staged files are present until disarmed")
-    }
-
-    pub fn disarm(mut self) -> StagedFiles {
-        self.0.take().expect("staged files are present until disarmed")
-    }
-}
-
-impl Drop for DiscardOnDrop {
+impl Drop for StagedFiles {
+    /// Staged files neither published nor discarded are removed: an error or a cancelled
+    /// copy (its future dropped, its channel closed), or an attempt superseded just as its
+    /// copy finished, whose result is dropped unread, must not leave staging files behind.
     fn drop(&mut self) {
-        if let Some(staged) = self.0.take() {
-            staged.discard_now();
-        }
+        self.clear();
     }
 }

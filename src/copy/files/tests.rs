@@ -27,6 +27,7 @@ fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
         location: Location::Path(path.into()),
         format,
         if_exists: Default::default(),
+        proxy: None,
     }
 }
 
@@ -946,6 +947,28 @@ async fn if_exists_fail_and_skip_leave_a_file_that_was_there_alone_but_replace_t
     assert_eq!(
         (read(root, "copy/x.bin"), read(root, "copy/y.bin")),
         ("old x".into(), "new y".into())
+    );
+}
+
+/// An attempt superseded just as its copy finished drops the staged output it was handed,
+/// neither publishing nor discarding it: that must leave nothing either (a nemesis run found
+/// such a staging file left over).
+#[tokio::test]
+async fn a_staged_copy_dropped_unpublished_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "in/a.csv", "id\n1\n");
+    write(root, "in/b.bin", "bytes");
+    let (table, _) = copy_as(1, root, "in/a.csv", csv(), "out/a.csv", csv()).await.unwrap();
+    let (files, _) = copy_as(1, root, "in/b.bin", Format::Binary, "bin/", Format::Binary)
+        .await
+        .unwrap();
+    assert_eq!(staging_files(&root.join("out")).len(), 1);
+    drop((table, files));
+    assert!(
+        !root.join("out").exists() && !root.join("bin").exists(),
+        "{:?}",
+        listing(root)
     );
 }
 

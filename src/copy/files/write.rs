@@ -23,7 +23,7 @@ use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
 use super::paths::{Root, Target, create_dirs, sink_file, staging_name};
-use super::stage::{DiscardOnDrop, StagedFile, StagedFiles};
+use super::stage::{StagedFile, StagedFiles};
 use super::{BATCHES_IN_FLIGHT, IO_BUFFER, TableFormat, io_error};
 use crate::copy::{AttemptId, Batches, Consistency, CopyError, Counters, Endpoint, IfExists, Staged};
 
@@ -124,8 +124,8 @@ fn write_staging(
     let shown = &target.shown;
     let dir = target.path.parent().expect("a sink file lies under the root");
     let name = target.path.file_name().expect("a sink path names a file");
-    let mut staged = DiscardOnDrop(Some(StagedFiles::new(attempt, if_exists)));
-    create_dirs(root, dir, &mut staged.get().created_dirs)?;
+    let mut staged = StagedFiles::new(attempt, if_exists);
+    create_dirs(root, dir, &mut staged.created_dirs)?;
     if target.path.is_dir() {
         return Err(CopyError::fatal(format!(
             "{shown} is a directory; a table is written to a file"
@@ -141,7 +141,7 @@ fn write_staging(
         .truncate(true)
         .open(&temp)
         .map_err(|e| io_error(format!("cannot create the staging file for {shown}"), &e))?;
-    staged.get().add(
+    staged.add(
         &file,
         StagedFile {
             temp,
@@ -174,7 +174,7 @@ fn write_staging(
     Ok(Written {
         rows,
         bytes,
-        staged: staged.disarm(),
+        staged: staged,
     })
 }
 

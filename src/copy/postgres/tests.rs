@@ -38,6 +38,7 @@ impl Db {
             // PostgreSQL ignores the format.
             format: Format::Csv(CsvOptions::default()),
             if_exists: Default::default(),
+            proxy: None,
         }
     }
 
@@ -683,6 +684,7 @@ async fn unreachable_servers_are_transient_and_wrong_passwords_fatal_never_shown
         },
         format: Format::Parquet,
         if_exists: Default::default(),
+        proxy: None,
     };
 
     let err = read_table(&endpoint(closed), &Counters::default()).await.err().unwrap();
