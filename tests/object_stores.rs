@@ -37,9 +37,9 @@ async fn submit(ir: &LocalIr, name: &str, source: &str, sink: &str) -> String {
     j["id"].as_str().expect("an id").to_string()
 }
 
-async fn wait_end(ir: &LocalIr, id: &str) -> Value {
+async fn wait_end(ir: &LocalIr, via: usize, id: &str) -> Value {
     common::eventually(&format!("job {id} to end"), Duration::from_secs(90), || async {
-        let out = shir_on(ir, 0, &["job", "show", id, "--json"], None).await?;
+        let out = shir_on(ir, via, &["job", "show", id, "--json"], None).await?;
         let j: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
         match j["state"].as_str() {
             Some("Succeeded" | "Failed" | "Cancelled") => Ok(j),
@@ -271,7 +271,7 @@ async fn binary_jobs_copy_to_s3_and_azure_blob_exactly_once() {
     tokio::time::sleep(Duration::from_millis(HOLD_MS / 3)).await;
     let i = ir.nodes.iter().position(|n| n.name == node).expect("the node runs");
     ir.kill(i).await.expect("the worker is killed");
-    let j = wait_end(&ir, &held).await;
+    let j = wait_end(&ir, (i + 1) % 3, &held).await;
     assert_eq!(j["state"], "Succeeded", "{j}");
     assert!(j["attempt"].as_u64().unwrap() >= 2, "{j}");
     ir.start(i).await.expect("the node restarts");
@@ -286,14 +286,14 @@ for o in s3.list_objects_v2(Bucket="raw").get("Contents", []):
     ))
     .unwrap();
     assert_eq!(
-        objects, "archive/in/a.txt 6 5891b5b522d5\narchive/in/sub/b.bin 300000 19bd5a3a4fbd",
+        objects, "archive/in/a.txt 6 5891b5b522d5\narchive/in/sub/b.bin 300000 08f166476de1",
         "exactly one copy of each file"
     );
     steps.step("share -> s3 through a worker kill");
 
     // S3 → Azure Blob → share, each read back.
     let id = submit(&ir, "to-blob", "lake:/archive/", "blob:/copied/").await;
-    assert_eq!(wait_end(&ir, &id).await["state"], "Succeeded");
+    assert_eq!(wait_end(&ir, 0, &id).await["state"], "Succeeded");
     let blobs = python(&format!(
         "{}\nprint(sorted((b.name, b.size) for b in container.list_blobs()))",
         azurite.sdk("landing")
@@ -301,7 +301,7 @@ for o in s3.list_objects_v2(Bucket="raw").get("Contents", []):
     .unwrap();
     assert_eq!(blobs, "[('copied/in/a.txt', 6), ('copied/in/sub/b.bin', 300000)]");
     let id = submit(&ir, "back", "blob:/copied/in/", "share:/restored/").await;
-    let j = wait_end(&ir, &id).await;
+    let j = wait_end(&ir, 0, &id).await;
     assert_eq!(j["state"], "Succeeded", "{j}");
     assert_eq!(
         std::fs::read(share.join("restored/sub/b.bin")).unwrap(),
@@ -314,7 +314,7 @@ for o in s3.list_objects_v2(Bucket="raw").get("Contents", []):
 
     // A glob that matches nothing fails the job with one line naming it.
     let id = submit(&ir, "nothing", "lake:/nothing/*.bin", "share:/none/").await;
-    let j = wait_end(&ir, &id).await;
+    let j = wait_end(&ir, 0, &id).await;
     assert_eq!(j["state"], "Failed", "{j}");
     assert!(
         j["error"]
