@@ -69,7 +69,7 @@ async fn linked_service_passwords_never_appear_in_clear() {
     let _logs = common::DumpLogsOnPanic::new(&ir);
     ir.form("hygiene-ir").await.expect("three nodes form an IR");
     let tag = hex::encode(shir::secrets::SecretBytes::random(8).expose());
-    let sentinels: Vec<String> = (1..=5).map(|n| format!("Sentinel{n}-{tag}-pw")).collect();
+    let sentinels: Vec<String> = (1..=6).map(|n| format!("Sentinel{n}-{tag}-pw")).collect();
 
     steps.step("a PostgreSQL role whose password is the sentinel, if a server is available");
     let pg = common::test_postgres();
@@ -231,6 +231,66 @@ async fn linked_service_passwords_never_appear_in_clear() {
         .await
         .expect_err("closed proxy");
 
+    steps.step("object-store secrets, from standard input and from a file");
+    s.run(
+        0,
+        &[
+            "linked-service",
+            "create",
+            "lake",
+            "--type",
+            "s3",
+            "--set",
+            "bucket=b",
+            "--set",
+            "region=r",
+            "--set",
+            "endpoint=http://127.0.0.1:9",
+            "--set",
+            "access_key_id=AK",
+            "--secret-stdin",
+            "secret_access_key",
+        ],
+        Some(&line(4)),
+    )
+    .await
+    .expect("s3 service");
+    // Outside the directory searched below: the file is the operator's, not shir's.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let sas_file = elsewhere.path().join("sas.txt");
+    std::fs::write(&sas_file, line(5)).unwrap();
+    s.run(
+        1,
+        &[
+            "linked-service",
+            "create",
+            "blob",
+            "--type",
+            "azure-blob",
+            "--set",
+            "account=acct",
+            "--set",
+            "container=c",
+            "--set",
+            "endpoint=http://127.0.0.1:9/acct",
+            "--secret-file",
+            &format!("sas_token={}", sas_file.display()),
+        ],
+        None,
+    )
+    .await
+    .expect("azure-blob service");
+    drop(elsewhere);
+    for name in ["lake", "blob"] {
+        s.run(2, &["linked-service", "show", name, "--json"], None)
+            .await
+            .expect("show");
+        // Nothing listens on port 9: the error must not carry the secret.
+        s.run(2, &["linked-service", "test", name], None)
+            .await
+            .expect_err("closed port");
+    }
+
     steps.step("restart a node, fail the dispatcher over, use the credentials again");
     let mut outputs = std::mem::take(&mut s.outputs);
     drop(s);
@@ -274,7 +334,7 @@ async fn linked_service_passwords_never_appear_in_clear() {
 
     steps.step("search every file and every output");
     let mut needles = Vec::new();
-    for secret in &sentinels[..4] {
+    for secret in &sentinels[..6] {
         needles.extend(forms(secret));
     }
     let mut files = Vec::new();
