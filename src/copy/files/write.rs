@@ -171,11 +171,7 @@ fn write_staging(
         .metadata()
         .map_err(|e| io_error(format!("cannot read the staging file for {shown}"), &e))?
         .len();
-    Ok(Written {
-        rows,
-        bytes,
-        staged: staged,
-    })
+    Ok(Written { rows, bytes, staged })
 }
 
 /// The encoder of one staging file; made on the first batch, which brings the schema.

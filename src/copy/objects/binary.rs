@@ -225,7 +225,7 @@ fn parse_mtime(text: &str) -> Option<SystemTime> {
 enum Out {
     Files {
         sink: Arc<Mutex<FileSink>>,
-        sum: Checksum,
+        sum: Box<Checksum>,
         bytes: u64,
     },
     Objects {
@@ -283,7 +283,7 @@ impl Out {
         let opened = blocking(move || FileSink::open(&attempt, &sink, single)).await?;
         Ok(Out::Files {
             sink: Arc::new(Mutex::new(opened)),
-            sum: Checksum::new(),
+            sum: Box::new(Checksum::new()),
             bytes: 0,
         })
     }
@@ -323,14 +323,14 @@ impl Out {
                     .await
                     .map_err(|e| io_error(format!("cannot write {shown}"), &e))?;
                 let file = file.into_inner().into_std().await;
-                let mut local = std::mem::replace(sum, Checksum::new());
+                let mut local = std::mem::replace(sum.as_mut(), Checksum::new());
                 let (local, read) = blocking(move || {
                     FileSink::seal(&file, modified, &shown)?;
                     let read = read_back(&file, &mut local, &shown)?;
                     Ok((local, read))
                 })
                 .await?;
-                *sum = local;
+                **sum = local;
                 *bytes += read;
                 Ok(())
             }

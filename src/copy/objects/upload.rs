@@ -142,10 +142,10 @@ impl Upload {
 
     async fn abort(mut self) {
         self.in_flight.abort_all();
-        if let Some(mut upload) = self.upload.take() {
-            if let Err(e) = upload.abort().await {
-                tracing::warn!(object = %self.shown, error = %super::store::describe(&e), "could not abort an upload; the store keeps its parts until its own clean-up");
-            }
+        if let Some(mut upload) = self.upload.take()
+            && let Err(e) = upload.abort().await
+        {
+            tracing::warn!(object = %self.shown, error = %super::store::describe(&e), "could not abort an upload; the store keeps its parts until its own clean-up");
         }
     }
 }
