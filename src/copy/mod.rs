@@ -158,7 +158,7 @@ pub type Batches = BoxStream<'static, Result<arrow::record_batch::RecordBatch, C
 /// does.
 fn infers_types(source: &Endpoint, sink: &Endpoint) -> bool {
     let asked = matches!(&source.format, Format::Csv(options) if options.schema == SchemaMode::Infer);
-    asked && sink.service.kind == ServiceType::Filesystem && matches!(sink.format, Format::Parquet | Format::JsonLines)
+    asked && sink.service.kind.holds_files() && matches!(sink.format, Format::Parquet | Format::JsonLines)
 }
 
 /// Reads `source` and writes it to `sink`'s staging location.
@@ -186,17 +186,15 @@ pub async fn stage(
         ServiceType::Postgres => postgres::read_table(source, counters).await?,
         ServiceType::Http => return Err(CopyError::fatal("an http linked service cannot be a copy source yet")),
         ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
-            return Err(CopyError::fatal(
-                "object stores take binary copies so far (--binary); tables (CSV, JSON Lines, Parquet) on them are not built yet",
-            ));
+            objects::read_table(source, counters, infers_types(source, sink)).await?
         }
     };
     match sink.service.kind {
         ServiceType::Filesystem => files::write_table(attempt, sink, batches, counters).await,
         ServiceType::Postgres => postgres::write_table(attempt, sink, batches, counters).await,
         ServiceType::Http => Err(CopyError::fatal("an http linked service cannot be a copy sink")),
-        ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => Err(CopyError::fatal(
-            "object stores take binary copies so far (--binary); tables (CSV, JSON Lines, Parquet) on them are not built yet",
-        )),
+        ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
+            objects::write_table(attempt, sink, batches, counters).await
+        }
     }
 }

@@ -193,7 +193,7 @@ impl Item {
 }
 
 /// A file read in chunks of `READ_CHUNK`.
-fn file_chunks(file: tokio::fs::File, shown: String) -> BoxStream<'static, Result<Bytes, CopyError>> {
+pub(super) fn file_chunks(file: tokio::fs::File, shown: String) -> BoxStream<'static, Result<Bytes, CopyError>> {
     futures::stream::try_unfold((file, shown), |(mut file, shown)| async move {
         let mut buffer = BytesMut::with_capacity(READ_CHUNK);
         while buffer.len() < READ_CHUNK {
@@ -373,11 +373,11 @@ fn read_back(file: &std::fs::File, sum: &mut Checksum, shown: &str) -> Result<u6
     }
 }
 
-fn path_of(endpoint: &Endpoint) -> Result<String, CopyError> {
+pub(super) fn path_of(endpoint: &Endpoint) -> Result<String, CopyError> {
     match &endpoint.location {
         Location::Path(text) => Ok(text.clone()),
         _ => Err(CopyError::fatal(format!(
-            "{}: a binary copy takes a path, not a table or a query",
+            "{}: an object store takes a path (a key, a prefix or a glob), not a table or a query",
             endpoint.service_name
         ))),
     }

@@ -7,6 +7,7 @@
 //!   without wildcards is the object of that key if there is one, else a prefix.
 //! * **Binary copies** (`binary`) stream each object or file through, in parts, between any
 //!   two of a share, a bucket and a container, hashing the source as it is read.
+//! * **Tables** (`tables`) go through a local spool and the share's own readers and writer.
 //! * **Writing** (`upload`) is a multipart upload per object (S3's multipart upload,
 //!   Azure's block list, GCS's XML multipart upload), whose parts go up during the copy and
 //!   which is completed only at publish: nothing is visible at the key before the attempt
@@ -18,6 +19,7 @@
 
 mod binary;
 mod keys;
+mod tables;
 mod upload;
 
 #[cfg(test)]
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 pub use binary::copy_binary;
+pub use tables::{read_table, write_table};
 
 use super::{CopyError, Endpoint};
 use crate::connectors::objects as store;

@@ -351,3 +351,83 @@ async fn store_errors_are_one_line_that_names_the_store_and_shows_no_secret() {
     let missing = connectors::probe(&s3.spec("nope"), None).await.unwrap_err().to_string();
     assert!(missing.contains("NoSuchBucket"), "{missing}");
 }
+
+fn with_format(endpoint: Endpoint, format: Format) -> Endpoint {
+    Endpoint { format, ..endpoint }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_on_s3_are_read_and_written_by_the_rules_of_a_share() {
+    let Some(s3) = ThrowawayS3::start() else { return };
+    s3.create_bucket("raw");
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("in")).unwrap();
+    let mut csv = String::from("id,amount,day\n");
+    for i in 0..5000 {
+        csv.push_str(&format!("{i},{}.25,2026-12-{:02}\n", i * 3, i % 28 + 1));
+    }
+    fs::write(dir.path().join("in/orders.csv"), &csv).unwrap();
+    let csv_format = Format::Csv(Default::default());
+    let lake = |path: &str, format: Format| with_format(endpoint("lake", s3.spec("raw"), path), format);
+    let share_at = |path: &str, format: Format| with_format(share(dir.path(), path), format);
+
+    // A share's CSV to Parquet on S3, types inferred; pyarrow reads what boto3 downloads.
+    let staged = copy(
+        1,
+        &share_at("in/orders.csv", csv_format.clone()),
+        &lake("lake/orders.parquet", Format::Parquet),
+    )
+    .await
+    .unwrap();
+    assert_eq!(boto3_objects(&s3, "raw", ""), "", "nothing is visible before publish");
+    assert_eq!(staged.rows, 5000);
+    staged.publish().await.unwrap();
+    let read = python(&format!(
+        r#"{}
+import io, pyarrow.parquet as pq
+t = pq.read_table(io.BytesIO(s3.get_object(Bucket="raw", Key="lake/orders.parquet")["Body"].read()))
+print(t.num_rows, [str(f.type) for f in t.schema], t.column("amount")[1].as_py())
+"#,
+        s3.boto3()
+    ));
+    match read {
+        Ok(read) => assert_eq!(read, "5000 ['int64', 'double', 'date32[day]'] 3.25"),
+        Err(e) if e.contains("No module named 'pyarrow'") && std::env::var("CI").is_err() => {
+            eprintln!("skipped the pyarrow read-back: pyarrow is not installed");
+        }
+        Err(e) => panic!("{e}"),
+    }
+
+    // And back: Parquet on S3 to a CSV on the share, the same values.
+    copy(
+        2,
+        &lake("lake/orders.parquet", Format::Parquet),
+        &share_at("back/orders.csv", csv_format.clone()),
+    )
+    .await
+    .unwrap()
+    .publish()
+    .await
+    .unwrap();
+    assert_eq!(fs::read_to_string(dir.path().join("back/orders.csv")).unwrap(), csv);
+
+    // A malformed CSV on S3 fails with its object and line, as on a share.
+    python(&format!(
+        "{}\ns3.put_object(Bucket=\"raw\", Key=\"bad/x.csv\", Body=b\"a,b\\n1,2\\n3\\n\")",
+        s3.boto3()
+    ))
+    .unwrap();
+    let e = copy(
+        3,
+        &lake("bad/*.csv", csv_format),
+        &share_at("out/x.parquet", Format::Parquet),
+    )
+    .await
+    .err()
+    .expect("a short row fails the copy");
+    assert!(
+        !e.retryable && e.message.contains("lake:bad/x.csv line 3"),
+        "{}",
+        e.message
+    );
+}
