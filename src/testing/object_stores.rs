@@ -253,3 +253,62 @@ impl Drop for ThrowawayAzurite {
         let _ = self.child.wait();
     }
 }
+
+/// tinyproxy (Debian's package), with Basic authentication, logging each request it carries.
+pub struct ThrowawayProxy {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub log: PathBuf,
+}
+
+impl ThrowawayProxy {
+    pub fn start() -> Option<ThrowawayProxy> {
+        let Some(tinyproxy) = std::env::var_os("SHIR_TEST_TINYPROXY")
+            .map(PathBuf::from)
+            .or_else(|| on_path("tinyproxy"))
+        else {
+            return missing("tinyproxy is not installed (apt-get install tinyproxy)");
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = dir.path().join("tinyproxy.log");
+        let port = free_port();
+        let password = format!("{:016x}", rand::random::<u64>());
+        let config = dir.path().join("tinyproxy.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n\
+                 Allow 127.0.0.1\nBasicAuth shir {password}\nDisableViaHeader Yes\n",
+                log.display()
+            ),
+        )
+        .expect("the proxy's configuration");
+        let mut command = Command::new(tinyproxy);
+        command.arg("-d").arg("-c").arg(&config);
+        let mut child = spawn(command, &dir.path().join("stdout.log")).expect("tinyproxy starts");
+        wait_listening(port, &mut child, &log);
+        Some(ThrowawayProxy {
+            child,
+            _dir: dir,
+            port,
+            user: "shir".into(),
+            password,
+            log,
+        })
+    }
+
+    /// What the proxy logged.
+    pub fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ThrowawayProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

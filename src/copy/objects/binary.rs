@@ -148,7 +148,7 @@ impl Items {
                     .store
                     .get(key)
                     .await
-                    .map_err(|e| store_error(format!("cannot read {}", item.shown), &e))?;
+                    .map_err(|e| bucket.error(format!("cannot read {}", item.shown), &e))?;
                 let kept = got
                     .attributes
                     .get(&Attribute::Metadata(MTIME_META.into()))
@@ -268,7 +268,7 @@ impl Out {
                 .store
                 .list_with_delimiter(None)
                 .await
-                .map_err(|e| store_error(format!("cannot write to {}:{text}", sink.service_name), &e))?;
+                .map_err(|e| bucket.error(format!("cannot write to {}:{text}", sink.service_name), &e))?;
             return Ok(Out::Objects {
                 keys,
                 staged: StagedUploads {

@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path as Key;
 
-use super::{Bucket, store_error};
+use super::Bucket;
 use crate::copy::CopyError;
 use crate::job_spec::paths::{RelPath, matches_path};
 
@@ -44,7 +44,7 @@ pub(super) async fn list(bucket: &Bucket, text: &str) -> Result<(bool, Vec<Sourc
             }
             // Not an object: a prefix, perhaps.
             Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_error(format!("cannot read {}", bucket.show(&base)), &e)),
+            Err(e) => return Err(bucket.error(format!("cannot read {}", bucket.show(&base)), &e)),
         }
     }
     let prefix = (!literal.is_empty()).then_some(&base);
@@ -53,7 +53,7 @@ pub(super) async fn list(bucket: &Bucket, text: &str) -> Result<(bool, Vec<Sourc
         .list(prefix)
         .try_collect()
         .await
-        .map_err(|e| store_error(format!("cannot list {}:{text}", bucket.service), &e))?;
+        .map_err(|e| bucket.error(format!("cannot list {}:{text}", bucket.service), &e))?;
     let mut objects = Vec::new();
     for meta in metas {
         let names: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();

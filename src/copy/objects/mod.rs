@@ -41,6 +41,8 @@ pub(super) struct Bucket {
     pub store: Arc<dyn ObjectStore>,
     /// The linked service's name, for messages.
     pub service: String,
+    /// `host:port` of the proxy its calls go through, if one is set.
+    pub via: Option<String>,
 }
 
 impl Bucket {
@@ -49,7 +51,20 @@ impl Bucket {
         Ok(Bucket {
             store,
             service: endpoint.service_name.clone(),
+            via: endpoint.proxy.as_ref().map(|p| format!("{}:{}", p.address, p.port)),
         })
+    }
+
+    /// [`store_error`], saying so when a connection through the proxy failed: an operator
+    /// then looks at the proxy, not at the store.
+    pub fn error(&self, what: impl std::fmt::Display, e: &object_store::Error) -> CopyError {
+        let mut error = store_error(what, e);
+        if let Some(via) = &self.via
+            && error.message.to_ascii_lowercase().contains("connect")
+        {
+            error.message.push_str(&format!(" (through proxy {via})"));
+        }
+        error
     }
 
     /// `service:key`, as an operator writes a dataset.

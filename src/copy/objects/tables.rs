@@ -56,7 +56,7 @@ pub async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> 
             .store
             .get(&object.key)
             .await
-            .map_err(|e| store_error(format!("cannot read {shown}"), &e))?;
+            .map_err(|e| bucket.error(format!("cannot read {shown}"), &e))?;
         let mut chunks = got.into_stream();
         let file = tokio::fs::File::create(&local)
             .await
@@ -100,7 +100,7 @@ pub async fn write_table(
         .store
         .list_with_delimiter(None)
         .await
-        .map_err(|e| store_error(format!("cannot write to {shown}"), &e))?;
+        .map_err(|e| bucket.error(format!("cannot write to {shown}"), &e))?;
     let dir = spool()?;
     let written = files::write_table(attempt, &spooled(sink, dir.path(), &text), batches, counters).await?;
     let (rows, bytes, files_written, check) = (written.rows, written.bytes, written.files, written.check.clone());

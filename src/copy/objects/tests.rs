@@ -431,3 +431,80 @@ print(t.num_rows, [str(f.type) for f in t.schema], t.column("amount")[1].as_py()
         e.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_store_call_goes_through_the_proxy_with_its_credentials() {
+    use crate::connectors::ProxyConfig;
+    use crate::testing::object_stores::ThrowawayProxy;
+    let Some(s3) = ThrowawayS3::start() else { return };
+    let Some(proxy) = ThrowawayProxy::start() else { return };
+    s3.create_bucket("raw");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.txt"), "through the proxy").unwrap();
+    let config = |port: u16, password: &str| ProxyConfig {
+        address: "127.0.0.1".into(),
+        port,
+        user: Some(proxy.user.clone()),
+        password: Some(password.to_owned().into()),
+    };
+    let lake = |proxy: ProxyConfig| Endpoint {
+        proxy: Some(proxy),
+        ..endpoint("lake", s3.spec("raw"), "via/")
+    };
+    copy(
+        1,
+        &share(dir.path(), "a.txt"),
+        &lake(config(proxy.port, &proxy.password)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}; the proxy logged: {}", e.message, proxy.logged()))
+    .publish()
+    .await
+    .unwrap();
+    assert!(boto3_objects(&s3, "raw", "via/").starts_with("via/a.txt 17 "));
+    let logged = proxy.logged();
+    let port = s3.endpoint.rsplit(':').next().unwrap();
+    for request in ["GET http://127.0.0.1", "POST http://127.0.0.1", "PUT http://127.0.0.1"] {
+        assert!(
+            logged
+                .lines()
+                .any(|l| l.contains(request) && l.contains(&format!(":{port}/raw"))),
+            "the proxy carried no {request}: {logged}"
+        );
+    }
+    assert!(!logged.contains(&s3.secret_access_key));
+
+    // Wrong proxy credentials, and a proxy that is not there: one line that says so, quickly.
+    let e = copy(
+        2,
+        &share(dir.path(), "a.txt"),
+        &lake(config(proxy.port, "wrong-proxy-password")),
+    )
+    .await
+    .err()
+    .expect("the proxy refuses");
+    // tinyproxy answers wrong credentials with 401 and its own page, where RFC 9110 has 407.
+    assert!(e.message.contains("401") || e.message.contains("407"), "{}", e.message);
+    assert!(!e.message.contains('\n'), "{}", e.message);
+    assert!(!e.message.contains("wrong-proxy-password"), "{}", e.message);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let e = copy(3, &share(dir.path(), "a.txt"), &lake(config(closed, &proxy.password)))
+        .await
+        .err()
+        .expect("no proxy there");
+    assert!(
+        e.message.contains(&format!("through proxy 127.0.0.1:{closed}")),
+        "{}",
+        e.message
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -73,7 +73,7 @@ impl Upload {
             .store
             .put_multipart_opts(&key, options)
             .await
-            .map_err(|e| store_error(format!("cannot start the upload of {shown}"), &e))?;
+            .map_err(|e| bucket.error(format!("cannot start the upload of {shown}"), &e))?;
         Ok(Upload {
             upload: Some(upload),
             pending: BytesMut::new(),
@@ -187,7 +187,7 @@ async fn existing(bucket: &Bucket, job: &str, key: &Key, shown: &str) -> Result<
             Ok(Some(ours))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(store_error(format!("cannot read {shown}"), &e)),
+        Err(e) => Err(bucket.error(format!("cannot read {shown}"), &e)),
     }
 }
 
