@@ -464,9 +464,34 @@ mod tests {
         );
         assert_eq!(names(ServiceType::Filesystem), ["root"]);
         assert_eq!(names(ServiceType::Http), ["url", "user", "password", "insecure_http"]);
+        assert_eq!(
+            names(ServiceType::S3),
+            [
+                "bucket",
+                "region",
+                "endpoint",
+                "path_style",
+                "access_key_id",
+                "secret_access_key",
+                "session_token"
+            ]
+        );
+        assert_eq!(
+            names(ServiceType::AzureBlob),
+            ["account", "container", "endpoint", "account_key", "sas_token"]
+        );
+        assert_eq!(names(ServiceType::Gcs), ["bucket", "endpoint", "service_account_key"]);
+        let secret = [
+            "password",
+            "secret_access_key",
+            "session_token",
+            "account_key",
+            "sas_token",
+            "service_account_key",
+        ];
         for kind in ServiceType::ALL {
             for field in schema(kind) {
-                assert_eq!(field.secret, field.name == "password", "{kind}.{}", field.name);
+                assert_eq!(field.secret, secret.contains(&field.name), "{kind}.{}", field.name);
             }
         }
     }

@@ -386,6 +386,28 @@ mod tests {
     }
 
     #[test]
+    fn an_s3_endpoint_must_be_a_url_and_path_style_a_bool() {
+        let base = || {
+            ServiceSpec::new(ServiceType::S3)
+                .with("bucket", "raw")
+                .with("region", "eu-west-1")
+                .with("access_key_id", "AKIA")
+                .with_secret("secret_access_key", "s3cr3t")
+        };
+        validate(&base().with("endpoint", "https://minio:9000").with("path_style", "true")).unwrap();
+        let e = validate(&base().with("path_style", "yes")).unwrap_err().to_string();
+        assert_eq!(e, "s3 linked service: field 'path_style' is true or false, not 'yes'");
+        let e = validate(&base().with("endpoint", "minio:9000"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field 'endpoint' must be a URL"), "{e}");
+        let e = validate(&base().with("secret_access_key", "plain"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is secret"), "{e}");
+    }
+
+    #[test]
     fn a_sas_token_becomes_its_query_pairs() {
         assert_eq!(
             sas_pairs("?sv=2024-01-01&sig=a%2Bb%3D"),
