@@ -411,13 +411,21 @@ fn highest_limit(limits: &[&Op], node: &str, at: i64, default: u32) -> u32 {
             _ => None,
         })
         .collect();
-    // In force before the window: the last acknowledged change that ended before it.
+    // In force before the window: the last acknowledged change that ended before it. Changes
+    // that overlapped in time may have committed in either order, so each that no other began
+    // after it ended may be the last (seed 73310459: limits 2 and 3 set within the same
+    // milliseconds, committed 2 then 3).
     let since = at - LIMIT_LAG_MS;
-    let before = mine
+    let settled: Vec<&(&Op, u32)> = mine
         .iter()
         .filter(|(o, _)| o.result == Result::Ok && o.end_ms < since)
-        .max_by_key(|(o, _)| o.end_ms)
-        .map_or(default, |(_, l)| *l);
+        .collect();
+    let before = settled
+        .iter()
+        .filter(|(o, _)| !settled.iter().any(|(later, _)| later.start_ms > o.end_ms))
+        .map(|(_, l)| *l)
+        .max()
+        .unwrap_or(default);
     // Any change that may have taken effect within the window.
     mine.iter()
         .filter(|(o, _)| !matches!(o.result, Result::Failed(_)) && o.start_ms <= at)
@@ -705,6 +713,30 @@ mod tests {
             "{found:?}"
         );
         assert!(found.iter().any(|a| a.contains("credential")), "{found:?}");
+    }
+
+    #[test]
+    fn of_two_limits_set_at_once_either_may_be_in_force() {
+        let set = |id, start, end, limit| {
+            op(
+                id,
+                start,
+                end,
+                What::SetLimit {
+                    node: "n".into(),
+                    limit,
+                },
+                Result::Ok,
+            )
+        };
+        let later = 100_000;
+        let highest = |ops: &[Op]| highest_limit(&ops.iter().collect::<Vec<_>>(), "n", later, 1);
+        // Overlapping in time: they may have committed in either order.
+        assert_eq!(highest(&[set(1, 10, 40, 2), set(2, 20, 40, 3)]), 3);
+        assert_eq!(highest(&[set(1, 20, 40, 3), set(2, 10, 40, 2)]), 3);
+        // One after the other: the second is in force, whatever its value.
+        assert_eq!(highest(&[set(1, 10, 20, 3), set(2, 30, 40, 2)]), 2);
+        assert_eq!(highest(&[set(1, 10, 20, 2), set(2, 30, 40, 3)]), 3);
     }
 
     #[test]
