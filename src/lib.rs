@@ -15,7 +15,7 @@ pub mod protocol;
 pub mod raft;
 pub mod secrets;
 pub mod state;
-/// Test harnesses (a throw-away PostgreSQL): for this crate's unit tests and, with the
+/// Test harnesses (throw-away PostgreSQL, S3, Azurite and proxy servers): for this crate's unit tests and, with the
 /// `test-support` feature, for the integration tests; not in release builds.
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
