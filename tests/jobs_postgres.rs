@@ -27,15 +27,7 @@ async fn submit(ir: &LocalIr, name: &str, source: &str, sink: &str) -> String {
 }
 
 async fn wait_end(ir: &LocalIr, via: usize, id: &str) -> Value {
-    common::eventually(&format!("job {id} to end"), Duration::from_secs(60), || async {
-        let out = shir_on(ir, via, &["job", "show", id, "--json"], None).await?;
-        let j: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-        match j["state"].as_str() {
-            Some("Succeeded" | "Failed" | "Cancelled") => Ok(j),
-            _ => Err(j.to_string()),
-        }
-    })
-    .await
+    common::job_end(ir, via, id, Duration::from_secs(60)).await
 }
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {

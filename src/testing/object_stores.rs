@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{python_with, skip};
 use crate::connectors::{ServiceSpec, ServiceType};
 
 /// How long a server may take to accept connections (Azurite starts Node.js).
@@ -21,16 +22,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-/// Skips (returns `None`) or, under `CI=true`, fails, saying what is missing.
-fn missing<T>(what: &str) -> Option<T> {
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI=true but {what}: .ci/run must install it"
-    );
-    eprintln!("skipped the object-store part: {what}");
-    None
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -92,10 +83,6 @@ pub fn python(script: &str) -> Result<String, String> {
     }
 }
 
-fn python_has(module: &str) -> bool {
-    python(&format!("import {module}")).is_ok()
-}
-
 /// s3s-fs (crates.io, the s3s project's file-system S3 server), which checks every
 /// request's SigV4 signature against the one key it is started with.
 pub struct ThrowawayS3 {
@@ -114,11 +101,9 @@ impl ThrowawayS3 {
             .map(PathBuf::from)
             .or_else(|| on_path("s3s-fs"))
         else {
-            return missing("s3s-fs is not installed (cargo install s3s-fs@0.14.1 --locked --features binary)");
+            return skip("s3s-fs is not installed (cargo install s3s-fs@0.14.1 --locked --features binary)");
         };
-        if !python_has("boto3") {
-            return missing("python3 has no boto3 (pip install boto3)");
-        }
+        python_with("boto3")?;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("the server's data directory");
@@ -203,11 +188,9 @@ impl ThrowawayAzurite {
             .map(PathBuf::from)
             .or_else(|| on_path("azurite-blob"))
         else {
-            return missing("azurite-blob is not installed (npm install -g azurite)");
+            return skip("azurite-blob is not installed (npm install -g azurite)");
         };
-        if !python_has("azure.storage.blob") {
-            return missing("python3 has no azure-storage-blob (pip install azure-storage-blob)");
-        }
+        python_with("azure.storage.blob")?;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log = dir.path().join("azurite.log");
         let port = free_port();
@@ -270,7 +253,7 @@ impl ThrowawayProxy {
             .map(PathBuf::from)
             .or_else(|| on_path("tinyproxy"))
         else {
-            return missing("tinyproxy is not installed (apt-get install tinyproxy)");
+            return skip("tinyproxy is not installed (apt-get install tinyproxy)");
         };
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log = dir.path().join("tinyproxy.log");

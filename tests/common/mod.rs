@@ -302,3 +302,17 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// Polls `job show` on node `via` until job `id` has ended (Succeeded, Failed or Cancelled)
+/// and returns its JSON; panics after `timeout` with what it last saw.
+pub async fn job_end(ir: &LocalIr, via: usize, id: &str, timeout: Duration) -> serde_json::Value {
+    eventually(&format!("job {id} to end"), timeout, || async {
+        let out = shir_on(ir, via, &["job", "show", id, "--json"], None).await?;
+        let j: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        match j["state"].as_str() {
+            Some("Succeeded" | "Failed" | "Cancelled") => Ok(j),
+            _ => Err(j.to_string()),
+        }
+    })
+    .await
+}

@@ -17,6 +17,7 @@ use crate::copy::{
     AttemptId, Batches, Consistency, CopyError, Counters, CsvOptions, Endpoint, Format, IfExists, Location, Published,
     SchemaMode, Staged, stage,
 };
+use crate::testing::{noise, python_with};
 
 // --- helpers -----------------------------------------------------------------------------
 
@@ -178,19 +179,6 @@ fn set_mtime(path: &Path, at: SystemTime) {
 /// stretch by stretch).
 fn checksum_of(parts: &[&[u8]]) -> String {
     format!("xxh3-128:{:032x}", twox_hash::XxHash3_128::oneshot(&parts.concat()))
-}
-
-/// Pseudo-random bytes, reproducible, without a generator crate.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 // --- tabular round trips ----------------------------------------------------------------
@@ -1207,24 +1195,6 @@ async fn binary_copy_of_a_missing_file_is_fatal() {
 }
 
 // --- read back by tools we did not write --------------------------------------------------------
-
-/// `python3`, if it is installed and can import `module`; otherwise prints why the test is
-/// skipped, or under `CI=true` (where `.ci/run` installs them) fails.
-fn python_with(module: &str) -> Option<()> {
-    let found = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output();
-    let reason = match found {
-        Ok(out) if out.status.success() => return Some(()),
-        Ok(_) => format!("python3 cannot import {module}"),
-        Err(e) => format!("python3 is not available ({e})"),
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but {reason}: .ci/run must install it");
-    }
-    println!("skipped: {reason}");
-    None
-}
 
 fn python(script: &str, args: &[&Path]) -> String {
     let out = Command::new("python3")

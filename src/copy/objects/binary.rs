@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use object_store::{Attribute, ObjectStore as _, ObjectStoreExt as _};
+use object_store::{Attribute, ObjectStoreExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::keys::{self, SinkKeys, SourceObject};
@@ -261,14 +261,7 @@ impl Out {
             let bucket = Bucket::of(sink)?;
             let text = path_of(sink)?;
             let keys = SinkKeys::new(&sink.service_name, &text, single)?;
-            // One listing before any byte goes up: a missing bucket, a refused key or an
-            // unreachable store fails the attempt now, not after the whole source was read
-            // (some stores accept the parts of an upload to a bucket that is not there).
-            bucket
-                .store
-                .list_with_delimiter(None)
-                .await
-                .map_err(|e| bucket.error(format!("cannot write to {}:{text}", sink.service_name), &e))?;
+            bucket.check_writable(&format!("{}:{text}", sink.service_name)).await?;
             return Ok(Out::Objects {
                 keys,
                 staged: StagedUploads {

@@ -55,6 +55,17 @@ impl Bucket {
         })
     }
 
+    /// One listing of the top, before a sink uploads anything: a missing bucket, a refused
+    /// key or an unreachable store fails the attempt now, not after the whole source was
+    /// read (some stores accept the parts of an upload to a bucket that is not there).
+    pub async fn check_writable(&self, what: &str) -> Result<(), CopyError> {
+        self.store
+            .list_with_delimiter(None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(format!("cannot write to {what}"), &e))
+    }
+
     /// [`store_error`], saying so when a connection through the proxy failed: an operator
     /// then looks at the proxy, not at the store.
     pub fn error(&self, what: impl std::fmt::Display, e: &object_store::Error) -> CopyError {

@@ -96,11 +96,7 @@ pub async fn write_table(
     crate::job_spec::paths::check_sink_file(&sink.service_name, &text).map_err(CopyError::fatal)?;
     let key = Key::from(text.trim_start_matches('/'));
     let shown = bucket.show(&key);
-    bucket
-        .store
-        .list_with_delimiter(None)
-        .await
-        .map_err(|e| bucket.error(format!("cannot write to {shown}"), &e))?;
+    bucket.check_writable(&shown).await?;
     let dir = spool()?;
     let written = files::write_table(attempt, &spooled(sink, dir.path(), &text), batches, counters).await?;
     let (rows, bytes, files_written, check) = (written.rows, written.bytes, written.files, written.check.clone());
