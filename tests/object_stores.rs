@@ -42,6 +42,24 @@ async fn wait_end(ir: &LocalIr, via: usize, id: &str) -> Value {
     common::job_end(ir, via, id, Duration::from_secs(90)).await
 }
 
+/// `shir linked-service create NAME --type KIND`, `--set FIELD` for each of `fields`, then `more`.
+async fn create(
+    ir: &LocalIr,
+    via: usize,
+    name: &str,
+    kind: &str,
+    fields: &[&str],
+    more: &[&str],
+    input: Option<&str>,
+) -> Result<String, String> {
+    let mut args = vec!["linked-service", "create", name, "--type", kind];
+    for field in fields {
+        args.extend(["--set", field]);
+    }
+    args.extend(more);
+    shir_on(ir, via, &args, input).await
+}
+
 fn refused(result: Result<String, String>, expect: &str) {
     let err = result.expect_err(&format!("should be refused with '{expect}'"));
     assert!(err.contains(expect), "error should mention '{expect}': {err}");
@@ -71,166 +89,85 @@ async fn binary_jobs_copy_to_s3_and_azure_blob_exactly_once() {
     steps.step("IR formed");
 
     let root = format!("root={}", share.display());
-    shir_on(
-        &ir,
-        0,
-        &[
-            "linked-service",
-            "create",
-            "share",
-            "--type",
-            "filesystem",
-            "--set",
-            &root,
-        ],
-        None,
-    )
-    .await
-    .unwrap();
+    create(&ir, 0, "share", "filesystem", &[&root], &[], None)
+        .await
+        .unwrap();
     let (bucket, region, endpoint, key_id) = (
         "bucket=raw".to_string(),
         format!("region={}", s3.region),
         format!("endpoint={}", s3.endpoint),
         format!("access_key_id={}", s3.access_key_id),
     );
-    let s3_args = [
-        "linked-service",
-        "create",
-        "lake",
-        "--type",
-        "s3",
-        "--set",
-        &bucket,
-        "--set",
-        &region,
-        "--set",
-        &endpoint,
-        "--set",
-        &key_id,
-        "--secret-stdin",
-        "secret_access_key",
-    ];
+    let secret_stdin = ["--secret-stdin", "secret_access_key"];
 
     // Bad definitions: one line each, nothing made.
+    let secret_set = format!("secret_access_key={}", s3.secret_access_key);
     refused(
-        shir_on(
+        create(
             &ir,
             0,
-            &[
-                "linked-service",
-                "create",
-                "lake",
-                "--type",
-                "s3",
-                "--set",
-                &bucket,
-                "--set",
-                &region,
-                "--set",
-                &key_id,
-                "--set",
-                &format!("secret_access_key={}", s3.secret_access_key),
-            ],
+            "lake",
+            "s3",
+            &[&bucket, &region, &key_id, &secret_set],
+            &[],
             None,
         )
         .await,
         "give it with --secret-stdin secret_access_key",
     );
+    let no_url = "endpoint=localhost:9000";
+    let lake_fields = [bucket.as_str(), &region, no_url, &key_id];
     refused(
-        shir_on(
+        create(
             &ir,
             0,
-            &[
-                "linked-service",
-                "create",
-                "lake",
-                "--type",
-                "s3",
-                "--set",
-                &bucket,
-                "--set",
-                &region,
-                "--set",
-                "endpoint=localhost:9000",
-                "--set",
-                &key_id,
-                "--secret-stdin",
-                "secret_access_key",
-            ],
+            "lake",
+            "s3",
+            &lake_fields,
+            &secret_stdin,
             Some(&s3.secret_access_key),
         )
         .await,
         "field 'endpoint' must be a URL",
     );
     refused(
-        shir_on(
-            &ir,
-            0,
-            &[
-                "linked-service",
-                "create",
-                "blob",
-                "--type",
-                "azure-blob",
-                "--set",
-                "account=a",
-                "--set",
-                "container=c",
-            ],
-            None,
-        )
-        .await,
+        create(&ir, 0, "blob", "azure-blob", &["account=a", "container=c"], &[], None).await,
         "give one of the secrets account_key or sas_token",
     );
     let not_a_key = tmp.path().join("sa.json");
     std::fs::write(&not_a_key, "{\"type\": \"authorized_user\"}").unwrap();
+    let key_file = format!("service_account_key={}", not_a_key.display());
     refused(
-        shir_on(
-            &ir,
-            0,
-            &[
-                "linked-service",
-                "create",
-                "gcs",
-                "--type",
-                "gcs",
-                "--set",
-                "bucket=b",
-                "--secret-file",
-                &format!("service_account_key={}", not_a_key.display()),
-            ],
-            None,
-        )
-        .await,
+        create(&ir, 0, "gcs", "gcs", &["bucket=b"], &["--secret-file", &key_file], None).await,
         "is not a service account's JSON key",
     );
     let listed = job_json(&ir, 0, &["linked-service", "list", "--json"]).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "only the share exists: {listed}");
 
-    shir_on(&ir, 0, &s3_args, Some(&s3.secret_access_key)).await.unwrap();
-    let (account, container, blob_endpoint) = (
+    let lake_fields = [bucket.as_str(), &region, &endpoint, &key_id];
+    create(
+        &ir,
+        0,
+        "lake",
+        "s3",
+        &lake_fields,
+        &secret_stdin,
+        Some(&s3.secret_access_key),
+    )
+    .await
+    .unwrap();
+    let (account, blob_endpoint) = (
         format!("account={AZURITE_ACCOUNT}"),
-        "container=landing".to_string(),
         format!("endpoint={}", azurite.endpoint),
     );
-    shir_on(
+    let blob_fields = [account.as_str(), "container=landing", &blob_endpoint];
+    create(
         &ir,
         1,
-        &[
-            "linked-service",
-            "create",
-            "blob",
-            "--type",
-            "azure-blob",
-            "--set",
-            &account,
-            "--set",
-            &container,
-            "--set",
-            &blob_endpoint,
-            "--secret-stdin",
-            "account_key",
-        ],
+        "blob",
+        "azure-blob",
+        &blob_fields,
+        &["--secret-stdin", "account_key"],
         Some(AZURITE_KEY),
     )
     .await
