@@ -336,7 +336,36 @@ pub(crate) fn describe(e: &object_store::Error) -> String {
     if text.is_empty() {
         text = super::one_line(&e.to_string());
     }
-    text
+    without_queries(&text)
+}
+
+/// `text` with the query of every URL in it cut off: the client's errors quote the request
+/// URL, and with a SAS token the signature is in its query (re-encoded, so redacting the
+/// token as given would not find it).
+fn without_queries(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let next_url = |text: &str| {
+        [text.find("http://"), text.find("https://")]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    while let Some(at) = next_url(rest) {
+        let end = rest[at..].find(char::is_whitespace).map_or(rest.len(), |n| at + n);
+        let url = &rest[at..end];
+        out.push_str(&rest[..at]);
+        match url.find('?') {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str("?…");
+            }
+            None => out.push_str(url),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -405,6 +434,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is secret"), "{e}");
+    }
+
+    #[test]
+    fn urls_in_errors_lose_their_queries_where_a_sas_signature_would_be() {
+        let text = "Error performing GET https://acct.blob.core.windows.net/c?restype=container&sig=ab%2Bc in 3ms - \
+                    then http://127.0.0.1:9/x?sv=1 and http://plain/path.";
+        assert_eq!(
+            without_queries(text),
+            "Error performing GET https://acct.blob.core.windows.net/c?… in 3ms - then http://127.0.0.1:9/x?… and http://plain/path."
+        );
     }
 
     #[test]
