@@ -8,7 +8,8 @@
 //! node.key     this node's private key (0600)
 //! local.key    node-local key that wraps the data key (0600)
 //! data.key     the IR's data key, sealed with local.key
-//! db/          sled: Raft log, vote, state machine, snapshot
+//! db/          sled: the applied state (state machine) and the current snapshot
+//! raft-log/    the Raft log: entries, vote, commit and purge marks (raft::store::wal)
 //! shir.sock    owner-only Unix socket for local administration
 //! restored     present from `shir backup restore` until the node has caught up (no voting)
 //! ```
@@ -97,6 +98,9 @@ impl DataDir {
     }
     pub fn db_path(&self) -> PathBuf {
         self.root.join("db")
+    }
+    pub fn raft_log_path(&self) -> PathBuf {
+        self.root.join(crate::raft::store::LOG_DIR)
     }
     /// Present while a node restored from a backup has not yet caught up (node::restored).
     pub fn restored_marker_path(&self) -> PathBuf {

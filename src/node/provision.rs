@@ -15,7 +15,7 @@ use crate::datadir::{DEFAULT_OFFLINE_TIMEOUT_MS, DataDir, NodeConfig};
 use crate::pki::{self, Ca, tls};
 use crate::proto;
 use crate::raft::network::{NetworkFactory, Peers};
-use crate::raft::store::SledStore;
+use crate::raft::store::RaftStore;
 use crate::raft::{self as raftmod, Raft};
 use crate::secrets::member_proof::MemberProof;
 use crate::secrets::{self, DataKey};
@@ -147,7 +147,8 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
     // process, so that `init` leaves a complete node and `run` has nothing special to do.
     {
         let db = crate::node::open_db(dir)?;
-        let (log_store, state_machine) = SledStore::open(&db, Arc::new(RwLock::new(IrState::default())))?;
+        let (log_store, state_machine) =
+            RaftStore::open(&db, &dir.raft_log_path(), Arc::new(RwLock::new(IrState::default())))?;
         let client_tls = tls::client_config_mtls(ca.cert_pem(), &cert.cert_pem, key_pem.expose())?;
         let raft = Raft::new(
             1,

@@ -21,7 +21,7 @@ use crate::datadir::{DataDir, NodeFiles};
 use crate::dispatch::{Dispatcher, ToDispatcher};
 use crate::pki::{self, tls};
 use crate::raft::network::{NetworkFactory, Peers};
-use crate::raft::store::SledStore;
+use crate::raft::store::RaftStore;
 use crate::raft::{self as raftmod, Raft};
 use crate::state::IrState;
 use crate::transport::server::{PortTls, accept_local, accept_node_port};
@@ -177,7 +177,8 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Running> {
     } = files;
     let db = open_db(dir)?;
     let state = Arc::new(RwLock::new(IrState::default()));
-    let (log_store, state_machine) = SledStore::open(&db, state.clone()).context("cannot open the Raft store")?;
+    let (log_store, state_machine) =
+        RaftStore::open(&db, &dir.raft_log_path(), state.clone()).context("cannot open the Raft store")?;
 
     let client_tls = tls::client_config_mtls(&ca_cert_pem, &cert_pem, key_pem.expose()).context("TLS client setup")?;
     let peers = Peers::new(client_tls);

@@ -1,38 +1,33 @@
-//! The Raft log store: entries, vote, committed and purge marks, each acknowledged only once
-//! sled has flushed it.
+//! The Raft log store on [`Wal`]: entries, vote, committed and purge marks, each acknowledged
+//! only once the log file is synced.
 
 // See `super`: openraft's error type is the one every method returns.
 #![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use sled::{Batch, Db, Tree};
+use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 
-use super::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, encode, flush, read_key};
+use super::persist::Persister;
+use super::wal::Wal;
 use crate::raft::types::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn io_error(wrap: fn(AnyError) -> StorageIOError<NodeId>) -> impl Fn(std::io::Error) -> StorageError<NodeId> {
+    move |e| wrap(AnyError::new(&e)).into()
 }
 
-/// The log store. Cloning is cheap (sled trees are reference counted), which is how it doubles as
-/// its own `LogReader` for replication tasks.
+/// The log store. Cloning is cheap (the log is shared), which is how it doubles as its own
+/// `LogReader` for replication tasks.
 #[derive(Clone)]
 pub struct LogStore {
-    pub(super) db: Db,
-    pub(super) log: Tree,
-    pub(super) meta: Tree,
-}
-
-impl LogStore {
-    fn last_purged(&self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(read_key(&self.meta, KEY_LAST_PURGED, StorageIOError::read_logs)?.flatten())
-    }
+    pub(super) wal: Arc<Wal>,
+    /// The state machine's writer, flushed before a purge (see [`LogStore::purge`]).
+    pub(super) persister: Arc<Persister>,
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -41,15 +36,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let start = range.start_bound().map(|i| index_key(*i));
-        let end = range.end_bound().map(|i| index_key(*i));
-        let mut entries = Vec::new();
-        for item in self.log.range::<[u8; 8], _>((start, end)) {
-            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let entry = serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
-            entries.push(entry);
-        }
-        Ok(entries)
+        self.wal.entries(range).map_err(io_error(StorageIOError::read_logs))
     }
 }
 
@@ -58,18 +45,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged_log_id = self.last_purged()?;
-        let last_entry = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            None => None,
-            Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> =
-                    serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(entry.log_id)
-            }
-        };
         // An empty log still has a last log id: the purged one, which Raft needs to keep
         // matching the leader's log after a snapshot.
-        let last_log_id = last_entry.or(last_purged_log_id);
+        let (last_purged_log_id, last_log_id) = self.wal.log_state();
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -82,34 +60,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        let bytes = encode(vote, StorageIOError::write_vote)?;
-        self.meta
-            .insert(KEY_VOTE, bytes)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        let wrap = io_error(StorageIOError::write_vote);
         // A vote granted and then forgotten in a crash lets this node vote twice in one term.
-        flush(&self.db, StorageIOError::write_vote).await
+        self.wal
+            .save_vote(vote)
+            .map_err(&wrap)?
+            .sync(&self.wal)
+            .await
+            .map_err(wrap)
     }
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        read_key(&self.meta, KEY_VOTE, StorageIOError::read_vote)
+        Ok(self.wal.vote())
     }
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        let bytes = encode(&committed, StorageIOError::write)?;
-        self.meta
-            .insert(KEY_COMMITTED, bytes)
-            .map_err(|e| StorageIOError::write(&e))?;
-        // No flush: `apply` persists its own progress, so losing this mark in a crash only means
-        // openraft re-applies fewer entries on restart and learns the rest of the commit index
-        // from the leader. The next flush (append, vote, apply) carries it to disk anyway.
+        // Not synced: losing this mark in a crash only means openraft re-applies fewer entries on
+        // restart and learns the rest of the commit index from the leader. The next append's
+        // sync carries it to disk anyway, and a killed process loses nothing it wrote.
+        let _unsynced = self
+            .wal
+            .save_committed(committed)
+            .map_err(io_error(StorageIOError::write))?;
         Ok(())
     }
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(read_key(&self.meta, KEY_COMMITTED, StorageIOError::read)?.flatten())
+        Ok(self.wal.committed())
     }
 
     #[tracing::instrument(level = "trace", skip_all)]
@@ -118,67 +98,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // One batch: sled applies it atomically, so a crash cannot keep a later entry of this
-        // append without an earlier one, which would leave a hole.
-        let mut batch = Batch::default();
-        for entry in entries {
-            let bytes = encode(&entry, StorageIOError::write_logs)?;
-            batch.insert(&index_key(entry.log_id.index)[..], bytes);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-
-        // The callback tells openraft the entries may be acknowledged to the leader, which then
-        // counts them towards a commit quorum: they must be on disk first.
-        match self.db.flush_async().await {
-            Ok(_) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let err = StorageIOError::write_logs(&e);
-                callback.log_io_completed(Err(std::io::Error::other(e)));
-                Err(err.into())
-            }
-        }
+        let wrap = io_error(StorageIOError::write_logs);
+        // One write: a crash keeps a prefix of it at most (the torn rest is cut off on open),
+        // so the log never has a hole. The entries are readable when this returns; the callback
+        // tells openraft they may be acknowledged to the leader (which then counts them towards
+        // a commit quorum) once the sync thread has them on disk. Returning before that lets
+        // the leader replicate while its own sync runs.
+        self.wal
+            .append(entries)
+            .map_err(&wrap)?
+            .then(&self.wal, callback)
+            .map_err(wrap)
     }
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        // Removing the whole tail in one batch never leaves a hole, whatever the crash point.
-        let mut batch = Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Flushed so that entries the leader overruled cannot reappear after a restart and be
+        let wrap = io_error(StorageIOError::write_logs);
+        // Synced so that entries the leader overruled cannot reappear after a restart and be
         // reported as this node's log.
-        flush(&self.db, StorageIOError::write_logs).await
+        self.wal
+            .truncate(log_id.index)
+            .map_err(&wrap)?
+            .sync(&self.wal)
+            .await
+            .map_err(wrap)
     }
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        // The mark goes first and durably: if we crash before the entries are gone,
-        // `get_log_state` still reports the right purge point and the leftovers are removed by
-        // the next purge (which deletes everything up to its index, not just the new part).
-        let bytes = encode(&Some(log_id), StorageIOError::write_logs)?;
-        self.meta
-            .insert(KEY_LAST_PURGED, bytes)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        flush(&self.db, StorageIOError::write_logs).await?;
-
-        let mut batch = Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        // Applied objects reach disk through the persister and sled's flushes, not with the
+        // log's syncs, and a restarted node re-applies from its last durable applied id: the
+        // entries after it must still be in the log. openraft purges only what a snapshot (of
+        // applied state) covers, so flushing the persister first makes the durable applied id
+        // at least the purge point.
+        self.persister
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        self.wal
+            .purge(log_id)
+            .await
+            .map_err(io_error(StorageIOError::write_logs))
     }
 }

@@ -1,15 +1,16 @@
-//! Durable Raft storage on sled: the log store (log entries, vote, committed and purge marks,
-//! `log`) and the state machine (applied state stored by key, membership, current snapshot,
-//! `state_machine`, `objects`), and the upgrade of data dirs of the one-value layout
-//! (`migrate`).
+//! Durable Raft storage: the log store (entries, vote, committed and purge marks: `log`, on
+//! the node's own log files, `wal`) and the state machine on sled (applied state stored by
+//! key, membership, current snapshot: `state_machine`, `objects`), and the upgrade of data
+//! dirs of earlier layouts (`migrate`).
 //!
 //! Raft's safety argument assumes that whatever a node acknowledged survives a crash: a vote it
-//! granted, entries it told the leader it holds. sled only promises that writes are durable
-//! after a flush, so those methods flush the whole database before acknowledging. Applying a
-//! committed entry is different: the entry is already durable on a majority, so `apply` flushes
-//! only for commands whose effect a restarted node must not forget even for a moment (members,
-//! revocations, keys); otherwise its keys ride on the next append's flush, and a crash before
-//! that means re-applying from the log. docs/performance.md has the figures behind this.
+//! granted, entries it told the leader it holds. Those are records in the log files, synced
+//! (`fdatasync`) before they are acknowledged, one sync per append. Applying a committed entry
+//! is different: the entry is already durable on a majority, so `apply` flushes sled only for
+//! commands whose effect a restarted node must not forget even for a moment (members,
+//! revocations, keys); otherwise its keys reach disk with sled's timer flush, and a crash
+//! before that means re-applying from the log, which keeps every entry after the durable
+//! applied id (a purge flushes sled first). docs/performance.md has the figures behind this.
 //!
 //! Why the state is kept in memory as persistent maps (`imbl`) and written per key, rather than
 //! served from sled: every reader in the node (`Node::read_state`, the dispatcher's rounds,
@@ -20,14 +21,16 @@
 //! `Arc<RwLock<IrState>>` (the API everything calls) at a cost independent of history, and
 //! `apply` writes only the objects it changed, which the maps record (`state::Tracked`).
 //!
-//! Layout (values JSON unless said):
-//! * `raft_log`: entry index as big-endian u64 (so byte order is index order) → `Entry`.
-//! * `raft_meta`: `vote`, `committed`, `last_purged`.
-//! * `sm`: `last_applied`, `last_membership`, and one key per object of the state (`objects`
-//!   has the kinds), written in one batch per apply so they never disagree after a crash.
-//!   Old data dirs have a single `state` key instead, converted on open.
-//! * `snapshot`: `meta` and `data` of the current snapshot; `data` is the objects one after
-//!   another (`state_machine`), not one JSON value.
+//! Layout:
+//! * `raft-log/` (beside sled's directory): the log's segment files, `wal` has the format.
+//!   Data dirs of earlier versions kept the log in sled trees `raft_log` (entry index as
+//!   big-endian u64 → `Entry`) and `raft_meta` (`vote`, `committed`, `last_purged`); they are
+//!   moved on open.
+//! * sled tree `sm`: `last_applied`, `last_membership`, and one key per object of the state
+//!   (`objects` has the kinds), written in one batch per apply so they never disagree after a
+//!   crash. Old data dirs have a single `state` key instead, converted on open. Values JSON.
+//! * sled tree `snapshot`: `meta` and `data` of the current snapshot; `data` is the objects
+//!   one after another (`state_machine`), not one JSON value.
 
 // `StorageError` is openraft's type and every trait method returns it; the helpers below return
 // it too so `?` needs no conversions. Boxing it would only be unboxed again at the trait boundary.
@@ -36,8 +39,11 @@
 mod log;
 mod migrate;
 mod objects;
+mod persist;
 mod state_machine;
+mod wal;
 
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use openraft::{AnyError, BasicNode, SnapshotMeta, StorageError, StorageIOError, StoredMembership};
@@ -51,10 +57,14 @@ pub use self::state_machine::{SnapshotBuilder, StateMachineStore};
 use crate::raft::types::NodeId;
 use crate::state::IrState;
 
+// The log's sled trees and keys of earlier versions, read once by `migrate::migrate_log`.
 const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
 const SM_TREE: &str = "sm";
 const SNAPSHOT_TREE: &str = "snapshot";
+
+/// Beside sled's directory in a data dir: the log's files.
+pub const LOG_DIR: &str = "raft-log";
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -82,24 +92,32 @@ pub enum StoreError {
     },
     #[error("cannot read the state machine's objects")]
     Objects(#[from] objects::ObjectError),
+    #[error("cannot open the Raft log")]
+    Log(#[from] std::io::Error),
 }
 
 /// Opens the Raft storage of one node.
-pub struct SledStore;
+pub struct RaftStore;
 
-impl SledStore {
-    /// Opens (or creates) the Raft store in an already-open sled Db, upgrading an old layout.
+impl RaftStore {
+    /// Opens (or creates) the Raft store: the log in `log_dir`, the state machine in an
+    /// already-open sled Db; upgrades an old layout.
     ///
     /// `state` is the node-wide view of the applied state: it is overwritten here with what was
     /// last applied on disk, and from then on only the returned `StateMachineStore` writes it.
-    pub fn open(db: &Db, state: Arc<RwLock<IrState>>) -> Result<(LogStore, StateMachineStore), StoreError> {
+    pub fn open(
+        db: &Db,
+        log_dir: &Path,
+        state: Arc<RwLock<IrState>>,
+    ) -> Result<(LogStore, StateMachineStore), StoreError> {
+        migrate::migrate_log(db, log_dir)?;
+        let sm = db.open_tree(SM_TREE)?;
+        let persister = Arc::new(persist::Persister::start(db.clone(), sm.clone())?);
         let log_store = LogStore {
-            db: db.clone(),
-            log: db.open_tree(LOG_TREE)?,
-            meta: db.open_tree(META_TREE)?,
+            wal: Arc::new(wal::Wal::open(log_dir)?),
+            persister: persister.clone(),
         };
 
-        let sm = db.open_tree(SM_TREE)?;
         migrate::migrate(db, &sm)?;
         let objects = sm
             .iter()
@@ -118,6 +136,7 @@ impl SledStore {
             snapshots: db.open_tree(SNAPSHOT_TREE)?,
             snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
             applied,
+            persister,
             shared: state,
         };
         Ok((log_store, state_machine))
@@ -187,8 +206,9 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDirGuard> for SledBuilder {
         async fn build(&self) -> StorageResult<(TempDirGuard, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-            let db = sled::open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
-            let (log, sm) = SledStore::open(&db, Arc::default()).map_err(|e| StorageIOError::write(&e))?;
+            let db = sled::open(dir.path().join("db")).map_err(|e| StorageIOError::write(&e))?;
+            let (log, sm) = RaftStore::open(&db, &dir.path().join(LOG_DIR), Arc::default())
+                .map_err(|e| StorageIOError::write(&e))?;
             Ok((TempDirGuard { _dir: dir }, log, sm))
         }
     }
@@ -209,23 +229,30 @@ mod tests {
         }
     }
 
-    /// Opens a node's store at `path`; the sled Db closes once everything returned is dropped.
-    fn open(path: &std::path::Path) -> (LogStore, StateMachineStore, Arc<RwLock<IrState>>) {
+    /// Opens the sled Db of a node's store in `path`, waiting out a previous handle.
+    fn open_db(path: &std::path::Path) -> Db {
+        let path = path.join("db");
         // sled's flusher thread lets go of the previous handle's file lock a moment after the
         // handle is dropped; a restarted process never sees that, a test reopening at once can.
         let mut tries = 0;
-        let db = loop {
-            match sled::open(path) {
-                Ok(db) => break db,
+        loop {
+            match sled::open(&path) {
+                Ok(db) => return db,
                 Err(e) if e.to_string().contains("could not acquire lock") && tries < 250 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => panic!("cannot reopen the store: {e}"),
             }
-        };
+        }
+    }
+
+    /// Opens a node's store in `path` (a data dir's `db` and `raft-log`); the sled Db closes
+    /// once everything returned is dropped.
+    fn open(path: &std::path::Path) -> (LogStore, StateMachineStore, Arc<RwLock<IrState>>) {
+        let db = open_db(path);
         let shared = Arc::new(RwLock::new(IrState::default()));
-        let (log, sm) = SledStore::open(&db, shared.clone()).unwrap();
+        let (log, sm) = RaftStore::open(&db, &path.join(LOG_DIR), shared.clone()).unwrap();
         (log, sm, shared)
     }
 
@@ -380,7 +407,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = rich_state();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_db(dir.path());
             let sm = db.open_tree(SM_TREE).unwrap();
             sm.insert(KEY_LAST_APPLIED, serde_json::to_vec(&Some(log_id(1, 1, 7))).unwrap())
                 .unwrap();
@@ -404,6 +431,80 @@ mod tests {
         }
     }
 
+    /// Writes a log the way the versions that kept it in sled did.
+    fn write_sled_log(path: &std::path::Path, entries: &[Entry<TypeConfig>], vote: Vote<NodeId>) {
+        let db = open_db(path);
+        let log = db.open_tree(LOG_TREE).unwrap();
+        for e in entries {
+            log.insert(e.log_id.index.to_be_bytes(), serde_json::to_vec(e).unwrap())
+                .unwrap();
+        }
+        let meta = db.open_tree(META_TREE).unwrap();
+        meta.insert(KEY_VOTE, serde_json::to_vec(&vote).unwrap()).unwrap();
+        meta.insert(KEY_COMMITTED, serde_json::to_vec(&Some(log_id(1, 1, 2))).unwrap())
+            .unwrap();
+        meta.insert(KEY_LAST_PURGED, serde_json::to_vec(&Some(log_id(0, 1, 0))).unwrap())
+            .unwrap();
+        // Purged entries are applied ones.
+        let sm = db.open_tree(SM_TREE).unwrap();
+        sm.insert(KEY_LAST_APPLIED, serde_json::to_vec(&Some(log_id(0, 1, 0))).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    /// A data dir whose log is in sled opens with the same log, vote and marks, moved to the
+    /// log files once; a kill before the move finished (its staging directory left) or after
+    /// it (the sled trees left) opens the same way.
+    #[tokio::test]
+    async fn a_log_kept_in_sled_is_moved_once() {
+        let entries = vec![
+            blank_ent::<TypeConfig>(1, 1, 1),
+            put(1, 2, "a", "1"),
+            put(1, 3, "b", "2"),
+        ];
+        let vote = Vote::new_committed(1, 1);
+        for crash in ["none", "before the rename", "before the drop"] {
+            let dir = tempfile::tempdir().unwrap();
+            write_sled_log(dir.path(), &entries, vote);
+            match crash {
+                "before the rename" => {
+                    let staging = dir.path().join(format!("{LOG_DIR}.new"));
+                    std::fs::create_dir(&staging).unwrap();
+                    std::fs::write(staging.join("0000000000000001.log"), b"half a log").unwrap();
+                }
+                "before the drop" => {
+                    let db = open_db(dir.path());
+                    let log_dir = dir.path().join(LOG_DIR);
+                    let meta = db.open_tree(META_TREE).unwrap();
+                    let log = db.open_tree(LOG_TREE).unwrap();
+                    let vote = load(&meta, META_TREE, KEY_VOTE).unwrap();
+                    let committed = load(&meta, META_TREE, KEY_COMMITTED).unwrap().flatten();
+                    let purged = load(&meta, META_TREE, KEY_LAST_PURGED).unwrap().flatten();
+                    let old = log.iter().map(|i| Ok(serde_json::from_slice(&i.unwrap().1).unwrap()));
+                    wal::create(&log_dir, |out| wal::initial_records(out, vote, committed, purged, old)).unwrap();
+                    // The trees are still there, and now disagree with nothing.
+                    log.insert(9u64.to_be_bytes(), b"stale".to_vec()).unwrap();
+                    db.flush().unwrap();
+                }
+                _ => {}
+            }
+            for _ in 0..2 {
+                let (mut log, mut sm, shared) = open(dir.path());
+                assert_eq!(log.read_vote().await.unwrap(), Some(vote), "{crash}");
+                assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 2)), "{crash}");
+                let state = log.get_log_state().await.unwrap();
+                assert_eq!(state.last_purged_log_id, Some(log_id(0, 1, 0)), "{crash}");
+                assert_eq!(state.last_log_id, Some(log_id(1, 1, 3)), "{crash}");
+                assert_eq!(log.try_get_log_entries(1..).await.unwrap(), entries, "{crash}");
+                assert!(!sm.db.tree_names().iter().any(|n| n.as_ref() == LOG_TREE.as_bytes()));
+                assert!(!dir.path().join(format!("{LOG_DIR}.new")).exists());
+                // What `Raft::new` does on start: re-apply up to the committed id.
+                StorageHelper::new(&mut log, &mut sm).get_initial_state().await.unwrap();
+                assert_eq!(shared.read().unwrap().kv, kv(&[("a", "1")]), "{crash}");
+            }
+        }
+    }
+
     /// Applying writes the changed objects only, and a reopened store reads the same state.
     #[tokio::test]
     async fn apply_writes_only_what_changed() {
@@ -412,12 +513,14 @@ mod tests {
         let mut entries = vec![membership_ent::<TypeConfig>(0, 1, 0, vec![BTreeSet::from([1u64])])];
         entries.extend((1..=50).map(|i| put(1, i, &format!("k{i}"), "v")));
         sm.apply(entries).await.unwrap();
+        sm.persister.flush().await.unwrap();
         let before = sm.sm.iter().count();
         // Marks the keys it rewrites, to see which ones the next apply writes.
         for key in ["kv/k1", "kv/k2"] {
             sm.sm.insert(key, b"\"stale\"".to_vec()).unwrap();
         }
         sm.apply(vec![put(1, 51, "k2", "w")]).await.unwrap();
+        sm.persister.flush().await.unwrap();
         assert_eq!(sm.sm.get("kv/k1").unwrap().unwrap().as_ref(), b"\"stale\"");
         assert_eq!(sm.sm.get("kv/k2").unwrap().unwrap().as_ref(), b"\"w\"");
         assert_eq!(sm.sm.iter().count(), before);

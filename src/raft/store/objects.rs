@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::Batch;
 
 use crate::state::{IrState, NodeId};
 
@@ -180,17 +179,18 @@ pub fn load<E: From<ObjectError>>(
     Ok(s)
 }
 
-/// Stages in `batch` the objects that differ between `before` (as stored) and `after`, and
+/// Stages in `changes` the objects that differ between `before` (as stored) and `after`, and
 /// clears `after`'s record of what changed. Cost: the changed objects, plus a comparison of
 /// the few small values (the IR, at most four nodes, two key slots, revocations).
-pub fn stage_changes(before: &IrState, after: &mut IrState, batch: &mut Batch) -> Result<usize, ObjectError> {
+pub fn stage_changes(
+    before: &IrState,
+    after: &mut IrState,
+    changes: &mut Vec<super::persist::Change>,
+) -> Result<usize, ObjectError> {
     let mut written = 0;
     let mut put = |key: String, value: Option<Vec<u8>>| {
         written += 1;
-        match value {
-            Some(v) => batch.insert(key.as_bytes(), v),
-            None => batch.remove(key.as_bytes()),
-        }
+        changes.push((key.into_bytes(), value));
     };
     if before.ir != after.ir {
         put(

@@ -19,6 +19,7 @@ use sled::transaction::{TransactionError, TransactionalTree};
 use sled::{Batch, Db, Tree};
 
 use super::objects::{self, ObjectError};
+use super::persist::{Change, Persister};
 use super::{KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, Membership, Meta};
 use super::{encode, flush, read_key};
 use crate::raft::types::{NodeId, TypeConfig};
@@ -50,8 +51,10 @@ pub struct StateMachineStore {
     /// Serialises writers of the `snapshot` tree: a snapshot builder runs in its own task and
     /// must not overwrite a newer snapshot that `install_snapshot` stored meanwhile.
     pub(super) snapshot_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The applied state as persisted; the source of truth that `shared` mirrors.
+    /// The applied state; the source of truth that `shared` mirrors. On disk once the
+    /// persister has written it.
     pub(super) applied: AppliedState,
+    pub(super) persister: Arc<Persister>,
     pub(super) shared: Arc<RwLock<IrState>>,
 }
 
@@ -80,18 +83,22 @@ impl StateMachineStore {
 
 /// The applied point, staged next to the objects it accounts for; the membership too when it
 /// changed (every key written is one more record for sled to sync at the next flush).
-fn stage_applied(batch: &mut Batch, applied: &AppliedState, membership_changed: bool) -> StorageResult<()> {
-    batch.insert(
-        KEY_LAST_APPLIED,
-        encode(&applied.last_applied, StorageIOError::write_state_machine)?,
-    );
+fn stage_applied(changes: &mut Vec<Change>, applied: &AppliedState, membership_changed: bool) -> StorageResult<()> {
+    changes.push((
+        KEY_LAST_APPLIED.to_vec(),
+        Some(encode(&applied.last_applied, StorageIOError::write_state_machine)?),
+    ));
     if membership_changed {
-        batch.insert(
-            KEY_LAST_MEMBERSHIP,
-            encode(&applied.last_membership, StorageIOError::write_state_machine)?,
-        );
+        changes.push((
+            KEY_LAST_MEMBERSHIP.to_vec(),
+            Some(encode(&applied.last_membership, StorageIOError::write_state_machine)?),
+        ));
     }
     Ok(())
+}
+
+fn persist_error(wrap: fn(AnyError) -> StorageIOError<NodeId>) -> impl Fn(String) -> StorageError<NodeId> {
+    move |e| wrap(AnyError::error(e)).into()
 }
 
 fn snapshot_batch(meta: &Meta, data: &[u8]) -> StorageResult<Batch> {
@@ -203,22 +210,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(responses);
         }
 
-        let mut batch = Batch::default();
-        objects::stage_changes(&self.applied.state, &mut next.state, &mut batch)
+        let mut changes = Vec::new();
+        objects::stage_changes(&self.applied.state, &mut next.state, &mut changes)
             .map_err(object_error(StorageIOError::write_state_machine))?;
-        stage_applied(&mut batch, &next, next.last_membership != self.applied.last_membership)?;
-        self.sm
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        stage_applied(
+            &mut changes,
+            &next,
+            next.last_membership != self.applied.last_membership,
+        )?;
+        let wrap = persist_error(StorageIOError::write_state_machine);
+        self.persister.write(changes).map_err(&wrap)?;
         if must_flush {
             // A restarted node must come back with at least the trust it showed (a revoked
             // certificate above all, or a membership), not wait for a leader to tell it the
             // commit index before it re-applies.
-            flush(&self.db, StorageIOError::write_state_machine).await?;
+            self.persister.flush().await.map_err(wrap)?;
         }
         // Anything else needs no flush of its own: the entries are durable in the log (a
-        // majority flushed them before they committed), so a crash only means re-applying
-        // them from the log on restart; the next append's flush carries these keys to disk.
+        // majority synced them before they committed), so a crash only means re-applying
+        // them from the log on restart; the persister and sled's timer flush carry these
+        // keys to disk.
         self.publish(next);
         Ok(responses)
     }
@@ -249,6 +260,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state,
         };
 
+        // Changes of earlier applies still queued must not land on top of the snapshot's.
+        self.persister
+            .flush()
+            .await
+            .map_err(persist_error(StorageIOError::write_state_machine))?;
         // The old objects go and the snapshot's come, in one batch: a key the snapshot has
         // is overwritten (a batch keeps the last write per key), one it lacks is deleted.
         let mut sm_batch = Batch::default();
@@ -260,7 +276,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         objects::for_each(&next.state, |key, value| sm_batch.insert(key.as_bytes(), value))
             .map_err(object_error(StorageIOError::write_state_machine))?;
-        stage_applied(&mut sm_batch, &next, true)?;
+        let mut applied = Vec::new();
+        stage_applied(&mut applied, &next, true)?;
+        for (key, value) in applied {
+            sm_batch.insert(key, value.expect("stage_applied writes values"));
+        }
         let snap_batch = snapshot_batch(meta, &data)?;
         let guard = self.snapshot_lock.lock().await;
         // One transaction over both trees: after a crash the stored snapshot and the applied
