@@ -158,13 +158,15 @@ async fn node_port_admits_only_the_right_certificates() {
         err.contains("PermissionDenied") && err.contains("node certificate"),
         "{err}"
     );
-    let channel = connect(&addr[0], admin.clone()).await.expect("connect");
-    let err = raft_call(channel, "Vote", b"{}".to_vec(), None)
-        .await
-        .map(drop)
-        .map_err(describe)
-        .expect_err("an admin certificate must not call Raft");
-    assert!(err.contains("PermissionDenied"), "{err}");
+    for method in ["Vote", "AppendStream"] {
+        let channel = connect(&addr[0], admin.clone()).await.expect("connect");
+        let err = raft_call(channel, method, b"{}".to_vec(), None)
+            .await
+            .map(drop)
+            .map_err(describe)
+            .expect_err("an admin certificate must not call Raft");
+        assert!(err.contains("PermissionDenied"), "{method}: {err}");
+    }
 
     steps.step("(f) junk on the port (random bytes, bogus TLS records, cleartext HTTP) is dropped");
     let mut junk = Vec::new();
@@ -204,7 +206,7 @@ async fn node_port_admits_only_the_right_certificates() {
     let node3 = node_client(&ir, 2);
     let node3_data_key = shir::secrets::load_data_key(ir.nodes[2].dir.root()).expect("node3's data key");
     let member = MemberProof::new(&node3_data_key, shir::raft::network::PROOF_PURPOSE);
-    for method in ["AppendEntries", "Vote", "InstallSnapshot"] {
+    for method in ["AppendEntries", "AppendStream", "Vote", "InstallSnapshot"] {
         let channel = connect(&addr[0], node3.clone()).await.expect("node3 connects");
         let err = raft_call(channel, method, b"\x00not json{".to_vec(), None)
             .await

@@ -30,7 +30,11 @@ impl Services {
     /// The caller of `req`, refused if its certificate was revoked after the connection was
     /// made: the handshake check stops new connections, this stops calls on old ones.
     fn caller(&self, req: &Request<impl Sized>) -> Result<Caller, Status> {
-        let caller = caller_of(req);
+        self.not_revoked(caller_of(req))
+    }
+
+    /// `caller`, refused if its certificate is revoked by now.
+    fn not_revoked(&self, caller: Caller) -> Result<Caller, Status> {
         if let Caller::Certified(id) = &caller
             && self.node.read_state(|s| s.is_revoked(&id.serial_hex))
         {
@@ -113,6 +117,34 @@ impl proto::raft_server::Raft for Services {
         encode(&self.node.raft.append_entries(rpc).await)
     }
 
+    type AppendStreamStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        self.require_node(&req, "Raft")?;
+        let caller = caller_of(&req);
+        let state = (req.into_inner(), self.clone(), caller);
+        // One request at a time, each answered before the next is read: the sender waits for
+        // each reply anyway, and the order is what pairs them. A refused request ends the
+        // stream with its status.
+        let replies = futures::stream::unfold(Some(state), |state| async move {
+            let (mut requests, services, caller) = state?;
+            let payload = match requests.message().await {
+                Ok(Some(payload)) => payload,
+                Ok(None) => return None,
+                Err(status) => return Some((Err(status), None)),
+            };
+            match services.streamed_append(&caller, &payload).await {
+                Ok(reply) => Some((Ok(reply), Some((requests, services, caller)))),
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(self.raft_request(&req, "Vote")?)?;
         if self.node.restore_guard.refuses_votes() {
@@ -134,7 +166,24 @@ impl Services {
     /// sender holds the data key, which the certificate alone does not give.
     fn raft_request<'a>(&self, req: &'a Request<RaftPayload>, method: &str) -> Result<&'a [u8], Status> {
         self.require_node(req, "Raft")?;
-        let payload = req.get_ref();
+        self.member_payload(req.get_ref(), method)
+    }
+
+    /// One request of an `AppendStream`: checked as an `AppendEntries` call is (the stream's
+    /// caller again, as its certificate may have been revoked since the stream opened), and
+    /// answered the same way.
+    async fn streamed_append(&self, caller: &Caller, payload: &RaftPayload) -> Result<RaftPayload, Status> {
+        self.not_revoked(caller.clone())?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
+            decode(self.member_payload(payload, "AppendEntries")?)?;
+        self.node
+            .restore_guard
+            .saw_leader_commit(rpc.leader_commit.map(|l| l.index));
+        Ok(encode(&self.node.raft.append_entries(rpc).await)?.into_inner())
+    }
+
+    /// The bytes of a Raft request, if its proof shows the sender holds the data key.
+    fn member_payload<'a>(&self, payload: &'a RaftPayload, method: &str) -> Result<&'a [u8], Status> {
         let parts = network::proof_parts(method, &payload.data);
         match self
             .node

@@ -4,6 +4,10 @@
 //! callee's `Result` included, so a remote Raft error comes back as the same typed error
 //! openraft would have produced locally.
 
+// openraft's `RPCError` is the type every `RaftNetwork` method returns; the helpers that build
+// it return it too, rather than a boxed one unboxed again at the trait boundary.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +104,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             client: RaftClient::new(self.peers.channel(&node.addr))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+            stream: None,
+            unary_only: false,
         }
     }
 }
@@ -108,6 +114,17 @@ pub struct PeerClient {
     target: NodeId,
     proof: Arc<MemberProof>,
     client: RaftClient<Channel>,
+    /// The open `AppendStream`, if any: opened on first use, dropped on any failure (a reply
+    /// that may still arrive would pair with the wrong request) and opened again next time.
+    stream: Option<AppendStream>,
+    /// The peer answered `AppendStream` with Unimplemented (a version without it).
+    unary_only: bool,
+}
+
+/// One `AppendStream`: requests go in, replies come out in the same order.
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<RaftPayload>,
+    replies: tonic::Streaming<RaftPayload>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, E>>;
@@ -119,10 +136,8 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let timestamp = crate::unix_now();
-        let proof = self.proof.sign(timestamp, &proof_parts(method.name(), &data));
-        let mut request = tonic::Request::new(RaftPayload { data, timestamp, proof });
+        let payload = self.signed(method, req)?;
+        let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
         let reply = match method {
             Method::Append => self.client.append_entries(request).await,
@@ -132,8 +147,46 @@ impl PeerClient {
         let payload = reply
             .map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?
             .into_inner();
+        self.reply(&payload)
+    }
+
+    fn signed<Req: Serialize, E: std::error::Error>(&self, method: Method, req: &Req) -> RpcResult<RaftPayload, E> {
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let timestamp = crate::unix_now();
+        let proof = self.proof.sign(timestamp, &proof_parts(method.name(), &data));
+        Ok(RaftPayload { data, timestamp, proof })
+    }
+
+    fn reply<Resp, E>(&self, payload: &RaftPayload) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<Resp, E> = decode(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Sends one request on the `AppendStream` (opening it if needed) and waits for its reply.
+    async fn exchange(&mut self, payload: RaftPayload) -> Result<RaftPayload, tonic::Status> {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let (requests, queue) = tokio::sync::mpsc::channel(1);
+                let replies = self
+                    .client
+                    .append_stream(tokio_stream::wrappers::ReceiverStream::new(queue))
+                    .await?
+                    .into_inner();
+                self.stream.insert(AppendStream { requests, replies })
+            }
+        };
+        if stream.requests.send(payload).await.is_err() {
+            return Err(tonic::Status::unavailable("the Raft stream to the peer closed"));
+        }
+        match stream.replies.message().await? {
+            Some(reply) => Ok(reply),
+            None => Err(tonic::Status::unavailable("the peer closed the Raft stream")),
+        }
     }
 }
 
@@ -162,7 +215,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        self.call(Method::Append, &rpc, &option).await
+        if self.unary_only {
+            return self.call(Method::Append, &rpc, &option).await;
+        }
+        let payload = self.signed(Method::Append, &rpc)?;
+        let outcome = tokio::time::timeout(option.hard_ttl(), self.exchange(payload)).await;
+        match outcome {
+            Ok(Ok(reply)) => self.reply(&reply),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                self.stream = None;
+                self.unary_only = true;
+                self.call(Method::Append, &rpc, &option).await
+            }
+            Ok(Err(status)) => {
+                self.stream = None;
+                Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Err(elapsed) => {
+                self.stream = None;
+                Err(RPCError::Unreachable(Unreachable::new(&elapsed)))
+            }
+        }
     }
 
     #[tracing::instrument(level = "trace", skip_all, fields(target = self.target))]

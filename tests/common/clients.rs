@@ -120,7 +120,9 @@ pub async fn join_raw(key: &AuthKey, req: proto::JoinRequest) -> Result<proto::J
         .map(tonic::Response::into_inner)
 }
 
-/// A Raft request, signed with `member` (a holder of the data key) if given.
+/// A Raft request, signed with `member` (a holder of the data key) if given. `AppendStream`
+/// sends it as the one request of a stream (signed as an AppendEntries, as nodes sign them)
+/// and returns the first reply.
 pub async fn raft_call(
     channel: Channel,
     method: &str,
@@ -132,13 +134,28 @@ pub async fn raft_call(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
+    let signed_as = if method == "AppendStream" {
+        "AppendEntries"
+    } else {
+        method
+    };
     let proof = member
-        .map(|m| m.sign(timestamp, &shir::raft::network::proof_parts(method, &data)))
+        .map(|m| m.sign(timestamp, &shir::raft::network::proof_parts(signed_as, &data)))
         .unwrap_or_default();
     let payload = proto::RaftPayload { data, timestamp, proof };
     let call = async {
         match method {
             "AppendEntries" => client.append_entries(payload).await,
+            "AppendStream" => {
+                let mut replies = client
+                    .append_stream(futures::stream::iter([payload]))
+                    .await?
+                    .into_inner();
+                match replies.message().await? {
+                    Some(reply) => Ok(tonic::Response::new(reply)),
+                    None => Err(tonic::Status::unknown("the stream ended without a reply")),
+                }
+            }
             "Vote" => client.vote(payload).await,
             _ => client.install_snapshot(payload).await,
         }

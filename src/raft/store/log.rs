@@ -77,13 +77,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     #[tracing::instrument(level = "trace", skip_all)]
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        // Not synced: losing this mark in a crash only means openraft re-applies fewer entries on
-        // restart and learns the rest of the commit index from the leader. The next append's
-        // sync carries it to disk anyway, and a killed process loses nothing it wrote.
-        let _unsynced = self
-            .wal
-            .save_committed(committed)
-            .map_err(io_error(StorageIOError::write))?;
+        // Not written at once: losing this mark in a crash only means openraft re-applies fewer
+        // entries on restart and learns the rest of the commit index from the leader. The log's
+        // next write (an append, nearly always) carries it, and closing the log writes it.
+        self.wal.save_committed(committed);
         Ok(())
     }
 

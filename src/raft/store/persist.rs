@@ -11,8 +11,8 @@
 //! installed) writes what is pending first, in order.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use sled::{Batch, Db, Tree};
 
@@ -22,51 +22,78 @@ const LINGER: Duration = Duration::from_millis(20);
 /// A change of one key: its new value, or `None` to remove it.
 pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
 
-enum Job {
-    Write(Vec<Change>),
-    Flush(tokio::sync::oneshot::Sender<Result<(), String>>),
+type FlushDone = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// What `apply` has handed over and the writer has not written yet. Handing over takes
+/// this lock and nothing else: no wake-up per apply, the writer looks every [`LINGER`].
+#[derive(Default)]
+struct Queue {
+    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    flushes: Vec<FlushDone>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Rung for flushes and for closing only.
+    bell: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The handle `apply` and the log store use; the thread ends (writing what is pending) when
-/// the last handle is dropped.
+/// the handle is dropped.
 pub(super) struct Persister {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl Persister {
     pub(super) fn start(db: Db, tree: Tree) -> std::io::Result<Persister> {
-        let (jobs, queue) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            bell: Condvar::new(),
+        });
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("state-persist".into())
-            .spawn(move || run(queue, &db, &tree))?;
-        Ok(Persister { jobs })
+            .spawn(move || run(&writer, &db, &tree))?;
+        Ok(Persister { shared })
     }
 
-    /// Queues changes, written in order with the ones queued before them.
-    pub(super) fn write(&self, changes: Vec<Change>) -> Result<(), String> {
-        self.jobs
-            .send(Job::Write(changes))
-            .map_err(|_| "the state machine's writer thread stopped".to_string())
+    /// Queues changes, written in order with the ones queued before them (a later change of
+    /// a key replaces an earlier one still queued).
+    pub(super) fn write(&self, changes: Vec<Change>) {
+        self.shared.lock().changes.extend(changes);
     }
 
     /// Writes everything queued so far and flushes sled; fails if that or any earlier
     /// background write failed.
     pub(super) async fn flush(&self) -> Result<(), String> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Job::Flush(done))
-            .map_err(|_| "the state machine's writer thread stopped".to_string())?;
+        self.shared.lock().flushes.push(done);
+        self.shared.bell.notify_one();
         wait.await
             .unwrap_or_else(|_| Err("the state machine's writer thread stopped".into()))
     }
 }
 
-fn write_pending(tree: &Tree, pending: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<(), String> {
-    if pending.is_empty() {
+impl Drop for Persister {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.bell.notify_one();
+    }
+}
+
+fn write_changes(tree: &Tree, changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<(), String> {
+    if changes.is_empty() {
         return Ok(());
     }
     let mut batch = Batch::default();
-    for (key, value) in std::mem::take(pending) {
+    for (key, value) in changes {
         match value {
             Some(v) => batch.insert(key, v),
             None => batch.remove(key),
@@ -75,45 +102,41 @@ fn write_pending(tree: &Tree, pending: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>) 
     tree.apply_batch(batch).map_err(|e| e.to_string())
 }
 
-fn run(queue: mpsc::Receiver<Job>, db: &Db, tree: &Tree) {
-    let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-    let mut oldest: Option<Instant> = None;
+fn run(shared: &Shared, db: &Db, tree: &Tree) {
     // A failed write leaves sled behind the applied state; every later flush reports it, so
     // the purge or command waiting on one fails instead of trusting the disk.
     let mut failed: Option<String> = None;
-    let write = |pending: &mut BTreeMap<_, _>, failed: &mut Option<String>| {
-        if let Err(e) = write_pending(tree, pending) {
+    loop {
+        let (changes, flushes, closed) = {
+            let mut queue = shared.lock();
+            if queue.flushes.is_empty() && !queue.closed {
+                queue = shared
+                    .bell
+                    .wait_timeout(queue, LINGER)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            (
+                std::mem::take(&mut queue.changes),
+                std::mem::take(&mut queue.flushes),
+                queue.closed,
+            )
+        };
+        if let Err(e) = write_changes(tree, changes) {
             tracing::error!("cannot write the applied state to sled: {e}");
             failed.get_or_insert(e);
         }
-    };
-    loop {
-        let job = match oldest {
-            None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => queue.recv_timeout((t + LINGER).saturating_duration_since(Instant::now())),
-        };
-        match job {
-            Ok(Job::Write(changes)) => {
-                pending.extend(changes);
-                oldest.get_or_insert_with(Instant::now);
+        if !flushes.is_empty() {
+            let result = match &failed {
+                Some(e) => Err(e.clone()),
+                None => db.flush().map(drop).map_err(|e| e.to_string()),
+            };
+            for done in flushes {
+                let _ = done.send(result.clone());
             }
-            Ok(Job::Flush(done)) => {
-                write(&mut pending, &mut failed);
-                oldest = None;
-                let result = match &failed {
-                    Some(e) => Err(e.clone()),
-                    None => db.flush().map(drop).map_err(|e| e.to_string()),
-                };
-                let _ = done.send(result);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                write(&mut pending, &mut failed);
-                oldest = None;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                write(&mut pending, &mut failed);
-                return;
-            }
+        }
+        if closed {
+            return;
         }
     }
 }

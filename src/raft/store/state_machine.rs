@@ -219,7 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             next.last_membership != self.applied.last_membership,
         )?;
         let wrap = persist_error(StorageIOError::write_state_machine);
-        self.persister.write(changes).map_err(&wrap)?;
+        self.persister.write(changes);
         if must_flush {
             // A restarted node must come back with at least the trust it showed (a revoked
             // certificate above all, or a membership), not wait for a leader to tell it the

@@ -90,6 +90,9 @@ struct Inner {
     recent_bytes: usize,
     vote: Option<Vote<NodeId>>,
     committed: Option<Id>,
+    /// `committed` changed since its last record: the record goes out with the next write
+    /// (openraft allows losing it, see `LogStore::save_committed`), saving a write per entry.
+    committed_unwritten: bool,
     purged: Option<Id>,
     /// Set when a write or sync failed: what is on disk is then unknown, and going on could
     /// acknowledge entries that are not there.
@@ -231,6 +234,21 @@ fn frame_marks(out: &mut Vec<u8>, inner: &Inner) -> io::Result<()> {
     Ok(())
 }
 
+/// Reserves a segment's space up front, as etcd does: an `fdatasync` that must also record
+/// a larger file size costs a journal commit on ext4 (measured here: 153 µs against 106 µs
+/// per sync). Best effort: a file system without it just grows the file.
+fn preallocate(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a file descriptor this function borrows.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, SEGMENT_BYTES as libc::off_t) };
+    if rc != 0 {
+        tracing::debug!(
+            "cannot preallocate a Raft log segment: {}",
+            io::Error::from_raw_os_error(rc)
+        );
+    }
+}
+
 /// Syncs a directory, so that files created or renamed in it survive a crash.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -297,19 +315,24 @@ impl Inner {
     }
 
     /// Reads one segment's records into the log. `last` says whether it is the segment
-    /// written to, whose torn tail is cut off; returns where its valid records end.
-    fn replay(&mut self, path: &Path, file: &Arc<File>, last: bool) -> io::Result<u64> {
+    /// written to, whose torn tail is cut off; returns where its valid records end and whether
+    /// a torn record follows (rather than the zeros of preallocated space, or nothing).
+    fn replay(&mut self, path: &Path, file: &Arc<File>, last: bool) -> io::Result<(u64, bool)> {
         let bytes = fs::read(path)?;
         let mut at = 0usize;
         while at < bytes.len() {
-            let torn = |what: &str| -> io::Result<u64> {
+            let torn = |what: &str| -> io::Result<(u64, bool)> {
                 if last {
                     tracing::warn!(segment = %path.display(), offset = at, "cutting off a torn record at the end of the Raft log: {what}");
-                    Ok(at as u64)
+                    Ok((at as u64, true))
                 } else {
                     Err(damaged(path, at as u64, what))
                 }
             };
+            if bytes[at..].iter().all(|&b| b == 0) {
+                // Preallocated and never written.
+                return Ok((at as u64, false));
+            }
             if bytes.len() - at < FRAME_HEADER {
                 return torn("incomplete header");
             }
@@ -327,7 +350,7 @@ impl Inner {
                 .map_err(|e| damaged(path, at as u64, &e.to_string()))?;
             at = start + len;
         }
-        Ok(at as u64)
+        Ok((at as u64, false))
     }
 
     fn replay_record(&mut self, body: &[u8], file: &Arc<File>, body_offset: u64) -> io::Result<()> {
@@ -407,6 +430,7 @@ impl Wal {
             recent_bytes: 0,
             vote: None,
             committed: None,
+            committed_unwritten: false,
             purged: None,
             failed: false,
         };
@@ -419,10 +443,12 @@ impl Wal {
                 max_index: None,
             });
             let last = i + 1 == numbers.len();
-            let end = inner.replay(&path, &file, last)?;
+            let (end, torn) = inner.replay(&path, &file, last)?;
             if last {
-                if end < file.metadata()?.len() {
+                if torn {
+                    // Zeros again where the torn record was, so nothing of it is read later.
                     file.set_len(end)?;
+                    preallocate(&file);
                     file.sync_all()?;
                 }
                 inner.end = end;
@@ -452,8 +478,8 @@ impl Wal {
     }
 
     /// Writes `records` at the end of the last segment, first starting a new segment if the
-    /// last is full. The caller syncs the returned file.
-    fn write(&self, inner: &mut Inner, records: &[u8]) -> io::Result<Arc<File>> {
+    /// last is full; returns the file (which the caller syncs) and where `records` begin.
+    fn write(&self, inner: &mut Inner, records: &[u8]) -> io::Result<(Arc<File>, u64)> {
         if inner.failed {
             return Err(io::Error::other(
                 "the Raft log is unusable after an earlier write to it failed",
@@ -466,13 +492,27 @@ impl Wal {
         result
     }
 
-    fn write_inner(&self, inner: &mut Inner, records: &[u8]) -> io::Result<Arc<File>> {
+    fn write_inner(&self, inner: &mut Inner, records: &[u8]) -> io::Result<(Arc<File>, u64)> {
         if inner.end >= SEGMENT_BYTES {
             self.rotate(inner)?;
         }
+        let mut buf = Vec::new();
+        if inner.committed_unwritten {
+            frame(&mut buf, KIND_COMMITTED, &[&json(&inner.committed)?]);
+        }
+        let prefix = buf.len() as u64;
+        let bytes: &[u8] = if buf.is_empty() {
+            records
+        } else {
+            buf.extend_from_slice(records);
+            &buf
+        };
         let current = inner.segments.last().expect("a log has a segment");
-        current.file.write_all_at(records, inner.end)?;
-        Ok(current.file.clone())
+        current.file.write_all_at(bytes, inner.end)?;
+        let at = inner.end + prefix;
+        inner.end += bytes.len() as u64;
+        inner.committed_unwritten = false;
+        Ok((current.file.clone(), at))
     }
 
     /// Closes the last segment (synced: nothing is written to it again) and starts the next
@@ -485,9 +525,11 @@ impl Wal {
         frame_marks(&mut marks, inner)?;
         let path = segment_path(&self.dir, number);
         let file = Arc::new(OpenOptions::new().read(true).write(true).create_new(true).open(&path)?);
+        preallocate(&file);
         file.write_all_at(&marks, 0)?;
-        file.sync_data()?;
+        file.sync_all()?;
         sync_dir(&self.dir)?;
+        inner.committed_unwritten = false;
         inner.segments.push(Segment {
             number,
             file,
@@ -506,9 +548,7 @@ impl Wal {
             placed.push((Arc::new(entry), at, len));
         }
         let mut inner = self.lock();
-        let file = self.write(&mut inner, &records)?;
-        let base = inner.end;
-        inner.end += records.len() as u64;
+        let (file, base) = self.write(&mut inner, &records)?;
         for (entry, at, len) in placed {
             inner.insert_entry(Loc {
                 log_id: entry.log_id,
@@ -525,8 +565,7 @@ impl Wal {
         let mut record = Vec::new();
         frame(&mut record, kind, &[payload]);
         let mut inner = self.lock();
-        let file = self.write(&mut inner, &record)?;
-        inner.end += record.len() as u64;
+        let (file, _) = self.write(&mut inner, &record)?;
         change(&mut inner);
         Ok(Unsynced(file))
     }
@@ -536,8 +575,12 @@ impl Wal {
         self.write_mark(KIND_VOTE, &json(&vote)?, |inner| inner.vote = Some(vote))
     }
 
-    pub(super) fn save_committed(&self, committed: Option<Id>) -> io::Result<Unsynced> {
-        self.write_mark(KIND_COMMITTED, &json(&committed)?, |inner| inner.committed = committed)
+    /// Remembers the committed id; its record goes out with the next write, or when the log
+    /// is closed.
+    pub(super) fn save_committed(&self, committed: Option<Id>) {
+        let mut inner = self.lock();
+        inner.committed = committed;
+        inner.committed_unwritten = true;
     }
 
     pub(super) fn truncate(&self, since: u64) -> io::Result<Unsynced> {
@@ -609,6 +652,16 @@ impl Wal {
     }
 }
 
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let mut inner = self.lock();
+        if inner.committed_unwritten && !inner.failed {
+            // Best effort, not synced: a node that stops keeps its commit point.
+            let _ = self.write(&mut inner, &[]);
+        }
+    }
+}
+
 /// Creates a log in `dir` atomically: `fill` writes the first segment's records in a sibling
 /// directory, which is renamed into place once synced. A crash leaves either no log (and the
 /// sibling, removed on the next try) or the whole one.
@@ -623,6 +676,7 @@ pub(super) fn create(dir: &Path, fill: impl FnOnce(&mut Vec<u8>) -> io::Result<(
     let mut records = Vec::new();
     fill(&mut records)?;
     let file = File::create(segment_path(&staging, 1))?;
+    preallocate(&file);
     file.write_all_at(&records, 0)?;
     file.sync_all()?;
     sync_dir(&staging)?;
@@ -647,6 +701,7 @@ pub(super) fn initial_records(
         recent_bytes: 0,
         vote,
         committed,
+        committed_unwritten: false,
         purged,
         failed: false,
     };
@@ -685,13 +740,19 @@ mod tests {
         }
         let segment = segment_path(&path, 1);
         let whole = fs::read(&segment).unwrap();
+        // Records end in JSON's `}`; after them the preallocated zeros.
+        let used = whole.iter().rposition(|&b| b != 0).unwrap() + 1;
+        assert!(whole.len() > used, "the segment is preallocated");
         // A record half written when the machine stopped.
         let mut torn = whole.clone();
-        torn.extend_from_slice(&whole[..20]);
+        torn[used..used + 20].copy_from_slice(&whole[..20]);
         fs::write(&segment, &torn).unwrap();
         let wal = Wal::open(&path).unwrap();
         assert_eq!(ids(&wal.entries(..).unwrap()), vec![1, 2, 3]);
-        assert_eq!(fs::metadata(&segment).unwrap().len(), whole.len() as u64);
+        assert!(
+            fs::read(&segment).unwrap()[used..].iter().all(|&b| b == 0),
+            "the torn bytes are gone"
+        );
         append(&wal, 4..5, 1).await;
         assert_eq!(ids(&wal.entries(..).unwrap()), vec![1, 2, 3, 4]);
         drop(wal);
@@ -719,11 +780,8 @@ mod tests {
         }
         append(&wal, 8..12, 2).await;
         wal.save_vote(&Vote::new(2, 1)).unwrap().sync(&wal).await.unwrap();
-        wal.save_committed(Some(log_id(2, 1, 9)))
-            .unwrap()
-            .sync(&wal)
-            .await
-            .unwrap();
+        wal.save_committed(Some(log_id(2, 1, 9)));
+        wal.save_vote(&Vote::new(2, 1)).unwrap().sync(&wal).await.unwrap();
         wal.purge(log_id(2, 1, 9)).await.unwrap();
         // Segment 1 held nothing after 9 and is gone; its marks live on in segment 2.
         assert!(!segment_path(&path, 1).exists());
