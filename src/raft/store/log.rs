@@ -99,8 +99,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One write: a crash keeps a prefix of it at most (the torn rest is cut off on open),
         // so the log never has a hole. The entries are readable when this returns; the callback
         // tells openraft they may be acknowledged to the leader (which then counts them towards
-        // a commit quorum) once the sync thread has them on disk. Returning before that lets
-        // the leader replicate while its own sync runs.
+        // a commit quorum) once the sync thread has them on disk. (openraft 0.9 awaits the
+        // callback before it replicates; returning early is what storage-v2 asks for.)
         self.wal
             .append(entries)
             .map_err(&wrap)?

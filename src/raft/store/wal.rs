@@ -5,9 +5,10 @@
 //! syncing its I/O buffers, several per record written since the last flush, and a lone
 //! client's write waits for that on the leader and on a quorum of followers. Here an append
 //! is one `pwrite` of all its entries, and the `fdatasync` runs on the log's own sync thread:
-//! `append` returns once the entries are written, so openraft sends them to the followers
-//! while the leader's own sync runs (the two were one after the other before), and appends
-//! that arrive during a sync share the next one. docs/performance.md has the figures.
+//! `append` returns once the entries are written and tells openraft through the callback,
+//! and appends that arrive during a sync share the next one. (openraft 0.9 still waits for
+//! that callback before it replicates, so the leader's sync and a follower's stay one after
+//! the other; docs/performance.md has the figures.)
 //!
 //! Layout: `raft-log/<segment number, 16 hex digits>.log`. A record is
 //!
