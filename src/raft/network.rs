@@ -219,23 +219,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             return self.call(Method::Append, &rpc, &option).await;
         }
         let payload = self.signed(Method::Append, &rpc)?;
-        let outcome = tokio::time::timeout(option.hard_ttl(), self.exchange(payload)).await;
-        match outcome {
-            Ok(Ok(reply)) => self.reply(&reply),
-            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                self.stream = None;
-                self.unary_only = true;
-                self.call(Method::Append, &rpc, &option).await
-            }
-            Ok(Err(status)) => {
-                self.stream = None;
-                Err(RPCError::Unreachable(Unreachable::new(&status)))
-            }
-            Err(elapsed) => {
-                self.stream = None;
-                Err(RPCError::Unreachable(Unreachable::new(&elapsed)))
-            }
+        let status = match tokio::time::timeout(option.hard_ttl(), self.exchange(payload)).await {
+            Ok(Ok(reply)) => return self.reply(&reply),
+            Ok(Err(status)) => status,
+            Err(elapsed) => tonic::Status::deadline_exceeded(elapsed.to_string()),
+        };
+        // A reply that may still arrive would pair with the next request.
+        self.stream = None;
+        if status.code() == tonic::Code::Unimplemented {
+            self.unary_only = true;
+            return self.call(Method::Append, &rpc, &option).await;
         }
+        Err(RPCError::Unreachable(Unreachable::new(&status)))
     }
 
     #[tracing::instrument(level = "trace", skip_all, fields(target = self.target))]

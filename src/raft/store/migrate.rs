@@ -1,7 +1,8 @@
 //! In-place upgrades of data dirs written by earlier versions: the state machine as one value
 //! (`migrate`) and the Raft log in sled (`migrate_log`).
 //!
-//! The versions before the state machine was stored by key kept the whole `IrState` as one JSON value under `sm/state`. On the first
+//! The versions before the state machine was stored by key kept the whole `IrState` as one
+//! JSON value under `sm/state`. On the first
 //! open by this version it is split into one key per object, and `state` is removed, in one
 //! sled batch: sled applies a batch atomically, so a kill during the migration leaves the
 //! old layout (and the next start migrates again) or the new one, never a mix. The applied

@@ -80,6 +80,7 @@ struct Segment {
     max_index: Option<u64>,
 }
 
+#[derive(Default)]
 struct Inner {
     /// Ascending by number; the last is the one written to.
     segments: Vec<Segment>,
@@ -100,6 +101,8 @@ struct Inner {
     failed: bool,
 }
 
+const SYNC_THREAD_STOPPED: &str = "the Raft log's sync thread stopped";
+
 /// A file whose writes must be synced before they count.
 #[must_use = "the records are not durable until the file is synced"]
 pub(super) struct Unsynced(Arc<File>);
@@ -109,8 +112,7 @@ impl Unsynced {
     pub(super) async fn sync(self, wal: &Wal) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         wal.request_sync(self.0, Done::Notify(tx))?;
-        rx.await
-            .unwrap_or_else(|_| Err(io::Error::other("the Raft log's sync thread stopped")))
+        rx.await.unwrap_or_else(|_| Err(io::Error::other(SYNC_THREAD_STOPPED)))
     }
 
     /// Has openraft told through `callback` once the records are on disk; returns at once.
@@ -224,12 +226,17 @@ fn frame_entry(out: &mut Vec<u8>, entry: &Entry<TypeConfig>) -> io::Result<(usiz
 }
 
 /// The records that let a segment stand without the ones before it.
-fn frame_marks(out: &mut Vec<u8>, inner: &Inner) -> io::Result<()> {
-    if let Some(vote) = &inner.vote {
+fn frame_marks(
+    out: &mut Vec<u8>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<Id>,
+    purged: Option<Id>,
+) -> io::Result<()> {
+    if let Some(vote) = &vote {
         frame(out, KIND_VOTE, &[&json(vote)?]);
     }
-    frame(out, KIND_COMMITTED, &[&json(&inner.committed)?]);
-    if let Some(purged) = &inner.purged {
+    frame(out, KIND_COMMITTED, &[&json(&committed)?]);
+    if let Some(purged) = &purged {
         frame(out, KIND_PURGED, &[&json(purged)?]);
     }
     Ok(())
@@ -272,7 +279,7 @@ impl Inner {
         let index = loc.log_id.index;
         // An entry replaces whatever the log held from its index on (openraft truncates first;
         // this keeps a replayed log right even if it did not).
-        self.drop_from(index);
+        self.truncate(index);
         if loc.recent.is_some() {
             self.recent.push_back(index);
             self.recent_bytes += loc.len;
@@ -284,29 +291,28 @@ impl Inner {
         }
     }
 
-    /// Removes the entries from `index` on.
-    fn drop_from(&mut self, index: u64) {
-        for (_, loc) in self.entries.split_off(&index) {
+    /// Accounts for entries taken out of `entries`.
+    fn forget(&mut self, removed: BTreeMap<u64, Loc>) {
+        for loc in removed.values() {
             if loc.recent.is_some() {
                 self.recent_bytes -= loc.len;
             }
         }
-        while self.recent.back().is_some_and(|&i| i >= index) {
+    }
+
+    /// Removes the entries from `since` on.
+    fn truncate(&mut self, since: u64) {
+        let removed = self.entries.split_off(&since);
+        self.forget(removed);
+        while self.recent.back().is_some_and(|&i| i >= since) {
             self.recent.pop_back();
         }
     }
 
-    fn truncate(&mut self, since: u64) {
-        self.drop_from(since);
-    }
-
     fn purge(&mut self, upto: Id) {
         let kept = self.entries.split_off(&(upto.index + 1));
-        for (_, loc) in std::mem::replace(&mut self.entries, kept) {
-            if loc.recent.is_some() {
-                self.recent_bytes -= loc.len;
-            }
-        }
+        let removed = std::mem::replace(&mut self.entries, kept);
+        self.forget(removed);
         while self.recent.front().is_some_and(|&i| i <= upto.index) {
             self.recent.pop_front();
         }
@@ -423,18 +429,7 @@ impl Wal {
             ));
         }
 
-        let mut inner = Inner {
-            segments: Vec::new(),
-            end: 0,
-            entries: BTreeMap::new(),
-            recent: Default::default(),
-            recent_bytes: 0,
-            vote: None,
-            committed: None,
-            committed_unwritten: false,
-            purged: None,
-            failed: false,
-        };
+        let mut inner = Inner::default();
         for (i, &number) in numbers.iter().enumerate() {
             let path = segment_path(dir, number);
             let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
@@ -471,7 +466,7 @@ impl Wal {
     fn request_sync(&self, file: Arc<File>, done: Done) -> io::Result<()> {
         self.syncer
             .send((file, done))
-            .map_err(|_| io::Error::other("the Raft log's sync thread stopped"))
+            .map_err(|_| io::Error::other(SYNC_THREAD_STOPPED))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -523,7 +518,7 @@ impl Wal {
         current.file.sync_data()?;
         let number = current.number + 1;
         let mut marks = Vec::new();
-        frame_marks(&mut marks, inner)?;
+        frame_marks(&mut marks, inner.vote, inner.committed, inner.purged)?;
         let path = segment_path(&self.dir, number);
         let file = Arc::new(OpenOptions::new().read(true).write(true).create_new(true).open(&path)?);
         preallocate(&file);
@@ -694,19 +689,7 @@ pub(super) fn initial_records(
     purged: Option<Id>,
     entries: impl IntoIterator<Item = io::Result<Entry<TypeConfig>>>,
 ) -> io::Result<()> {
-    let marks = Inner {
-        segments: Vec::new(),
-        end: 0,
-        entries: BTreeMap::new(),
-        recent: Default::default(),
-        recent_bytes: 0,
-        vote,
-        committed,
-        committed_unwritten: false,
-        purged,
-        failed: false,
-    };
-    frame_marks(out, &marks)?;
+    frame_marks(out, vote, committed, purged)?;
     for entry in entries {
         frame_entry(out, &entry?)?;
     }
@@ -781,8 +764,8 @@ mod tests {
         }
         append(&wal, 8..12, 2).await;
         wal.save_vote(&Vote::new(2, 1)).unwrap().sync(&wal).await.unwrap();
+        // Written with the purge's record, the next write.
         wal.save_committed(Some(log_id(2, 1, 9)));
-        wal.save_vote(&Vote::new(2, 1)).unwrap().sync(&wal).await.unwrap();
         wal.purge(log_id(2, 1, 9)).await.unwrap();
         // Segment 1 held nothing after 9 and is gone; its marks live on in segment 2.
         assert!(!segment_path(&path, 1).exists());
