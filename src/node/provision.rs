@@ -147,8 +147,12 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
     // process, so that `init` leaves a complete node and `run` has nothing special to do.
     {
         let db = crate::node::open_db(dir)?;
-        let (log_store, state_machine) =
-            RaftStore::open(&db, &dir.raft_log_path(), Arc::new(RwLock::new(IrState::default())))?;
+        let (log_store, state_machine) = RaftStore::open(
+            &db,
+            &dir.raft_log_path(),
+            Arc::new(RwLock::new(IrState::default())),
+            Some(1),
+        )?;
         let client_tls = tls::client_config_mtls(ca.cert_pem(), &cert.cert_pem, key_pem.expose())?;
         let raft = Raft::new(
             1,
@@ -156,6 +160,7 @@ async fn init_into(dir: &DataDir, name: &str, addrs: &Addresses, ir_name: &str) 
             NetworkFactory {
                 peers: Peers::new(client_tls),
                 proof: Arc::new(MemberProof::new(&data_key, crate::raft::network::PROOF_PURPOSE)),
+                durable: log_store.durable(),
             },
             log_store,
             state_machine,

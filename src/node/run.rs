@@ -177,8 +177,8 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Running> {
     } = files;
     let db = open_db(dir)?;
     let state = Arc::new(RwLock::new(IrState::default()));
-    let (log_store, state_machine) =
-        RaftStore::open(&db, &dir.raft_log_path(), state.clone()).context("cannot open the Raft store")?;
+    let (log_store, state_machine) = RaftStore::open(&db, &dir.raft_log_path(), state.clone(), Some(config.node_id))
+        .context("cannot open the Raft store")?;
 
     let client_tls = tls::client_config_mtls(&ca_cert_pem, &cert_pem, key_pem.expose()).context("TLS client setup")?;
     let peers = Peers::new(client_tls);
@@ -192,6 +192,7 @@ pub async fn start(dir: &DataDir, files: NodeFiles) -> Result<Running> {
         NetworkFactory {
             peers: peers.clone(),
             proof: raft_proof.clone(),
+            durable: log_store.durable(),
         },
         log_store,
         state_machine,

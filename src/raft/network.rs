@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
+use super::store::Durable;
 use super::types::{Node, NodeId, TypeConfig};
 use crate::proto::RaftPayload;
 use crate::proto::raft_client::RaftClient;
@@ -83,6 +84,8 @@ pub struct NetworkFactory {
     pub peers: Peers,
     /// Signs every request as coming from a member (see `secrets::member_proof`).
     pub proof: Arc<MemberProof>,
+    /// This node's durable log end: a commit index is sent no later than it (see `Durable`).
+    pub durable: Durable,
 }
 
 /// The purpose string of Raft message proofs.
@@ -106,6 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                 .max_encoding_message_size(MAX_MESSAGE),
             stream: None,
             unary_only: false,
+            durable: self.durable.clone(),
         }
     }
 }
@@ -119,6 +123,7 @@ pub struct PeerClient {
     stream: Option<AppendStream>,
     /// The peer answered `AppendStream` with Unimplemented (a version without it).
     unary_only: bool,
+    durable: Durable,
 }
 
 /// One `AppendStream`: requests go in, replies come out in the same order.
@@ -212,9 +217,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     #[tracing::instrument(level = "trace", skip_all, fields(target = self.target))]
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        // A follower applies up to the commit index it is told; that must not include entries
+        // still unsynced on this leader, which a crash here could take from the majority.
+        rpc.leader_commit = self.durable.clamp(rpc.leader_commit);
         if self.unary_only {
             return self.call(Method::Append, &rpc, &option).await;
         }

@@ -12,7 +12,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 
 use super::persist::Persister;
-use super::wal::Wal;
+use super::wal::{Durable, Wal};
 use crate::raft::types::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -28,6 +28,28 @@ pub struct LogStore {
     pub(super) wal: Arc<Wal>,
     /// The state machine's writer, flushed before a purge (see [`LogStore::purge`]).
     pub(super) persister: Arc<Persister>,
+    /// This node's id, when its own entries as leader may be reported before they are synced
+    /// (see [`Durable`]); `None`: every entry waits for its sync.
+    pub(super) me: Option<NodeId>,
+}
+
+impl LogStore {
+    /// The durable end of this log, for the state machine and the Raft network.
+    pub fn durable(&self) -> Durable {
+        self.wal.durable()
+    }
+
+    /// Whether `first` is an entry this node appends as the leader of the term it voted for:
+    /// a leader's own entries come only from itself (it is never sent entries of its term),
+    /// while a follower's, even ones it once proposed, come with another leader's vote.
+    pub(super) fn own_as_leader(&self, first: &Entry<TypeConfig>) -> bool {
+        let Some(me) = self.me else { return false };
+        let Some(vote) = self.wal.vote() else { return false };
+        vote.is_committed()
+            && vote.leader_id.voted_for() == Some(me)
+            && first.log_id.leader_id.node_id == me
+            && first.log_id.leader_id.term == vote.leader_id.term
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -96,16 +118,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let wrap = io_error(StorageIOError::write_logs);
+        let entries: Vec<_> = entries.into_iter().collect();
+        let early = entries.first().is_some_and(|first| self.own_as_leader(first));
         // One write: a crash keeps a prefix of it at most (the torn rest is cut off on open),
-        // so the log never has a hole. The entries are readable when this returns; the callback
-        // tells openraft they may be acknowledged to the leader (which then counts them towards
-        // a commit quorum) once the sync thread has them on disk. (openraft 0.9 awaits the
-        // callback before it replicates; returning early is what storage-v2 asks for.)
-        self.wal
-            .append(entries)
-            .map_err(&wrap)?
-            .then(&self.wal, callback)
-            .map_err(wrap)
+        // so the log never has a hole. The entries are readable when this returns. A
+        // follower's callback tells openraft they may be acknowledged to the leader (which
+        // counts them towards a commit quorum) once the sync thread has them on disk; a
+        // leader's tells it at once, so that openraft 0.9 (which awaits the callback before it
+        // replicates) sends them while the leader syncs. `Durable` holds back what acts on a
+        // commit until the leader's copy is on disk.
+        let unsynced = self.wal.append(entries).map_err(&wrap)?;
+        if early {
+            unsynced.now(&self.wal, callback)
+        } else {
+            unsynced.then(&self.wal, callback)
+        }
+        .map_err(wrap)
     }
 
     #[tracing::instrument(level = "trace", skip_all)]

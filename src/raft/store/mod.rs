@@ -54,6 +54,7 @@ use sled::{Db, Tree};
 pub use self::log::LogStore;
 use self::state_machine::AppliedState;
 pub use self::state_machine::{SnapshotBuilder, StateMachineStore};
+pub use self::wal::Durable;
 use crate::raft::types::NodeId;
 use crate::state::IrState;
 
@@ -105,10 +106,13 @@ impl RaftStore {
     ///
     /// `state` is the node-wide view of the applied state: it is overwritten here with what was
     /// last applied on disk, and from then on only the returned `StateMachineStore` writes it.
+    /// `me`, this node's id, lets its entries as leader be replicated while they are synced
+    /// (see [`Durable`]).
     pub fn open(
         db: &Db,
         log_dir: &Path,
         state: Arc<RwLock<IrState>>,
+        me: Option<NodeId>,
     ) -> Result<(LogStore, StateMachineStore), StoreError> {
         migrate::migrate_log(db, log_dir)?;
         let sm = db.open_tree(SM_TREE)?;
@@ -116,6 +120,7 @@ impl RaftStore {
         let log_store = LogStore {
             wal: Arc::new(wal::Wal::open(log_dir)?),
             persister: persister.clone(),
+            me,
         };
 
         migrate::migrate(db, &sm)?;
@@ -138,6 +143,7 @@ impl RaftStore {
             applied,
             persister,
             shared: state,
+            durable: me.map(|_| log_store.durable()),
         };
         Ok((log_store, state_machine))
     }
@@ -207,7 +213,7 @@ mod tests {
         async fn build(&self) -> StorageResult<(TempDirGuard, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
             let db = sled::open(dir.path().join("db")).map_err(|e| StorageIOError::write(&e))?;
-            let (log, sm) = RaftStore::open(&db, &dir.path().join(LOG_DIR), Arc::default())
+            let (log, sm) = RaftStore::open(&db, &dir.path().join(LOG_DIR), Arc::default(), None)
                 .map_err(|e| StorageIOError::write(&e))?;
             Ok((TempDirGuard { _dir: dir }, log, sm))
         }
@@ -252,12 +258,54 @@ mod tests {
     fn open(path: &std::path::Path) -> (LogStore, StateMachineStore, Arc<RwLock<IrState>>) {
         let db = open_db(path);
         let shared = Arc::new(RwLock::new(IrState::default()));
-        let (log, sm) = RaftStore::open(&db, &path.join(LOG_DIR), shared.clone()).unwrap();
+        let (log, sm) = RaftStore::open(&db, &path.join(LOG_DIR), shared.clone(), None).unwrap();
         (log, sm, shared)
     }
 
     fn kv(pairs: &[(&str, &str)]) -> Tracked<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn only_a_leaders_own_entries_are_reported_before_their_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path());
+        let shared = Arc::new(RwLock::new(IrState::default()));
+        let (mut log, mut sm) = RaftStore::open(&db, &dir.path().join(LOG_DIR), shared.clone(), Some(1)).unwrap();
+        let ent = |term, node, index| blank_ent::<TypeConfig>(term, node, index);
+        assert!(!log.own_as_leader(&ent(1, 1, 1)), "no vote yet");
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        assert!(!log.own_as_leader(&ent(2, 1, 1)), "a candidate is not a leader");
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        assert!(log.own_as_leader(&ent(2, 1, 1)));
+        assert!(
+            !log.own_as_leader(&ent(1, 1, 1)),
+            "entries of its earlier term come from another leader now"
+        );
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        assert!(
+            !log.own_as_leader(&ent(3, 2, 1)),
+            "a follower's entries wait for their sync"
+        );
+        assert!(!log.own_as_leader(&ent(2, 1, 1)));
+
+        // Reported at once as leader, they are still applied only once synced, and then shown.
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+        let entries = vec![ent(4, 1, 0), put(4, 1, "k", "v")];
+        log.blocking_append(entries.clone()).await.unwrap();
+        sm.apply(entries).await.unwrap();
+        assert_eq!(shared.read().unwrap().kv, kv(&[("k", "v")]));
+        assert_eq!(log.durable().clamp(Some(log_id(4, 1, 1))), Some(log_id(4, 1, 1)));
+
+        // An entry not on disk yet is not applied: here it is not even written.
+        let later = vec![put(4, 2, "k", "w")];
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), sm.apply(later.clone())).await;
+        assert!(waiting.is_err(), "applied before it was durable");
+        assert_eq!(shared.read().unwrap().kv, kv(&[("k", "v")]));
+        assert_eq!(log.durable().clamp(Some(log_id(4, 1, 2))), Some(log_id(4, 1, 1)));
+        log.blocking_append(later.clone()).await.unwrap();
+        sm.apply(later).await.unwrap();
+        assert_eq!(shared.read().unwrap().kv, kv(&[("k", "w")]));
     }
 
     #[tokio::test]

@@ -56,6 +56,10 @@ pub struct StateMachineStore {
     pub(super) applied: AppliedState,
     pub(super) persister: Arc<Persister>,
     pub(super) shared: Arc<RwLock<IrState>>,
+    /// The log's durable end, when a leader's entries may be committed before they are synced
+    /// (see `Durable`): an entry is then applied only once it is on this node's disk. `None`:
+    /// every entry openraft applies was synced before it committed.
+    pub(super) durable: Option<super::Durable>,
 }
 
 impl StateMachineStore {
@@ -185,6 +189,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        // A leader's own entries may be committed before its copy is synced (see `Durable`):
+        // neither shown, nor stored, nor answered before it is.
+        if let (Some(durable), Some(last)) = (&mut self.durable, entries.last()) {
+            durable
+                .wait(last.log_id.index)
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
         // Work on a copy (cheap: it shares structure): the node must never see state that a
         // crash could take back.
         let mut next = self.applied.clone();

@@ -6,9 +6,9 @@
 //! client's write waits for that on the leader and on a quorum of followers. Here an append
 //! is one `pwrite` of all its entries, and the `fdatasync` runs on the log's own sync thread:
 //! `append` returns once the entries are written and tells openraft through the callback,
-//! and appends that arrive during a sync share the next one. (openraft 0.9 still waits for
-//! that callback before it replicates, so the leader's sync and a follower's stay one after
-//! the other; docs/performance.md has the figures.)
+//! and appends that arrive during a sync share the next one. A leader's own entries are
+//! reported at once, so that they are replicated while the leader syncs; [`Durable`] says
+//! why that is safe.
 //!
 //! Layout: `raft-log/<segment number, 16 hex digits>.log`. A record is
 //!
@@ -103,21 +103,41 @@ struct Inner {
 
 const SYNC_THREAD_STOPPED: &str = "the Raft log's sync thread stopped";
 
-/// A file whose writes must be synced before they count.
+/// A file whose writes must be synced before they count, and what they do to the durable
+/// end of the log once they are.
 #[must_use = "the records are not durable until the file is synced"]
-pub(super) struct Unsynced(Arc<File>);
+pub(super) struct Unsynced(Arc<File>, Reach);
+
+/// How a write moves the end of what is durable.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// A mark: the entries stay as they were.
+    Same,
+    /// Entries up to this one.
+    Upto(Id),
+    /// A truncate: what is left ends here.
+    Back(Option<Id>),
+}
 
 impl Unsynced {
     /// Waits until the records are on disk.
     pub(super) async fn sync(self, wal: &Wal) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        wal.request_sync(self.0, Done::Notify(tx))?;
+        wal.request_sync(self, Done::Notify(tx))?;
         rx.await.unwrap_or_else(|_| Err(io::Error::other(SYNC_THREAD_STOPPED)))
     }
 
     /// Has openraft told through `callback` once the records are on disk; returns at once.
     pub(super) fn then(self, wal: &Wal, callback: LogFlushed<TypeConfig>) -> io::Result<()> {
-        wal.request_sync(self.0, Done::Callback(callback))
+        wal.request_sync(self, Done::Callback(callback))
+    }
+
+    /// Tells openraft through `callback` now, before the records are on disk, and has them
+    /// synced. Only for a leader's own entries: see [`Durable`] for what keeps that safe.
+    pub(super) fn now(self, wal: &Wal, callback: LogFlushed<TypeConfig>) -> io::Result<()> {
+        wal.request_sync(self, Done::Nobody)?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
     }
 }
 
@@ -125,6 +145,58 @@ impl Unsynced {
 enum Done {
     Notify(tokio::sync::oneshot::Sender<io::Result<()>>),
     Callback(LogFlushed<TypeConfig>),
+    /// Only the durable end moves (see [`Unsynced::now`]).
+    Nobody,
+}
+
+/// How far the log is on disk, as the sync thread last found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Durability {
+    upto: Option<Id>,
+    /// A sync failed: nothing more will become durable.
+    failed: bool,
+}
+
+/// The durable end of a node's log, for the two places that must not run ahead of it.
+///
+/// A leader tells openraft its own entries are flushed as soon as they are written
+/// ([`Unsynced::now`]), so that openraft 0.9, which waits for that before it replicates,
+/// sends them to the followers while the leader's `fdatasync` runs: the leader's sync and
+/// the followers' overlap instead of following each other (Raft dissertation §10.2.1).
+/// openraft then counts the leader towards a commit quorum before its copy is on disk, so a
+/// commit index may stand for entries a majority does not hold durably yet. Nothing acts on
+/// such a commit: the state machine applies an entry only once it is durable here
+/// ([`Durable::wait`]; a client hears of its write only after the apply), and a leader
+/// tells followers a commit index no later than its durable end ([`Durable::clamp`]), so no
+/// node applies an entry that a crash of the leader could still take from the majority.
+/// Followers acknowledge entries only after their sync, as before.
+#[derive(Clone)]
+pub struct Durable(tokio::sync::watch::Receiver<Durability>);
+
+impl Durable {
+    /// Waits until the entry at `index` is on disk.
+    pub async fn wait(&mut self, index: u64) -> io::Result<()> {
+        let reached = self
+            .0
+            .wait_for(|d| d.failed || d.upto.is_some_and(|u| u.index >= index))
+            .await
+            .map_err(|_| io::Error::other(SYNC_THREAD_STOPPED))?;
+        if reached.failed {
+            return Err(io::Error::other("a sync of the Raft log failed"));
+        }
+        Ok(())
+    }
+
+    /// `committed`, or the durable end of the log if that is earlier: the commit index a
+    /// leader may tell its followers.
+    pub fn clamp(&self, committed: Option<Id>) -> Option<Id> {
+        let upto = self.0.borrow().upto;
+        match (committed, upto) {
+            (Some(c), Some(u)) if u.index < c.index => Some(u),
+            (Some(_), None) => None,
+            (c, _) => c,
+        }
+    }
 }
 
 /// `io::Error` is not `Clone`; a sync's outcome goes to every requester it served.
@@ -140,22 +212,28 @@ impl Done {
         match self {
             Done::Notify(tx) => drop(tx.send(result)),
             Done::Callback(callback) => callback.log_io_completed(result),
+            Done::Nobody => {}
         }
     }
 }
 
-type SyncRequest = (Arc<File>, Done);
+type SyncRequest = (Unsynced, Done);
 
 /// The sync thread: syncs in the order asked, each file once for all the requests waiting,
-/// and tells each requester after its file's sync. Ends when the log is dropped.
-fn sync_thread(requests: mpsc::Receiver<SyncRequest>, inner: Arc<Mutex<Inner>>) {
+/// moves the durable end, and tells each requester after its file's sync. Ends when the log
+/// is dropped.
+fn sync_thread(
+    requests: mpsc::Receiver<SyncRequest>,
+    inner: Arc<Mutex<Inner>>,
+    durable: tokio::sync::watch::Sender<Durability>,
+) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         batch.extend(requests.try_iter());
         let mut synced: Vec<(Arc<File>, io::Result<()>)> = Vec::new();
         // Every request in the batch was sent after its records were written, and the batch
         // was taken before any of its syncs began: one sync per file covers them all.
-        for (file, done) in batch {
+        for (Unsynced(file, reach), done) in batch {
             let result = match synced.iter().find(|(f, _)| Arc::ptr_eq(f, &file)) {
                 Some((_, r)) => copy(r),
                 None => {
@@ -168,6 +246,17 @@ fn sync_thread(requests: mpsc::Receiver<SyncRequest>, inner: Arc<Mutex<Inner>>) 
                     out
                 }
             };
+            durable.send_if_modified(|d| {
+                let before = *d;
+                match (&result, reach) {
+                    (Err(_), _) => d.failed = true,
+                    (Ok(()), Reach::Same) => {}
+                    // In the order written: a later append after a truncate is a later entry.
+                    (Ok(()), Reach::Upto(id)) => d.upto = Some(id),
+                    (Ok(()), Reach::Back(id)) => d.upto = id,
+                }
+                *d != before
+            });
             done.tell(result);
         }
     }
@@ -178,6 +267,7 @@ pub(super) struct Wal {
     dir: PathBuf,
     inner: Arc<Mutex<Inner>>,
     syncer: mpsc::Sender<SyncRequest>,
+    durable: Durable,
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -307,6 +397,12 @@ impl Inner {
         while self.recent.back().is_some_and(|&i| i >= since) {
             self.recent.pop_back();
         }
+    }
+
+    /// The last purged log id and the last log id (the purged one for an empty log).
+    fn log_state(&self) -> (Option<Id>, Option<Id>) {
+        let last = self.entries.last_key_value().map(|(_, loc)| loc.log_id);
+        (self.purged, last.or(self.purged))
     }
 
     fn purge(&mut self, upto: Id) {
@@ -446,27 +542,39 @@ impl Wal {
                     file.set_len(end)?;
                     preallocate(&file);
                     file.sync_all()?;
+                } else {
+                    // A process killed before its sync leaves the records in the page cache:
+                    // what is read back here counts as durable, so make it so.
+                    file.sync_data()?;
                 }
                 inner.end = end;
             }
         }
+        let (_, upto) = inner.log_state();
+        let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durability { upto, failed: false });
         let inner = Arc::new(Mutex::new(inner));
         let (syncer, requests) = mpsc::channel();
         let thread_inner = inner.clone();
         std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || sync_thread(requests, thread_inner))?;
+            .spawn(move || sync_thread(requests, thread_inner, durable_tx))?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             inner,
             syncer,
+            durable: Durable(durable_rx),
         })
     }
 
-    fn request_sync(&self, file: Arc<File>, done: Done) -> io::Result<()> {
+    fn request_sync(&self, unsynced: Unsynced, done: Done) -> io::Result<()> {
         self.syncer
-            .send((file, done))
+            .send((unsynced, done))
             .map_err(|_| io::Error::other(SYNC_THREAD_STOPPED))
+    }
+
+    /// The durable end of the log, watched.
+    pub(super) fn durable(&self) -> Durable {
+        self.durable.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -543,6 +651,7 @@ impl Wal {
             let (at, len) = frame_entry(&mut records, &entry)?;
             placed.push((Arc::new(entry), at, len));
         }
+        let last = placed.last().map(|(entry, _, _)| entry.log_id);
         let mut inner = self.lock();
         let (file, base) = self.write(&mut inner, &records)?;
         for (entry, at, len) in placed {
@@ -554,7 +663,7 @@ impl Wal {
                 recent: Some(entry),
             });
         }
-        Ok(Unsynced(file))
+        Ok(Unsynced(file, last.map_or(Reach::Same, Reach::Upto)))
     }
 
     fn write_mark(&self, kind: u8, payload: &[u8], change: impl FnOnce(&mut Inner)) -> io::Result<Unsynced> {
@@ -563,7 +672,7 @@ impl Wal {
         let mut inner = self.lock();
         let (file, _) = self.write(&mut inner, &record)?;
         change(&mut inner);
-        Ok(Unsynced(file))
+        Ok(Unsynced(file, Reach::Same))
     }
 
     pub(super) fn save_vote(&self, vote: &Vote<NodeId>) -> io::Result<Unsynced> {
@@ -580,7 +689,12 @@ impl Wal {
     }
 
     pub(super) fn truncate(&self, since: u64) -> io::Result<Unsynced> {
-        self.write_mark(KIND_TRUNCATE, &since.to_le_bytes(), |inner| inner.truncate(since))
+        let mut left = None;
+        let Unsynced(file, _) = self.write_mark(KIND_TRUNCATE, &since.to_le_bytes(), |inner| {
+            inner.truncate(since);
+            left = inner.log_state().1;
+        })?;
+        Ok(Unsynced(file, Reach::Back(left)))
     }
 
     /// Marks everything up to `upto` purged, durably, then deletes the segments that hold
@@ -614,9 +728,7 @@ impl Wal {
 
     /// The last purged log id and the last log id (the purged one for an empty log).
     pub(super) fn log_state(&self) -> (Option<Id>, Option<Id>) {
-        let inner = self.lock();
-        let last = inner.entries.last_key_value().map(|(_, loc)| loc.log_id);
-        (inner.purged, last.or(inner.purged))
+        self.lock().log_state()
     }
 
     /// The entries in `range` that the log holds, in order.
@@ -712,6 +824,43 @@ mod tests {
             .sync(wal)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_durable_end_follows_syncs_and_truncates_and_bounds_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let id = |term, index| log_id::<NodeId>(term, 1, index);
+        {
+            let wal = Wal::open(&path).unwrap();
+            let mut durable = wal.durable();
+            assert_eq!(durable.clamp(Some(id(1, 3))), None, "nothing is on disk yet");
+            append(&wal, 1..6, 1).await;
+            durable.wait(5).await.unwrap();
+            assert_eq!(
+                durable.clamp(Some(id(1, 3))),
+                Some(id(1, 3)),
+                "an earlier commit stands"
+            );
+            assert_eq!(
+                durable.clamp(Some(id(1, 9))),
+                Some(id(1, 5)),
+                "a later one is held back"
+            );
+            assert_eq!(durable.clamp(None), None);
+
+            wal.truncate(4).unwrap().sync(&wal).await.unwrap();
+            assert_eq!(durable.clamp(Some(id(2, 9))), Some(id(1, 3)));
+            // Written and not yet synced: the durable end waits for the sync.
+            let unsynced = wal.append((4..6).map(|i| blank_ent::<TypeConfig>(2, 1, i))).unwrap();
+            assert_eq!(durable.clamp(Some(id(2, 5))), Some(id(1, 3)));
+            unsynced.sync(&wal).await.unwrap();
+            durable.wait(5).await.unwrap();
+            assert_eq!(durable.clamp(Some(id(2, 5))), Some(id(2, 5)));
+        }
+        // What a reopened log holds counts as durable.
+        let wal = Wal::open(&path).unwrap();
+        assert_eq!(wal.durable().clamp(Some(id(2, 7))), Some(id(2, 5)));
     }
 
     #[tokio::test]
