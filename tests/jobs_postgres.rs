@@ -539,6 +539,27 @@ duckdb d10 12345678.90
     );
     assert!(!error.contains('\n'), "{error}");
     assert!(!share.join("lake/nan.parquet").exists(), "nothing published");
+    // CSV has no lists: an array column fails a CSV sink (a query can cast it to text).
+    let failed = submit(&[
+        "--source",
+        "warehouse:select ints from every_type",
+        "--sink",
+        "share:/lake/ints.csv",
+    ])
+    .await;
+    assert_eq!(failed["state"], "Failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("not supported in CSV"), "{failed}");
+    assert!(!error.contains('\n'), "{error}");
+    assert!(!share.join("lake/ints.csv").exists(), "nothing published");
+    let done = submit(&[
+        "--source",
+        "warehouse:select ints::text from every_type",
+        "--sink",
+        "share:/lake/ints.csv",
+    ])
+    .await;
+    assert_eq!(done["state"], "Succeeded", "{done}");
     assert_eq!(
         text(
             &client,

@@ -4,9 +4,10 @@
 //! Text rather than binary: the server parses each value into the column's own type, so a
 //! string column can load into any type PostgreSQL can read from text (intervals, inet,
 //! enums, …), and a value it cannot read is refused by the server with the row and column
-//! named. Which Arrow types may go into which columns at all is checked first
-//! ([`check_columns`]), so that, say, a date column aimed at an integer column fails before
-//! any row is sent.
+//! named. Which source column goes into which table column, and whether its Arrow type
+//! can go there at all, is settled first ([`map_columns`]), so that, say, a date column
+//! aimed at an integer column fails before any row is sent. Lists go into array columns
+//! as array literals.
 
 use std::fmt::Write as _;
 

@@ -14,33 +14,52 @@
 //! | `boolean`                                       | `Boolean`                       |
 //! | `smallint`, `integer`, `bigint`                 | `Int16`, `Int32`, `Int64`       |
 //! | `real`, `double precision`                      | `Float32`, `Float64`            |
-//! | `numeric`                                       | `Utf8`, the exact decimal text as PostgreSQL prints it (`NaN`, `Infinity` too) |
+//! | `numeric(p,s)`, p ≤ 38                          | `Decimal128(p, s)`              |
+//! | `numeric(p,s)`, 38 < p ≤ 76                     | `Decimal256(p, s)`              |
+//! | `numeric` (no precision, or p > 76)             | `Utf8`, the exact decimal text as PostgreSQL prints it (`NaN`, `Infinity` too) |
 //! | `text`, `varchar`, `char(n)`, `name`, enums     | `Utf8`                          |
 //! | `json`, `jsonb`                                 | `Utf8` (the JSON text)          |
 //! | `uuid`                                          | `Utf8` (`xxxxxxxx-xxxx-…`)      |
+//! | `interval`                                      | `Utf8`, ISO 8601 (`P1Y2M3DT4H5M6.5S`) |
 //! | `bytea`                                         | `Binary`                        |
 //! | `date`                                          | `Date32`                        |
 //! | `time`                                          | `Time64(µs)`                    |
 //! | `timestamp`                                     | `Timestamp(µs)`                 |
 //! | `timestamptz`                                   | `Timestamp(µs, "+00:00")` (UTC) |
+//! | a one-dimensional array of any of these         | `List` of the element's type    |
 //! | a domain                                        | as its base type                |
 //!
-//! NULLs stay NULL. Any other type (interval, inet, arrays, …) fails the job naming the
-//! column and its type; a query can cast it (`during::text`). So does an infinite date or
-//! timestamp, which Arrow cannot hold.
+//! The precision and scale come from the type modifier in the server's description of the
+//! query, so a cast in a query (`amount::numeric(12,2)`) gives a decimal too; a computed
+//! `numeric` has none and stays text. PostgreSQL 15's negative scales and scales above the
+//! precision get the smallest Arrow decimal that holds every value exactly. Built-in
+//! types are also named in each field's metadata ([`POSTGRES_TYPE`]), so that
+//! `--create-table` can make a table of the same types.
 //!
-//! **Writing** ([`write_table`]) needs an existing table whose columns (generated ones left
-//! out) match the batches' by position, in number and in kind. It opens a transaction and
-//! loads the rows with `COPY … FROM STDIN` in the text format, so the server parses every
-//! value into its column's type and names the row and column of a value it cannot read.
-//! The transaction is left open: the rows are invisible to everyone else until
+//! NULLs stay NULL. A `NaN` or infinity in a decimal column fails the job naming the row
+//! and column (no decimal holds it; the query can replace it), as does an infinite date or
+//! timestamp, which Arrow cannot hold, or an array of more than one dimension. Any other
+//! type (inet, ranges, …) fails the job naming the column and its type; a query can cast
+//! it (`during::text`).
+//!
+//! **Writing** ([`write_table`]) loads into the sink table's columns by name: the column
+//! of the same name, or else the one that matches ignoring case (PostgreSQL folds an
+//! unquoted `Amount` to `amount`). A source column the table lacks, or whose type cannot
+//! go into its column, fails the job naming it; table columns the source lacks get their
+//! defaults. A CSV file without a header (columns named `column_1`, …) loads by position.
+//! With `--create-table`, a missing table is made first, in the load's transaction, from
+//! the source's columns (`create.rs`). The load opens a transaction and sends the rows with
+//! `COPY … FROM STDIN` in the text format, so the server parses every value into its
+//! column's type and names the row and column of a value it cannot read. The transaction
+//! is left open: the rows (and a table made for them) are invisible to everyone else until
 //! [`Staged::publish`] commits it, and gone if the attempt is discarded or its node dies.
 //!
-//! **Publishing** records the job in `shir.job_commits` (created on first use, see
-//! [`COMMITS_TABLE`]) in the same transaction, with `INSERT … ON CONFLICT DO NOTHING`. If
-//! the job is already there, another attempt has published it: this one rolls back and the
-//! target keeps exactly one copy. Two attempts publishing at once serialize on the record's
-//! primary key: the second waits for the first and then finds the record.
+//! **Publishing** records the job in `STATE_SCHEMA.job_commits` (the linked service's
+//! `state_schema`, `shir` by default; created on first use, see [`COMMITS_TABLE`]) in the
+//! same transaction, with `INSERT … ON CONFLICT DO NOTHING`. If the job is already there,
+//! another attempt has published it: this one rolls back and the target keeps exactly one
+//! copy. Two attempts publishing at once serialize on the record's primary key: the second
+//! waits for the first and then finds the record.
 //!
 //! **Counting**: as every tabular source, the reader counts the rows and bytes it reads (its
 //! stream keeps a clone of the counters); the sink adds nothing. The consistency check
