@@ -466,6 +466,29 @@ duckdb d10 12345678.90
         "true"
     );
 
+    steps.step("CSV to a created table: the columns get the types inferred from the file");
+    std::fs::write(
+        share.join("orders.csv"),
+        "id,Amount,day,note\n1,1.50,2026-01-01,a\n2,,2026-01-02,\n",
+    )
+    .unwrap();
+    let done = submit(&[
+        "--source",
+        "share:/orders.csv",
+        "--sink",
+        "warehouse:public.from_csv",
+        "--create-table",
+    ])
+    .await;
+    assert_eq!(done["state"], "Succeeded", "{done}");
+    assert_eq!(
+        rows_and_types(&client, "from_csv").await,
+        (
+            "(1,1.5,2026-01-01,a)\n(2,,2026-01-02,)".to_owned(),
+            "id bigint, Amount double precision, day date, note text".to_owned()
+        )
+    );
+
     steps.step("bad inputs: each one line, nothing changed");
     client
         .batch_execute(
