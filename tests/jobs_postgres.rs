@@ -235,16 +235,20 @@ async fn jobs_load_and_unload_postgres_exactly_once() {
 const EVERY_TYPE: &str = r#"
     CREATE TABLE every_type (
         id integer, d10 numeric(10, 2), d40 numeric(40, 5), free numeric, at timestamptz, day date,
-        yes boolean, raw bytea, u uuid, j json, jb jsonb, ints integer[], texts text[], span interval
+        yes boolean, raw bytea, u uuid, j json, jb jsonb, ints integer[], texts text[], span interval,
+        small smallint, big bigint, f4 real, f8 double precision, clock time, local timestamp, vc varchar(20)
     );
     INSERT INTO every_type VALUES
         (1, 12345678.91, -12345678901234567890123456789012345.12345, 3.141592653589793238462643383279502884197,
          '2026-12-03 10:11:12.345678+01', '2026-12-03', true, '\xdeadbeef', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
          '{"a": [1, 2.50]}', '{"b": {"c": null}}', '{1,NULL,-3}', '{"x,y","q\"uote",NULL}',
-         '1 year 2 mons 3 days 04:05:06.5'),
-        (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+         '1 year 2 mons 3 days 04:05:06.5', -32768, 9223372036854775807, 1.5, 0.1, '23:59:59.999999',
+         '2026-12-03 10:11:12', 'short'),
+        (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL),
         (3, -0.01, 0.00001, 'NaN', '1900-01-01 00:00:00+00', '0044-03-15 BC', false, '', '00000000-0000-0000-0000-000000000000',
-         '[]', '"é ☃"', '{}', '{""}', '-1 mons -1 days -00:00:00.000001');
+         '[]', '"é ☃"', '{}', '{""}', '-1 mons -1 days -00:00:00.000001', 0, 0, 'NaN',
+         '-Infinity', '00:00:00', '0044-03-15 12:00:00 BC', '');
 "#;
 
 /// `SELECT …` of one text value.
@@ -365,6 +369,7 @@ async fn postgres_types_survive_parquet_and_come_back_into_a_created_table() {
             "import pyarrow.parquet as pq, duckdb\n\
              t = pq.read_table('{p}')\n\
              for f in t.schema: print('pyarrow', f.name, f.type)\n\
+             for c in pq.ParquetFile('{p}').schema: print('parquet', c.path, c.physical_type, c.logical_type)\n\
              for name, kind, *_ in duckdb.sql(\"DESCRIBE SELECT * FROM read_parquet('{p}')\").fetchall(): print('duckdb', name, kind)\n\
              r = t.slice(0, 1).to_pylist()[0]\n\
              print('value d10', r['d10']); print('value d40', r['d40']); print('value ints', r['ints'])\n\
@@ -388,6 +393,34 @@ pyarrow jb string
 pyarrow ints list<item: int32>
 pyarrow texts list<item: string>
 pyarrow span string
+pyarrow small int16
+pyarrow big int64
+pyarrow f4 float
+pyarrow f8 double
+pyarrow clock time64[us]
+pyarrow local timestamp[us]
+pyarrow vc string
+parquet id INT32 None
+parquet d10 INT64 Decimal(precision=10, scale=2)
+parquet d40 FIXED_LEN_BYTE_ARRAY Decimal(precision=40, scale=5)
+parquet free BYTE_ARRAY String
+parquet at INT64 Timestamp(isAdjustedToUTC=true, timeUnit=microseconds, is_from_converted_type=false, force_set_converted_type=false)
+parquet day INT32 Date
+parquet yes BOOLEAN None
+parquet raw BYTE_ARRAY None
+parquet u BYTE_ARRAY String
+parquet j BYTE_ARRAY String
+parquet jb BYTE_ARRAY String
+parquet ints.list.item INT32 None
+parquet texts.list.item BYTE_ARRAY String
+parquet span BYTE_ARRAY String
+parquet small INT32 Int(bitWidth=16, isSigned=true)
+parquet big INT64 None
+parquet f4 FLOAT None
+parquet f8 DOUBLE None
+parquet clock INT64 Time(isAdjustedToUTC=false, timeUnit=microseconds)
+parquet local INT64 Timestamp(isAdjustedToUTC=false, timeUnit=microseconds, is_from_converted_type=false, force_set_converted_type=false)
+parquet vc BYTE_ARRAY String
 duckdb id INTEGER
 duckdb d10 DECIMAL(10,2)
 duckdb d40 DOUBLE
@@ -402,6 +435,13 @@ duckdb jb VARCHAR
 duckdb ints INTEGER[]
 duckdb texts VARCHAR[]
 duckdb span VARCHAR
+duckdb small SMALLINT
+duckdb big BIGINT
+duckdb f4 FLOAT
+duckdb f8 DOUBLE
+duckdb clock TIME
+duckdb local TIMESTAMP
+duckdb vc VARCHAR
 value d10 12345678.91
 value d40 -12345678901234567890123456789012345.12345
 value ints [1, None, -3]
