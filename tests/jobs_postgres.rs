@@ -375,7 +375,8 @@ async fn postgres_types_survive_parquet_and_come_back_into_a_created_table() {
              print('value d10', r['d10']); print('value d40', r['d40']); print('value ints', r['ints'])\n\
              print('value at', r['at'].isoformat()); print('value u', r['u']); print('value span', r['span'])\n\
              print('nulls', [k for k, v in t.slice(1, 1).to_pylist()[0].items() if v is None] == [c for c in t.column_names if c != 'id'])\n\
-             print('duckdb d10', duckdb.sql(\"SELECT sum(d10) FROM read_parquet('{p}')\").fetchall()[0][0])\n",
+             print('duckdb d10', duckdb.sql(\"SELECT sum(d10) FROM read_parquet('{p}')\").fetchall()[0][0])\n\
+             print('duckdb span', [str(v) for (v,) in duckdb.sql(\"SELECT span::INTERVAL FROM read_parquet('{p}') ORDER BY id\").fetchall()])\n",
             p = parquet.display()
         ));
         let expected = "\
@@ -447,9 +448,10 @@ value d40 -12345678901234567890123456789012345.12345
 value ints [1, None, -3]
 value at 2026-12-03T09:11:12.345678+00:00
 value u a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11
-value span P1Y2M3DT4H5M6.5S
+value span 1 year 2 months 3 days 4 hours 5 minutes 6.5 seconds
 nulls True
 duckdb d10 12345678.90
+duckdb span ['423 days, 4:05:06.500000', 'None', '-32 days, 23:59:59.999999']
 ";
         assert_eq!(out, expected);
     }
@@ -501,6 +503,11 @@ duckdb d10 12345678.90
     .await;
     assert_eq!(done["state"], "Failed", "{done}");
     assert!(done["error"].as_str().unwrap().contains("division by zero"), "{done}");
+    let log = std::fs::read_to_string(&ir.nodes[0].log).unwrap();
+    assert!(
+        log.contains("CREATE TABLE \"public\".\"never\" (\"g\" int4, \"x\" int4)"),
+        "the table was made before the source failed"
+    );
     assert_eq!(
         text(&client, "SELECT (to_regclass('public.never') IS NULL)::text").await,
         "true"

@@ -51,7 +51,7 @@ pub(super) enum Decode {
     Decimal128(u8, i8),
     /// `numeric(p,s)` with 38 < p ≤ 76: `Decimal256(precision, scale)`.
     Decimal256(u8, i8),
-    /// `interval`: months, days and microseconds, written as an ISO 8601 duration.
+    /// `interval`: months, days and microseconds, written out in words (`2 days 3 hours`).
     Interval,
     /// `text`, `varchar`, `bpchar`, `name`, `json`, enums: UTF-8 text as it is.
     Text,
@@ -757,44 +757,43 @@ pub(super) fn numeric_unscaled(value: &[u8], precision: u8, scale: i8) -> Result
     })
 }
 
-/// A binary `interval` (microseconds, days, months) as an ISO 8601 duration with
-/// designators, each part with its own sign as PostgreSQL's `iso_8601` style writes it
-/// (`P1Y2M-3DT4H5M6.5S`); PostgreSQL reads it back exactly. Zero is `PT0S`.
+/// A binary `interval` (microseconds, days, months) as words, each part with its own
+/// sign: `1 year 2 months -3 days 4 hours 5 minutes 6.5 seconds`, zero as `0 seconds`.
+/// PostgreSQL reads that back exactly, and so does DuckDB's `::INTERVAL`, which reads
+/// neither ISO 8601 nor PostgreSQL's own output when its parts' signs differ (`+3 days`).
 pub(super) fn interval_text(value: &[u8], out: &mut String) -> Result<(), String> {
     use std::fmt::Write as _;
     let raw: [u8; 16] = fixed(value)?;
     let micros = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
     let days = i32::from_be_bytes(raw[8..12].try_into().expect("4 bytes"));
     let months = i32::from_be_bytes(raw[12..].try_into().expect("4 bytes"));
-    out.push('P');
-    let (years, months) = (months / 12, months % 12);
-    for (n, unit) in [(years as i64, 'Y'), (months as i64, 'M'), (days as i64, 'D')] {
+    let (hours, rest) = (micros / 3_600_000_000, micros % 3_600_000_000);
+    let (minutes, rest) = (rest / 60_000_000, rest % 60_000_000);
+    let parts = [
+        (i64::from(months / 12), "year"),
+        (i64::from(months % 12), "month"),
+        (i64::from(days), "day"),
+        (hours, "hour"),
+        (minutes, "minute"),
+    ];
+    for (n, unit) in parts {
         if n != 0 {
-            let _ = write!(out, "{n}{unit}");
+            let plural = if n.abs() == 1 { "" } else { "s" };
+            let space = if out.is_empty() { "" } else { " " };
+            let _ = write!(out, "{space}{n} {unit}{plural}");
         }
     }
-    if micros != 0 {
-        out.push('T');
-        let (hours, rest) = (micros / 3_600_000_000, micros % 3_600_000_000);
-        let (minutes, rest) = (rest / 60_000_000, rest % 60_000_000);
-        if hours != 0 {
-            let _ = write!(out, "{hours}H");
+    if rest != 0 || out.is_empty() {
+        let space = if out.is_empty() { "" } else { " " };
+        let sign = if rest < 0 { "-" } else { "" };
+        let (secs, frac) = (rest.unsigned_abs() / 1_000_000, rest.unsigned_abs() % 1_000_000);
+        let _ = write!(out, "{space}{sign}{secs}");
+        if frac != 0 {
+            let digits = format!("{frac:06}");
+            let _ = write!(out, ".{}", digits.trim_end_matches('0'));
         }
-        if minutes != 0 {
-            let _ = write!(out, "{minutes}M");
-        }
-        if rest != 0 {
-            let sign = if rest < 0 { "-" } else { "" };
-            let (secs, frac) = (rest.unsigned_abs() / 1_000_000, rest.unsigned_abs() % 1_000_000);
-            let _ = write!(out, "{sign}{secs}");
-            if frac != 0 {
-                let digits = format!("{frac:06}");
-                let _ = write!(out, ".{}", digits.trim_end_matches('0'));
-            }
-            out.push('S');
-        }
-    } else if out.len() == 1 {
-        out.push_str("T0S");
+        let plural = if rest.unsigned_abs() == 1_000_000 { "" } else { "s" };
+        let _ = write!(out, " second{plural}");
     }
     Ok(())
 }
@@ -974,7 +973,7 @@ mod tests {
     }
 
     #[test]
-    fn intervals_are_written_as_iso_8601_durations() {
+    fn intervals_are_written_in_words_with_a_sign_on_each_part() {
         let text = |micros: i64, days: i32, months: i32| {
             let mut raw = micros.to_be_bytes().to_vec();
             raw.extend_from_slice(&days.to_be_bytes());
@@ -983,11 +982,17 @@ mod tests {
             interval_text(&raw, &mut out).unwrap();
             out
         };
-        assert_eq!(text(0, 0, 0), "PT0S");
-        assert_eq!(text(0, 3, 14), "P1Y2M3D");
-        assert_eq!(text(4 * 3_600_000_000 + 5 * 60_000_000 + 6_500_000, 0, 0), "PT4H5M6.5S");
-        assert_eq!(text(-1, -1, -1), "P-1M-1DT-0.000001S");
-        assert_eq!(text(-(3_600_000_000 + 1_000_000), 2, 0), "P2DT-1H-1S");
+        assert_eq!(text(0, 0, 0), "0 seconds");
+        assert_eq!(text(0, 3, 14), "1 year 2 months 3 days");
+        assert_eq!(
+            text(4 * 3_600_000_000 + 5 * 60_000_000 + 6_500_000, 0, 0),
+            "4 hours 5 minutes 6.5 seconds"
+        );
+        assert_eq!(text(-1, -1, -1), "-1 month -1 day -0.000001 seconds");
+        assert_eq!(
+            text(-(3_600_000_000 + 1_000_000), 2, -25),
+            "-2 years -1 month 2 days -1 hour -1 second"
+        );
     }
 
     /// The header, one row of (int4 7, NULL text, text "é"), the trailer.

@@ -20,7 +20,7 @@
 //! | `text`, `varchar`, `char(n)`, `name`, enums     | `Utf8`                          |
 //! | `json`, `jsonb`                                 | `Utf8` (the JSON text)          |
 //! | `uuid`                                          | `Utf8` (`xxxxxxxx-xxxx-…`)      |
-//! | `interval`                                      | `Utf8`, ISO 8601 (`P1Y2M3DT4H5M6.5S`) |
+//! | `interval`                                      | `Utf8`, in words (`1 year 2 months 3 days 04:05:06.5` as `… 4 hours 5 minutes 6.5 seconds`) |
 //! | `bytea`                                         | `Binary`                        |
 //! | `date`                                          | `Date32`                        |
 //! | `time`                                          | `Time64(µs)`                    |

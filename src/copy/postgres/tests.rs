@@ -379,7 +379,10 @@ async fn decimals_intervals_and_arrays_go_table_to_batches_to_table_unchanged() 
         batch.column(3).as_string::<i32>().value(0),
         "3.14159265358979323846264338327950288419716939937510"
     );
-    assert_eq!(batch.column(5).as_string::<i32>().value(0), "P1Y2M3DT4H5M6.5S");
+    assert_eq!(
+        batch.column(5).as_string::<i32>().value(0),
+        "1 year 2 months 3 days 4 hours 5 minutes 6.5 seconds"
+    );
     let ia = batch.column(6).as_list::<i32>();
     assert_eq!(ia.value_length(0), 3);
     assert!(ia.value(0).is_null(1));
