@@ -486,8 +486,8 @@ pub async fn write_table(
                 .map_err(|why| CopyError::fatal(format!("cannot create {what}: {why}")))?;
             client.batch_execute(&statement).await.map_err(|e| {
                 use tokio_postgres::error::SqlState;
-                // Another attempt of the job made it meanwhile and published: the next
-                // attempt finds it (and the job's record).
+                // Another session (an earlier attempt, another job) made it since we
+                // looked and committed: a retry finds it and loads into it.
                 if matches!(e.code(), Some(&SqlState::DUPLICATE_TABLE | &SqlState::UNIQUE_VIOLATION)) {
                     CopyError::transient(format!("{what} was created meanwhile by another session"))
                 } else {
