@@ -376,6 +376,7 @@ async fn postgres_types_survive_parquet_and_come_back_into_a_created_table() {
              print('value at', r['at'].isoformat()); print('value u', r['u']); print('value span', r['span'])\n\
              print('nulls', [k for k, v in t.slice(1, 1).to_pylist()[0].items() if v is None] == [c for c in t.column_names if c != 'id'])\n\
              print('duckdb d10', duckdb.sql(\"SELECT sum(d10) FROM read_parquet('{p}')\").fetchall()[0][0])\n\
+             print('duckdb casts', duckdb.sql(\"SELECT typeof(u::UUID), typeof(jb::JSON), (jb::JSON)->>'$.b' FROM read_parquet('{p}') WHERE id = 1\").fetchall())\n\
              print('duckdb span', [str(v) for (v,) in duckdb.sql(\"SELECT span::INTERVAL FROM read_parquet('{p}') ORDER BY id\").fetchall()])\n",
             p = parquet.display()
         ));
@@ -451,6 +452,7 @@ value u a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11
 value span 1 year 2 months 3 days 4 hours 5 minutes 6.5 seconds
 nulls True
 duckdb d10 12345678.90
+duckdb casts [('UUID', 'JSON', '{\"c\":null}')]
 duckdb span ['423 days, 4:05:06.500000', 'None', '-32 days, 23:59:59.999999']
 ";
         assert_eq!(out, expected);
