@@ -24,6 +24,7 @@ impl From<proto::JobSubmitRequest> for Submission {
             encoding: r.encoding,
             if_exists: r.if_exists,
             schema: r.schema,
+            create_table: r.create_table,
         }
     }
 }

@@ -259,6 +259,7 @@ fn job(id: &str) -> Job {
         retry: RetryPolicy::default(),
         stall_timeout_ms: shir::job_spec::DEFAULT_STALL_TIMEOUT_MS,
         if_exists: Default::default(),
+        create_table: false,
     };
     Job::queued(id.into(), spec, 1_700_000_000_000)
 }

@@ -84,6 +84,10 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
         /// Print {"id": ...}.
         #[arg(long)]
         json: bool,
+        /// A PostgreSQL sink table that does not exist is made from the source's columns and
+        /// types, in the transaction that loads it (no table is left behind by a failed job).
+        #[arg(long)]
+        create_table: bool,
     },
     /// List jobs, oldest first.
     List {
@@ -211,6 +215,7 @@ pub fn job_json(j: &proto::JobInfo) -> Value {
         "check": check,
         "cancel_requested": j.cancel_requested,
         "stall_timeout_ms": j.stall_timeout_ms,
+        "create_table": j.create_table,
     })
 }
 
@@ -230,7 +235,14 @@ fn job_text(j: &proto::JobInfo) -> String {
         vec!["node".into(), dash(&j.node)],
         vec!["attempt".into(), format!("{} of {}", j.attempt, j.max_attempts)],
         vec!["source".into(), j.source.clone()],
-        vec!["sink".into(), j.sink.clone()],
+        vec![
+            "sink".into(),
+            if j.create_table {
+                format!("{} (--create-table)", j.sink)
+            } else {
+                j.sink.clone()
+            },
+        ],
         vec!["rows".into(), j.rows.to_string()],
         vec!["bytes".into(), j.bytes.to_string()],
         vec!["files".into(), files_text(j)],
@@ -312,6 +324,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
             name,
             target,
             json,
+            create_table,
         } => {
             let FormatArgs {
                 source_format,
@@ -350,6 +363,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 encoding: encoding.unwrap_or_default(),
                 if_exists: if_exists.unwrap_or_default(),
                 schema: schema.unwrap_or_default(),
+                create_table,
             };
             let reply = target.connect().await?.job_submit(request).await?.into_inner();
             if json {

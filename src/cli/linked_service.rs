@@ -21,7 +21,7 @@ use crate::secrets::SecretString;
 pub enum LinkedServiceCommand {
     /// Define a connection to a store; secret fields are encrypted before they are replicated.
     #[command(
-        after_help = "Types and their fields:\n  postgres    --host, --database, --user [--port 5432] [--password-stdin]\n  \
+        after_help = "Types and their fields:\n  postgres    --host, --database, --user [--port 5432] [--password-stdin] [--set state_schema=NAME (where shir keeps NAME.job_commits; default shir)]\n  \
 filesystem  --root (an absolute path on every node)\n  http        --url [--user] [--password-stdin] (uses `shir settings proxy`; a password needs an https:// URL, \
 or --set insecure_http=true)\n  \
 s3          --set bucket=, region=, access_key_id= [endpoint=, path_style=true|false] --secret-stdin secret_access_key [--secret-file session_token=F]\n  \

@@ -71,6 +71,10 @@ pub enum ValueError {
     NotAHost(String),
     #[error("is true or false, not '{0}'")]
     NotABool(String),
+    #[error(
+        "is not a schema name shir uses: '{0}' (lowercase letters, digits and _, starting with a letter or _, not pg_, at most 63 characters)"
+    )]
+    NotASchemaName(String),
     #[error(transparent)]
     Url(#[from] UrlError),
 }

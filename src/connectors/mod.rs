@@ -107,6 +107,8 @@ pub enum FieldKind {
     Url,
     /// `true` or `false`.
     Bool,
+    /// A PostgreSQL schema name shir creates tables in.
+    SchemaName,
 }
 
 /// One field of a linked-service type.
@@ -285,6 +287,8 @@ fn check_kind(field: &FieldSpec, value: &str) -> Result<(), ValueError> {
         FieldKind::Url => http::Url::parse(value).map(|_| ()).map_err(ValueError::Url),
         FieldKind::Bool if value == "true" || value == "false" => Ok(()),
         FieldKind::Bool => Err(ValueError::NotABool(value.to_owned())),
+        FieldKind::SchemaName if postgres::is_schema_name(value) => Ok(()),
+        FieldKind::SchemaName => Err(ValueError::NotASchemaName(value.to_owned())),
     }
 }
 
@@ -456,11 +460,31 @@ mod tests {
     }
 
     #[test]
+    fn state_schema_takes_plain_lowercase_schema_names() {
+        for good in ["shir", "etl_state", "_x1", &"s".repeat(63)] {
+            validate(&postgres().with("state_schema", good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "Shir",
+            "etl-state",
+            "1st",
+            "pg_shir",
+            "information_schema",
+            "a b",
+            "s\"x",
+            &"s".repeat(64),
+        ] {
+            let err = refused(&postgres().with("state_schema", bad), "state_schema");
+            assert!(err.contains("is not a schema name shir uses"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn schema_lists_each_types_fields() {
         let names = |kind| schema(kind).iter().map(|f| f.name).collect::<Vec<_>>();
         assert_eq!(
             names(ServiceType::Postgres),
-            ["host", "port", "database", "user", "password"]
+            ["host", "port", "database", "user", "password", "state_schema"]
         );
         assert_eq!(names(ServiceType::Filesystem), ["root"]);
         assert_eq!(names(ServiceType::Http), ["url", "user", "password", "insecure_http"]);

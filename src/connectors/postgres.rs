@@ -51,7 +51,27 @@ pub(super) const FIELDS: &[FieldSpec] = &[
         kind: FieldKind::Text,
         about: "password of the role",
     },
+    FieldSpec {
+        name: "state_schema",
+        required: false,
+        secret: false,
+        kind: FieldKind::SchemaName,
+        about: "schema of shir's idempotency records, STATE_SCHEMA.job_commits (default shir)",
+    },
 ];
+
+/// Whether `name` can be the `state_schema`: a name PostgreSQL reads as itself unquoted
+/// (so an operator types it in `psql` as shown), and not one of the names it keeps for
+/// itself (`pg_*`, `information_schema`).
+pub(super) fn is_schema_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with("pg_")
+        && name != "information_schema"
+}
 
 fn port(spec: &ServiceSpec) -> u16 {
     spec.get("port").and_then(parse_port).unwrap_or(DEFAULT_PORT)

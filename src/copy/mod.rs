@@ -152,13 +152,37 @@ pub trait StagedOutput: Send {
 /// Record batches from a tabular source.
 pub type Batches = BoxStream<'static, Result<arrow::record_batch::RecordBatch, CopyError>>;
 
+/// A column as files keep it: nullable, with no metadata but a PostgreSQL source's own
+/// column type ([`postgres::POSTGRES_TYPE`]), which Parquet files carry so that
+/// `--create-table` can give a table the types the data came from.
+pub(crate) fn plain_field(field: &arrow::datatypes::Field) -> arrow::datatypes::Field {
+    let plain = arrow::datatypes::Field::new(field.name(), field.data_type().clone(), true);
+    match field.metadata().get(postgres::POSTGRES_TYPE) {
+        Some(declared) => plain.with_metadata(std::collections::HashMap::from([(
+            postgres::POSTGRES_TYPE.to_owned(),
+            declared.clone(),
+        )])),
+        None => plain,
+    }
+}
+
 /// Whether a CSV source's column types are inferred: if it asks for it (`--schema infer`,
 /// the default) and the sink stores types. A CSV sink gets the text as it was (no `1.50`
 /// turned into `1.5`), and PostgreSQL converts text to its columns' types itself, as `COPY`
 /// does.
-fn infers_types(source: &Endpoint, sink: &Endpoint) -> bool {
+/// A table that `--create-table` makes takes the inferred types too.
+fn infers_types(source: &Endpoint, sink: &Endpoint, options: SinkOptions) -> bool {
     let asked = matches!(&source.format, Format::Csv(options) if options.schema == SchemaMode::Infer);
-    asked && sink.service.kind.holds_files() && matches!(sink.format, Format::Parquet | Format::JsonLines)
+    let typed_files = sink.service.kind.holds_files() && matches!(sink.format, Format::Parquet | Format::JsonLines);
+    let new_table = sink.service.kind == ServiceType::Postgres && options.create_table;
+    asked && (typed_files || new_table)
+}
+
+/// What a job asks of its sink beyond where it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkOptions {
+    /// A missing PostgreSQL sink table is made from the source's columns (`--create-table`).
+    pub create_table: bool,
 }
 
 /// Reads `source` and writes it to `sink`'s staging location.
@@ -167,6 +191,17 @@ pub async fn stage(
     source: &Endpoint,
     sink: &Endpoint,
     counters: &Counters,
+) -> Result<Staged, CopyError> {
+    stage_with(attempt, source, sink, counters, SinkOptions::default()).await
+}
+
+/// [`stage`] with the job's sink options.
+pub async fn stage_with(
+    attempt: &AttemptId,
+    source: &Endpoint,
+    sink: &Endpoint,
+    counters: &Counters,
+    options: SinkOptions,
 ) -> Result<Staged, CopyError> {
     let binary = matches!(source.format, Format::Binary) || matches!(sink.format, Format::Binary);
     if binary {
@@ -182,16 +217,16 @@ pub async fn stage(
         return objects::copy_binary(attempt, source, sink, counters).await;
     }
     let batches = match source.service.kind {
-        ServiceType::Filesystem => files::read_table(source, counters, infers_types(source, sink)).await?,
+        ServiceType::Filesystem => files::read_table(source, counters, infers_types(source, sink, options)).await?,
         ServiceType::Postgres => postgres::read_table(source, counters).await?,
         ServiceType::Http => return Err(CopyError::fatal("an http linked service cannot be a copy source yet")),
         ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
-            objects::read_table(source, counters, infers_types(source, sink)).await?
+            objects::read_table(source, counters, infers_types(source, sink, options)).await?
         }
     };
     match sink.service.kind {
         ServiceType::Filesystem => files::write_table(attempt, sink, batches, counters).await,
-        ServiceType::Postgres => postgres::write_table(attempt, sink, batches, counters).await,
+        ServiceType::Postgres => postgres::write_table(attempt, sink, batches, counters, options.create_table).await,
         ServiceType::Http => Err(CopyError::fatal("an http linked service cannot be a copy sink")),
         ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
             objects::write_table(attempt, sink, batches, counters).await

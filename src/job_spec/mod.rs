@@ -170,6 +170,10 @@ pub struct JobSpec {
     /// What publishing does to a sink file that was there before the job.
     #[serde(default)]
     pub if_exists: IfExists,
+    /// A missing PostgreSQL sink table is made from the source's columns, in the load's
+    /// transaction (`--create-table`). Specs from before it read as `false`.
+    #[serde(default)]
+    pub create_table: bool,
 }
 
 /// What happens to a sink file that existed before the job (`--if-exists`). A file the

@@ -48,6 +48,8 @@ pub struct Submission {
     pub if_exists: String,
     /// A CSV source's column types: `infer` or `text`; empty: infer.
     pub schema: String,
+    /// A missing PostgreSQL sink table is made from the source's columns.
+    pub create_table: bool,
 }
 
 /// Which end of the job a dataset is; flags and messages are named after it.
@@ -124,6 +126,12 @@ impl Submission {
                 sink.describe()
             )));
         }
+        if self.create_table && !matches!(sink.location, Location::Table { .. }) {
+            return Err(invalid(format!(
+                "--create-table makes PostgreSQL tables; the sink {} is not one",
+                sink.describe()
+            )));
+        }
         let retry = match (self.max_attempts, self.retry_interval_ms) {
             (0, 0) => RetryPolicy::default(),
             (0, interval_ms) => RetryPolicy {
@@ -152,6 +160,7 @@ impl Submission {
             retry,
             stall_timeout_ms,
             if_exists,
+            create_table: self.create_table,
         })
     }
 
@@ -320,6 +329,25 @@ mod tests {
             sink: sink.into(),
             ..Submission::default()
         }
+    }
+
+    #[test]
+    fn create_table_is_for_postgresql_table_sinks_only() {
+        let asked = |sink: &str| Submission {
+            create_table: true,
+            ..submit("share:/in/a.csv", sink)
+        };
+        assert!(asked("db:public.orders").parse(kinds).unwrap().create_table);
+        assert!(
+            !submit("share:/in/a.csv", "db:public.orders")
+                .parse(kinds)
+                .unwrap()
+                .create_table
+        );
+        assert_eq!(
+            asked("share:/out/a.parquet").parse(kinds).unwrap_err().0,
+            "--create-table makes PostgreSQL tables; the sink share:/out/a.parquet is not one"
+        );
     }
 
     #[test]

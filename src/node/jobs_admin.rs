@@ -70,6 +70,7 @@ fn info(node: &Node, dispatcher: &Dispatcher, j: &Job) -> proto::JobInfo {
         stall_timeout_ms: j.spec.stall_timeout_ms,
         if_exists: j.spec.if_exists.as_str().into(),
         files_skipped: j.files_skipped,
+        create_table: j.spec.create_table,
     }
 }
 

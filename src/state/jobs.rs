@@ -505,6 +505,7 @@ mod tests {
             },
             stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
             if_exists: Default::default(),
+            create_table: false,
         };
         Job::queued(id.into(), spec, 0)
     }

@@ -262,7 +262,9 @@ async fn run(
     let sink = endpoint(node, &job.spec.sink, job.spec.if_exists)?;
     let stall = Duration::from_millis(job.spec.stall_timeout_ms);
     let staged = tokio::select! {
-        staged = copy::stage(id, &source, &sink, counters) => staged?,
+        staged = copy::stage_with(id, &source, &sink, counters, copy::SinkOptions {
+            create_table: job.spec.create_table,
+        }) => staged?,
         _ = cancel.cancelled() => return Err(AttemptError::Stopped),
         () = stalled(counters, stall) => return Err(AttemptError::Stalled(stall)),
     };

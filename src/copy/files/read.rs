@@ -851,7 +851,7 @@ fn plain(schema: &Schema) -> Schema {
         schema
             .fields()
             .iter()
-            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .map(|f| crate::copy::plain_field(f))
             .collect::<Vec<_>>(),
     )
 }

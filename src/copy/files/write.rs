@@ -238,7 +238,7 @@ impl TableWriter {
                     .schema()
                     .fields()
                     .iter()
-                    .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                    .map(|f| crate::copy::plain_field(f))
                     .collect();
                 let schema = Arc::new(Schema::new(fields));
                 self.schema = Some(schema.clone());

@@ -4,15 +4,16 @@
 //! Text rather than binary: the server parses each value into the column's own type, so a
 //! string column can load into any type PostgreSQL can read from text (intervals, inet,
 //! enums, …), and a value it cannot read is refused by the server with the row and column
-//! named. Which Arrow types may go into which columns at all is checked first
-//! ([`check_columns`]), so that, say, a date column aimed at an integer column fails before
-//! any row is sent.
+//! named. Which source column goes into which table column, and whether its Arrow type
+//! can go there at all, is settled first ([`map_columns`]), so that, say, a date column
+//! aimed at an integer column fails before any row is sent. Lists go into array columns
+//! as array literals.
 
 use std::fmt::Write as _;
 
 use arrow::array::{
     Array, ArrayRef, AsArray as _, BinaryArray, BinaryViewArray, BooleanArray, FixedSizeBinaryArray, Float32Array,
-    Float64Array, Int64Array, LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, UInt64Array,
+    Float64Array, Int64Array, LargeBinaryArray, LargeStringArray, ListArray, StringArray, StringViewArray, UInt64Array,
 };
 use arrow::buffer::{NullBuffer, ScalarBuffer};
 use arrow::datatypes::{
@@ -38,8 +39,9 @@ pub(super) enum Target {
     Date,
     Time,
     Timestamp,
-    /// Any other type (interval, inet, an enum, an array, …): only strings, which the
-    /// server parses.
+    /// An array of a built-in type: lists (written as array literals), or strings.
+    Array,
+    /// Any other type (interval, inet, an enum, …): only strings, which the server parses.
     Other,
 }
 
@@ -48,6 +50,9 @@ pub(super) fn target_for(oid: u32) -> Target {
     let Some(ty) = Type::from_oid(oid) else {
         return Target::Other;
     };
+    if matches!(ty.kind(), tokio_postgres::types::Kind::Array(_)) {
+        return Target::Array;
+    }
     match ty {
         Type::BOOL => Target::Bool,
         Type::INT2 | Type::INT4 | Type::INT8 => Target::Integer,
@@ -71,6 +76,8 @@ pub(super) struct SinkColumn {
     /// As `format_type` prints it, e.g. `character varying(20)`.
     pub type_name: String,
     pub target: Target,
+    /// NOT NULL without a default: a source without this column cannot load.
+    pub required: bool,
 }
 
 /// Whether values of an Arrow type can be written to a column of this kind.
@@ -93,21 +100,92 @@ fn accepts(arrow: &DataType, target: Target) -> bool {
         D::Binary | D::LargeBinary | D::BinaryView => target == T::Bytea,
         D::FixedSizeBinary(16) => matches!(target, T::Uuid | T::Bytea),
         D::FixedSizeBinary(_) => target == T::Bytea,
+        D::List(element) | D::LargeList(element) => target == T::Array && !element.data_type().is_nested(),
         _ => false,
     }
 }
 
-/// Checks the source's columns against the sink table's: the same number, each
-/// convertible to its column's type (by position).
-pub(super) fn check_columns(schema: &Schema, sink: &[SinkColumn], table: &str) -> Result<(), String> {
-    if schema.fields().len() != sink.len() {
-        return Err(format!(
-            "sink table {table} has {} columns, the source has {}",
-            sink.len(),
-            schema.fields().len()
-        ));
+/// The names shir gives the columns of a CSV file without a header (`column_1`, …): such a
+/// source has no names to match, and goes into the table's columns by position.
+fn generated_names(schema: &Schema) -> bool {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .all(|(i, f)| *f.name() == format!("column_{}", i + 1))
+}
+
+/// The sink column a source column of this name loads into: the one of the same name, or
+/// else the one that matches ignoring case (as PostgreSQL folds an unquoted `Amount` to
+/// `amount`), if only one does.
+fn find<'a>(name: &str, sink: &'a [SinkColumn], table: &str) -> Result<Option<&'a SinkColumn>, String> {
+    if let Some(exact) = sink.iter().find(|c| c.name == name) {
+        return Ok(Some(exact));
     }
-    for (i, (field, column)) in schema.fields().iter().zip(sink).enumerate() {
+    let mut folded = sink.iter().filter(|c| c.name.eq_ignore_ascii_case(name));
+    match (folded.next(), folded.next()) {
+        (Some(one), None) => Ok(Some(one)),
+        (Some(a), Some(b)) => Err(format!(
+            "source column \"{name}\" matches both \"{}\" and \"{}\" of sink table {table}, which differ only in case",
+            a.name, b.name
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The sink columns the source's columns load into, in the source's order: matched by
+/// name (see [`find`]), each checked to take the source column's type. A source column the
+/// table lacks is an error; a table column the source lacks gets its default (NULL unless
+/// the table says otherwise), and is an error if it is NOT NULL without one. A source of
+/// generated names (a CSV file without a header) goes by position instead.
+pub(super) fn map_columns(schema: &Schema, sink: &[SinkColumn], table: &str) -> Result<Vec<SinkColumn>, String> {
+    let any_named = schema
+        .fields()
+        .iter()
+        .any(|f| sink.iter().any(|c| c.name.eq_ignore_ascii_case(f.name())));
+    let mapped: Vec<SinkColumn> = if !any_named && generated_names(schema) {
+        if schema.fields().len() != sink.len() {
+            return Err(format!(
+                "sink table {table} has {} columns, the source (without a header) has {}",
+                sink.len(),
+                schema.fields().len()
+            ));
+        }
+        sink.to_vec()
+    } else {
+        let mut mapped: Vec<SinkColumn> = Vec::with_capacity(schema.fields().len());
+        for (i, field) in schema.fields().iter().enumerate() {
+            let Some(column) = find(field.name(), sink, table)? else {
+                let names: Vec<&str> = sink.iter().map(|c| c.name.as_str()).collect();
+                return Err(format!(
+                    "sink table {table} has no column \"{}\" (source column {}); its columns: {}",
+                    field.name(),
+                    i + 1,
+                    names.join(", ")
+                ));
+            };
+            if let Some(j) = mapped.iter().position(|m| m.name == column.name) {
+                return Err(format!(
+                    "source columns \"{}\" and \"{}\" would both load into column \"{}\" of sink table {table}",
+                    schema.field(j).name(),
+                    field.name(),
+                    column.name
+                ));
+            }
+            mapped.push(column.clone());
+        }
+        if let Some(missing) = sink
+            .iter()
+            .find(|c| c.required && !mapped.iter().any(|m| m.name == c.name))
+        {
+            return Err(format!(
+                "column \"{}\" of sink table {table} is NOT NULL without a default, and the source has no column of that name",
+                missing.name
+            ));
+        }
+        mapped
+    };
+    for (i, (field, column)) in schema.fields().iter().zip(&mapped).enumerate() {
         if !accepts(field.data_type(), column.target) {
             return Err(format!(
                 "source column {} (\"{}\", {}) cannot be written to column \"{}\" ({}) of sink table {table}",
@@ -119,7 +197,7 @@ pub(super) fn check_columns(schema: &Schema, sink: &[SinkColumn], table: &str) -
             ));
         }
     }
-    Ok(())
+    Ok(mapped)
 }
 
 /// One column of a batch, ready to be written value by value.
@@ -145,6 +223,17 @@ enum Writer<'a> {
     /// (the value is a UTC instant).
     Ts(&'a ScalarBuffer<i64>, TimeUnit, bool),
     /// Decimals and times, as Arrow prints them (PostgreSQL reads that text).
+    Formatted(ArrayFormatter<'a>),
+    /// A list, as an array literal: `{"1","2",NULL}`.
+    List(&'a ListArray, Element<'a>),
+}
+
+/// How a list's elements are written inside an array literal (before quoting).
+enum Element<'a> {
+    Str(&'a StringArray),
+    Bin(&'a BinaryArray),
+    /// Anything else as Arrow prints it: numbers, decimals, booleans, dates, timestamps
+    /// (`2024-02-29T07:04:56.789+00:00`), all of which PostgreSQL reads.
     Formatted(ArrayFormatter<'a>),
 }
 
@@ -202,6 +291,18 @@ fn writer<'a>(array: &'a ArrayRef, target: Target) -> Result<Writer<'a>, String>
         D::Decimal128(..) | D::Decimal256(..) | D::Time32(_) | D::Time64(_) => Writer::Formatted(
             ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(|e| format!("{e}"))?,
         ),
+        D::List(_) => {
+            let list = array.as_list::<i32>();
+            let values = list.values();
+            let element = match values.data_type() {
+                D::Utf8 => Element::Str(values.as_string::<i32>()),
+                D::Binary => Element::Bin(values.as_binary::<i32>()),
+                _ => Element::Formatted(
+                    ArrayFormatter::try_new(values.as_ref(), &FormatOptions::default()).map_err(|e| format!("{e}"))?,
+                ),
+            };
+            Writer::List(list, element)
+        }
         other => return Err(format!("Arrow type {other} cannot be written to PostgreSQL")),
     })
 }
@@ -288,7 +389,51 @@ fn write_value(writer: &Writer<'_>, row: usize, out: &mut Vec<u8>) -> Result<(),
             write!(text, "{}", f.value(row)).map_err(|e| format!("{e}"))?;
             escape(text.as_bytes(), out);
         }
+        Writer::List(list, element) => {
+            let mut literal = Vec::new();
+            array_literal(list, element, row, &mut literal)?;
+            escape(&literal, out);
+        }
     }
+    Ok(())
+}
+
+/// One row of a list as a PostgreSQL array literal, every element quoted (which any type
+/// accepts) with `"` and `\` escaped inside; NULL elements bare.
+fn array_literal(list: &ListArray, element: &Element<'_>, row: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    let values = list.values();
+    let range = list.value_offsets()[row] as usize..list.value_offsets()[row + 1] as usize;
+    out.push(b'{');
+    let mut text = String::new();
+    for (n, i) in range.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        if values.is_null(i) {
+            out.extend_from_slice(b"NULL");
+            continue;
+        }
+        text.clear();
+        match element {
+            Element::Str(a) => text.push_str(a.value(i)),
+            Element::Bin(a) => {
+                let mut hexed = Vec::new();
+                hex(a.value(i), &mut hexed);
+                text.push_str("\\x");
+                text.push_str(std::str::from_utf8(&hexed).expect("hex is ASCII"));
+            }
+            Element::Formatted(f) => write!(text, "{}", f.value(i)).map_err(|e| format!("{e}"))?,
+        }
+        out.push(b'"');
+        for &b in text.as_bytes() {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+    out.push(b'}');
     Ok(())
 }
 
@@ -406,6 +551,7 @@ fn one(array: ArrayRef, target: Target) -> String {
         name: "c".into(),
         type_name: "t".into(),
         target,
+        required: false,
     }];
     let mut out = Vec::new();
     encode(&batch, &sink, 0, &mut out).unwrap();

@@ -14,40 +14,62 @@
 //! | `boolean`                                       | `Boolean`                       |
 //! | `smallint`, `integer`, `bigint`                 | `Int16`, `Int32`, `Int64`       |
 //! | `real`, `double precision`                      | `Float32`, `Float64`            |
-//! | `numeric`                                       | `Utf8`, the exact decimal text as PostgreSQL prints it (`NaN`, `Infinity` too) |
+//! | `numeric(p,s)`, p ≤ 38                          | `Decimal128(p, s)`              |
+//! | `numeric(p,s)`, 38 < p ≤ 76                     | `Decimal256(p, s)`              |
+//! | `numeric` (no precision, or p > 76)             | `Utf8`, the exact decimal text as PostgreSQL prints it (`NaN`, `Infinity` too) |
 //! | `text`, `varchar`, `char(n)`, `name`, enums     | `Utf8`                          |
 //! | `json`, `jsonb`                                 | `Utf8` (the JSON text)          |
 //! | `uuid`                                          | `Utf8` (`xxxxxxxx-xxxx-…`)      |
+//! | `interval`                                      | `Utf8`, in words (`1 year 2 months 3 days 04:05:06.5` as `… 4 hours 5 minutes 6.5 seconds`) |
 //! | `bytea`                                         | `Binary`                        |
 //! | `date`                                          | `Date32`                        |
 //! | `time`                                          | `Time64(µs)`                    |
 //! | `timestamp`                                     | `Timestamp(µs)`                 |
 //! | `timestamptz`                                   | `Timestamp(µs, "+00:00")` (UTC) |
+//! | a one-dimensional array of any of these         | `List` of the element's type    |
 //! | a domain                                        | as its base type                |
 //!
-//! NULLs stay NULL. Any other type (interval, inet, arrays, …) fails the job naming the
-//! column and its type; a query can cast it (`during::text`). So does an infinite date or
-//! timestamp, which Arrow cannot hold.
+//! The precision and scale come from the type modifier in the server's description of the
+//! query, so a cast in a query (`amount::numeric(12,2)`) gives a decimal too; a computed
+//! `numeric` has none and stays text. PostgreSQL 15's negative scales and scales above the
+//! precision get the smallest Arrow decimal that holds every value exactly. Built-in
+//! types are also named in each field's metadata ([`POSTGRES_TYPE`]), so that
+//! `--create-table` can make a table of the same types.
 //!
-//! **Writing** ([`write_table`]) needs an existing table whose columns (generated ones left
-//! out) match the batches' by position, in number and in kind. It opens a transaction and
-//! loads the rows with `COPY … FROM STDIN` in the text format, so the server parses every
-//! value into its column's type and names the row and column of a value it cannot read.
-//! The transaction is left open: the rows are invisible to everyone else until
+//! NULLs stay NULL. A `NaN` or infinity in a decimal column fails the job naming the row
+//! and column (no decimal holds it; the query can replace it), as does an infinite date or
+//! timestamp, which Arrow cannot hold, or an array of more than one dimension. Any other
+//! type (inet, ranges, …) fails the job naming the column and its type; a query can cast
+//! it (`during::text`).
+//!
+//! **Writing** ([`write_table`]) loads into the sink table's columns by name: the column
+//! of the same name, or else the one that matches ignoring case (PostgreSQL folds an
+//! unquoted `Amount` to `amount`). A source column the table lacks, or whose type cannot
+//! go into its column, fails the job naming it; table columns the source lacks get their
+//! defaults. A CSV file without a header (columns named `column_1`, …) loads by position.
+//! With `--create-table`, a missing table is made first, in the load's transaction, from
+//! the source's columns (`create.rs`). The load opens a transaction and sends the rows with
+//! `COPY … FROM STDIN` in the text format, so the server parses every value into its
+//! column's type and names the row and column of a value it cannot read. The transaction
+//! is left open: the rows (and a table made for them) are invisible to everyone else until
 //! [`Staged::publish`] commits it, and gone if the attempt is discarded or its node dies.
 //!
-//! **Publishing** records the job in `shir.job_commits` (created on first use, see
-//! [`COMMITS_TABLE`]) in the same transaction, with `INSERT … ON CONFLICT DO NOTHING`. If
-//! the job is already there, another attempt has published it: this one rolls back and the
-//! target keeps exactly one copy. Two attempts publishing at once serialize on the record's
-//! primary key: the second waits for the first and then finds the record.
+//! **Publishing** records the job in `STATE_SCHEMA.job_commits` (the linked service's
+//! `state_schema`, `shir` by default; created on first use, see [`COMMITS_TABLE`]) in the
+//! same transaction, with `INSERT … ON CONFLICT DO NOTHING`. If the job is already there,
+//! another attempt has published it: this one rolls back and the target keeps exactly one
+//! copy. Two attempts publishing at once serialize on the record's primary key: the second
+//! waits for the first and then finds the record.
 //!
 //! **Counting**: as every tabular source, the reader counts the rows and bytes it reads (its
 //! stream keeps a clone of the counters); the sink adds nothing. The consistency check
 //! compares the rows the sink received with the rows the server reports COPY stored.
 
+mod create;
 mod decode;
 mod encode;
+
+pub use decode::POSTGRES_TYPE;
 #[cfg(test)]
 mod tests;
 
@@ -76,19 +98,14 @@ const BATCHES_AHEAD: usize = 4;
 
 use crate::timing::POSTGRES_CONNECT_TIMEOUT as CONNECT_TIMEOUT;
 
-/// The idempotency record: one row per published job, in every database shir writes to.
-/// A role that may not create schemas needs it made once by an owner (the statement is
-/// [`CREATE_COMMITS`]) and `INSERT, SELECT` on it.
-pub const COMMITS_TABLE: &str = "shir.job_commits";
+/// The idempotency record: one row per published job, in every database shir writes to,
+/// in the schema the linked service's `state_schema` names ([`DEFAULT_STATE_SCHEMA`] if it
+/// names none). A role that may not create schemas needs it made once by an owner (the
+/// statements are [`create_commits_sql`]) and `INSERT, SELECT` on it.
+pub const COMMITS_TABLE: &str = "job_commits";
 
-/// Creates the idempotency record's schema and table if missing.
-pub const CREATE_COMMITS: &str = "CREATE SCHEMA IF NOT EXISTS shir; \
-     CREATE TABLE IF NOT EXISTS shir.job_commits (\
-         job_id text PRIMARY KEY, \
-         attempt integer NOT NULL, \
-         sink_table text NOT NULL, \
-         rows bigint NOT NULL, \
-         committed_at timestamptz NOT NULL DEFAULT now())";
+/// Where the idempotency records are when the linked service does not say.
+pub const DEFAULT_STATE_SCHEMA: &str = "shir";
 
 /// `"schema"."table"` for SQL.
 fn qualified(schema: &str, table: &str) -> String {
@@ -181,7 +198,9 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
 
     let mut columns = Vec::with_capacity(statement.columns().len());
     for (i, column) in statement.columns().iter().enumerate() {
-        let decode = decode::decoder_for(column.type_()).ok_or_else(|| {
+        // The type modifier comes with the server's description of the query, so a query's
+        // `amount::numeric(12,2)` is as precise as a table's column.
+        let shape = decode::shape_for(column.type_(), column.type_modifier()).ok_or_else(|| {
             CopyError::fatal(format!(
                 "{what}: column {} (\"{}\") has type {}, which shir cannot map to a copy column \
                  (cast it in a query, e.g. \"{}\"::text)",
@@ -191,7 +210,11 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
                 column.name()
             ))
         })?;
-        columns.push((column.name().to_owned(), decode));
+        columns.push(decode::SourceColumn {
+            name: column.name().to_owned(),
+            shape,
+            sql_type: decode::sql_type(column.type_(), column.type_modifier()),
+        });
     }
     if columns.is_empty() {
         return Err(CopyError::fatal(format!("{what} returns no columns")));
@@ -260,9 +283,13 @@ pub async fn read_table(source: &Endpoint, counters: &Counters) -> Result<Batche
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
-/// The columns COPY writes in the sink table, in order; a fatal error if the table does not
-/// exist or is not something rows can be loaded into.
-async fn sink_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<encode::SinkColumn>, CopyError> {
+/// The columns COPY can write in the sink table, in order; `None` if the table does not
+/// exist, a fatal error if it is not something rows can be loaded into.
+async fn sink_columns(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<Vec<encode::SinkColumn>>, CopyError> {
     let what = format!("sink table {schema}.{table}");
     let found = client
         .query_opt(
@@ -273,7 +300,7 @@ async fn sink_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<
         .await
         .map_err(|e| pg_error(&what, &e))?;
     let Some(found) = found else {
-        return Err(CopyError::fatal(format!("{what} does not exist")));
+        return Ok(None);
     };
     let (oid, kind): (u32, String) = (found.get(0), found.get(1));
     match kind.as_str() {
@@ -287,7 +314,8 @@ async fn sink_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                    CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END \
+                    CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, \
+                    a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
              ORDER BY a.attnum",
@@ -295,33 +323,73 @@ async fn sink_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<
         )
         .await
         .map_err(|e| pg_error(&what, &e))?;
-    Ok(rows
-        .iter()
-        .map(|row| encode::SinkColumn {
-            name: row.get(0),
-            type_name: row.get(1),
-            target: encode::target_for(row.get(2)),
-        })
-        .collect())
+    Ok(Some(
+        rows.iter()
+            .map(|row| encode::SinkColumn {
+                name: row.get(0),
+                type_name: row.get(1),
+                target: encode::target_for(row.get(2)),
+                required: row.get(3),
+            })
+            .collect(),
+    ))
+}
+
+/// The schema of a linked service's idempotency records (its `state_schema` setting).
+fn state_schema(endpoint: &Endpoint) -> &str {
+    endpoint.service.get("state_schema").unwrap_or(DEFAULT_STATE_SCHEMA)
+}
+
+/// `schema.job_commits`, quoted for SQL.
+fn commits_table(schema: &str) -> String {
+    format!("{}.{COMMITS_TABLE}", quote_ident(schema))
+}
+
+/// The statements that make the idempotency record in `schema` (a name the linked
+/// service's validation allowed: lowercase letters, digits and `_`).
+pub fn create_commits_sql(schema: &str) -> String {
+    let table = commits_table(schema);
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {}; \
+         CREATE TABLE IF NOT EXISTS {table} (\
+             job_id text PRIMARY KEY, \
+             attempt integer NOT NULL, \
+             sink_table text NOT NULL, \
+             rows bigint NOT NULL, \
+             committed_at timestamptz NOT NULL DEFAULT now())",
+        quote_ident(schema)
+    )
 }
 
 /// Makes sure the idempotency record exists before the load starts. Only creates it when
 /// missing, so a role without CREATE can use one made by an owner; two creators racing
-/// each other make one of them fail with a duplicate, and it looks again.
-async fn ensure_commits_table(client: &Client) -> Result<(), CopyError> {
+/// each other make one of them fail with a duplicate, and it looks again. Creating it is
+/// said once, in the node's log, naming the table and the linked service.
+async fn ensure_commits_table(client: &Client, sink: &Endpoint) -> Result<(), CopyError> {
     use tokio_postgres::error::SqlState;
-    let context = format!("the idempotency record {COMMITS_TABLE}");
+    let schema = state_schema(sink);
+    let table = format!("{schema}.{COMMITS_TABLE}");
+    let context = format!("the idempotency record {table}");
     for _ in 0..3 {
         let exists: bool = client
-            .query_one(&format!("SELECT to_regclass('{COMMITS_TABLE}') IS NOT NULL"), &[])
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&commits_table(schema)])
             .await
             .map_err(|e| pg_error(&context, &e))?
             .get(0);
         if exists {
             return Ok(());
         }
-        match client.batch_execute(CREATE_COMMITS).await {
-            Ok(()) => return Ok(()),
+        match client.batch_execute(&create_commits_sql(schema)).await {
+            Ok(()) => {
+                tracing::info!(
+                    service = %sink.service_name,
+                    table = %table,
+                    "created {table}, where shir records the jobs it loaded into this database \
+                     (linked service {}, state_schema {schema})",
+                    sink.service_name
+                );
+                return Ok(());
+            }
             Err(e)
                 if matches!(
                     e.code(),
@@ -331,7 +399,8 @@ async fn ensure_commits_table(client: &Client) -> Result<(), CopyError> {
                 let mut error = pg_error(&format!("cannot create {context}"), &e);
                 if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
                     error.message.push_str(&format!(
-                        "; have an owner of the database run once: {CREATE_COMMITS}; and grant this role USAGE on schema shir and INSERT, SELECT on the table"
+                        "; have an owner of the database run once: {}; and grant this role USAGE on schema {schema} and INSERT, SELECT on the table",
+                        create_commits_sql(schema)
                     ));
                 }
                 return Err(error);
@@ -343,12 +412,15 @@ async fn ensure_commits_table(client: &Client) -> Result<(), CopyError> {
     )))
 }
 
-/// Loads `batches` into the sink table inside a transaction left open for publish.
+/// Loads `batches` into the sink table inside a transaction left open for publish; with
+/// `create_table`, a missing table is made in that transaction first, so it exists only if
+/// the job publishes.
 pub async fn write_table(
     attempt: &AttemptId,
     sink: &Endpoint,
     batches: Batches,
     counters: &Counters,
+    create_table: bool,
 ) -> Result<Staged, CopyError> {
     let Location::Table { schema, table } = &sink.location else {
         return Err(CopyError::fatal(
@@ -358,6 +430,7 @@ pub async fn write_table(
     // The source counts what it reads; a sink adds nothing (see `Counters`).
     let _ = counters;
     let what = format!("sink table {schema}.{table}");
+    let shown = format!("{schema}.{table}");
     let name = qualified(schema, table);
 
     let client = connect(
@@ -377,10 +450,13 @@ pub async fn write_table(
         )
         .await
         .map_err(|e| pg_error(&what, &e))?;
-    ensure_commits_table(&client).await?;
-    let columns = sink_columns(&client, schema, table).await?;
-    if columns.is_empty() {
-        return Err(CopyError::fatal(format!("{what} has no columns to load")));
+    ensure_commits_table(&client, sink).await?;
+    // Looked at before the source is read, so that a missing table fails at once.
+    let existing = sink_columns(&client, schema, table).await?;
+    if existing.is_none() && !create_table {
+        return Err(CopyError::fatal(format!(
+            "{what} does not exist (--create-table makes it from the source's columns)"
+        )));
     }
 
     // READ COMMITTED whatever the database's default: under REPEATABLE READ or
@@ -390,36 +466,87 @@ pub async fn write_table(
         .batch_execute("START TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE")
         .await
         .map_err(|e| pg_error(&what, &e))?;
-    let list: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let copy = client
-        .copy_in::<_, Bytes>(&format!("COPY {name} ({}) FROM STDIN", list.join(", ")))
-        .await
-        .map_err(|e| pg_error(&what, &e))?;
-    futures::pin_mut!(copy);
 
+    // The first batch gives the source's columns, which the table's are matched to (or
+    // made from) before COPY names them.
     let mut batches = batches;
-    let mut checked = false;
-    let (mut rows_read, mut bytes) = (0u64, 0u64);
-    while let Some(batch) = batches.next().await {
-        // A failed source ends the load here: dropping the COPY aborts it, dropping the
-        // client rolls the transaction back.
-        let batch = batch?;
-        if !checked {
-            encode::check_columns(&batch.schema(), &columns, &format!("{schema}.{table}")).map_err(CopyError::fatal)?;
-            checked = true;
+    let first = match batches.next().await {
+        Some(batch) => Some(batch?),
+        None => None,
+    };
+    let columns = match existing {
+        Some(columns) => columns,
+        None => {
+            let Some(first) = &first else {
+                return Err(CopyError::fatal(format!(
+                    "{what} does not exist, and the source gave no columns to make it from"
+                )));
+            };
+            let statement = create::create_table_sql(&name, &first.schema())
+                .map_err(|why| CopyError::fatal(format!("cannot create {what}: {why}")))?;
+            client.batch_execute(&statement).await.map_err(|e| {
+                use tokio_postgres::error::SqlState;
+                // Another session (an earlier attempt, another job) made it since we
+                // looked and committed: a retry finds it and loads into it.
+                if matches!(e.code(), Some(&SqlState::DUPLICATE_TABLE | &SqlState::UNIQUE_VIOLATION)) {
+                    CopyError::transient(format!("{what} was created meanwhile by another session"))
+                } else {
+                    pg_error(&format!("cannot create {what}"), &e)
+                }
+            })?;
+            tracing::info!(job = %attempt.job_id, attempt = attempt.attempt, table = %shown,
+                "created the sink table in the load's transaction: {statement}");
+            sink_columns(&client, schema, table)
+                .await?
+                .ok_or_else(|| CopyError::transient(format!("{what} is gone right after being created")))?
         }
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        let mut text = Vec::with_capacity(64 * batch.num_rows());
-        encode::encode(&batch, &columns, rows_read, &mut text)
-            .map_err(|why| CopyError::fatal(format!("{what}: {why}")))?;
-        let len = text.len() as u64;
-        copy.send(Bytes::from(text)).await.map_err(|e| pg_error(&what, &e))?;
-        rows_read += batch.num_rows() as u64;
-        bytes += len;
+    };
+    if columns.is_empty() {
+        return Err(CopyError::fatal(format!("{what} has no columns to load")));
     }
-    let rows_written = copy.as_mut().finish().await.map_err(|e| pg_error(&what, &e))?;
+
+    let (mut rows_read, mut bytes, mut rows_written) = (0u64, 0u64, 0u64);
+    if let Some(first) = first {
+        let first_schema = first.schema();
+        let mapped = encode::map_columns(&first_schema, &columns, &shown).map_err(CopyError::fatal)?;
+        let list: Vec<String> = mapped.iter().map(|c| quote_ident(&c.name)).collect();
+        let copy = client
+            .copy_in::<_, Bytes>(&format!("COPY {name} ({}) FROM STDIN", list.join(", ")))
+            .await
+            .map_err(|e| pg_error(&what, &e))?;
+        futures::pin_mut!(copy);
+        let mut next = Some(Ok(first));
+        while let Some(batch) = next {
+            // A failed source ends the load here: dropping the COPY aborts it, dropping the
+            // client rolls the transaction back.
+            let batch = batch?;
+            if batch.num_rows() > 0 {
+                // Sources keep one schema for the whole stream; checked so that a change
+                // could never shift values into the wrong columns.
+                let same = batch.schema().fields().len() == first_schema.fields().len()
+                    && batch
+                        .schema()
+                        .fields()
+                        .iter()
+                        .zip(first_schema.fields())
+                        .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+                if !same {
+                    return Err(CopyError::fatal(format!(
+                        "{what}: the source's columns changed after {rows_read} rows"
+                    )));
+                }
+                let mut text = Vec::with_capacity(64 * batch.num_rows());
+                encode::encode(&batch, &mapped, rows_read, &mut text)
+                    .map_err(|why| CopyError::fatal(format!("{what}: {why}")))?;
+                let len = text.len() as u64;
+                copy.send(Bytes::from(text)).await.map_err(|e| pg_error(&what, &e))?;
+                rows_read += batch.num_rows() as u64;
+                bytes += len;
+            }
+            next = batches.next().await;
+        }
+        rows_written = copy.as_mut().finish().await.map_err(|e| pg_error(&what, &e))?;
+    }
 
     let check = Consistency {
         rows_read,
@@ -430,7 +557,8 @@ pub async fn write_table(
     let staged = PgStaged {
         client,
         attempt: attempt.clone(),
-        table: format!("{schema}.{table}"),
+        table: shown,
+        commits: commits_table(state_schema(sink)),
         rows: rows_written,
     };
     Ok(Staged::new(rows_written, bytes, 0, check, Box::new(staged)))
@@ -442,6 +570,8 @@ struct PgStaged {
     attempt: AttemptId,
     /// `schema.table`, for the record and messages.
     table: String,
+    /// The idempotency record's table, quoted for SQL.
+    commits: String,
     rows: u64,
 }
 
@@ -459,8 +589,11 @@ impl StagedOutput for PgStaged {
             let recorded = self
                 .client
                 .execute(
-                    "INSERT INTO shir.job_commits (job_id, attempt, sink_table, rows) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (job_id) DO NOTHING",
+                    &format!(
+                        "INSERT INTO {} (job_id, attempt, sink_table, rows) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (job_id) DO NOTHING",
+                        self.commits
+                    ),
                     &[&self.attempt.job_id, &attempt, &self.table, &rows],
                 )
                 .await

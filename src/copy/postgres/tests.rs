@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt as _;
 use tokio_postgres::Client;
 
-use super::{read_table, write_table};
+use super::read_table;
 use crate::connectors::{ServiceSpec, ServiceType};
 use crate::copy::{AttemptId, Batches, CopyError, Counters, CsvOptions, Endpoint, Format, Location, Staged};
 use crate::testing::postgres::ThrowawayPostgres;
@@ -77,6 +77,15 @@ impl Db {
             .get(0)
     }
 
+    /// The one text value a query returns.
+    async fn text(&self, sql: &str) -> String {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", crate::error_chain(&e)))
+            .get(0)
+    }
+
     /// `psql -c SQL`'s output, trimmed; panics if psql fails.
     fn psql(&self, sql: &str) -> String {
         let out = self
@@ -92,6 +101,16 @@ impl Db {
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
+}
+
+/// The sink as most tests use it: into a table that exists.
+async fn write_table(
+    attempt: &AttemptId,
+    sink: &Endpoint,
+    batches: Batches,
+    counters: &Counters,
+) -> Result<Staged, CopyError> {
+    super::write_table(attempt, sink, batches, counters, false).await
 }
 
 fn attempt(job: &str, attempt: u32) -> AttemptId {
@@ -193,7 +212,7 @@ async fn every_mapped_type_goes_table_to_batches_to_table_unchanged() {
         ("f4", DataType::Float32),
         ("f8", DataType::Float64),
         ("n", utf8.clone()),
-        ("n2", utf8.clone()),
+        ("n2", DataType::Decimal128(12, 3)),
         ("t", utf8.clone()),
         ("vc", utf8.clone()),
         ("c", utf8.clone()),
@@ -216,9 +235,12 @@ async fn every_mapped_type_goes_table_to_batches_to_table_unchanged() {
     let column = |name: &str| -> ArrayRef { batch.column_by_name(name).unwrap().clone() };
     let text = |name: &str, row: usize| -> String { column(name).as_string::<i32>().value(row).to_owned() };
     assert_eq!(text("n", 0), "3.14159");
-    assert_eq!(text("n2", 0), "42.500");
+    let n2 = column("n2");
+    let n2 = n2.as_primitive::<arrow::datatypes::Decimal128Type>();
+    assert_eq!(n2.value_as_string(0), "42.500");
+    assert_eq!(n2.value_as_string(3), "99999999.999");
     assert_eq!(text("n", 2), "NaN");
-    assert_eq!(text("n2", 2), "-0.001");
+    assert_eq!(n2.value(2), -1);
     assert_eq!(
         text("n", 3),
         "-123456789012345678901234567890.123456789012345678901234567890"
@@ -269,6 +291,232 @@ async fn every_mapped_type_goes_table_to_batches_to_table_unchanged() {
     staged.publish().await.unwrap();
     assert_eq!(db.dump("dst").await, db.dump("src").await);
     assert_eq!(counters.snapshot().0, 4);
+}
+
+/// Decimals of both widths, an unconstrained numeric, intervals and arrays.
+const RICH_TYPES: &str = r#"
+    CREATE TABLE rich (
+        id integer NOT NULL, d10 numeric(10, 2), d40 numeric(40, 5), free numeric, neg numeric(3, -2),
+        iv interval, ia integer[], ta text[], da numeric(6, 2)[], ba bytea[], za timestamptz[], ua uuid[],
+        ja jsonb[], bo boolean[], dt date[], fa double precision[]
+    );
+    INSERT INTO rich VALUES
+        (1, 12345678.91, -12345678901234567890123456789012345.12345, 3.14159265358979323846264338327950288419716939937510,
+         12300, '1 year 2 mons 3 days 04:05:06.5', '{1,NULL,-3}', '{"a,b","q\"uote","back\\slash",NULL,"NULL",""}',
+         '{1.50,-0.01}', '{"\\x00ff",NULL}', '{"2024-02-29 12:34:56.789+05:30"}',
+         '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}', ARRAY['{"k": [1, "x"]}'::jsonb], '{t,f,NULL}',
+         '{2024-02-29,1999-12-31}', '{1.5,NaN,-Infinity}'),
+        (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+        (3, -0.01, 0, 'NaN', -99900, '-1 mons -1 days -00:00:00.000001', '{}', '{}', '{}', '{}', '{}', '{}', '{}',
+         '{}', '{}', '{}'),
+        (4, 99999999.99, 99999999999999999999999999999999999.99999, '-1e-30', 0, '1 day -01:00:01', '{2147483647}',
+         E'{"tab\there","newline\nthere"}', '{9999.99}', '{""}', '{NULL}', '{NULL}', '{null}', '{f}', '{NULL}', '{0}');
+    CREATE TABLE rich_copy (LIKE rich);
+"#;
+
+#[tokio::test]
+async fn decimals_intervals_and_arrays_go_table_to_batches_to_table_unchanged() {
+    let Some(db) = Db::new().await else { return };
+    db.sql(RICH_TYPES).await;
+    let batches = collect(read_table(&db.table("rich"), &Counters::default()).await.unwrap())
+        .await
+        .unwrap();
+    let batch = &batches[0];
+    let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
+    let types: Vec<DataType> = batch.schema().fields().iter().map(|f| f.data_type().clone()).collect();
+    assert_eq!(
+        types,
+        [
+            DataType::Int32,
+            DataType::Decimal128(10, 2),
+            DataType::Decimal256(40, 5),
+            DataType::Utf8,
+            DataType::Decimal128(5, 0),
+            DataType::Utf8,
+            list(DataType::Int32),
+            list(DataType::Utf8),
+            list(DataType::Decimal128(6, 2)),
+            list(DataType::Binary),
+            list(DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))),
+            list(DataType::Utf8),
+            list(DataType::Utf8),
+            list(DataType::Boolean),
+            list(DataType::Date32),
+            list(DataType::Float64),
+        ]
+    );
+    let declared: Vec<&str> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.metadata()[super::decode::POSTGRES_TYPE].as_str())
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            "int4",
+            "numeric(10,2)",
+            "numeric(40,5)",
+            "numeric",
+            "numeric(3,-2)",
+            "interval",
+            "int4[]",
+            "text[]",
+            "numeric(6,2)[]",
+            "bytea[]",
+            "timestamptz[]",
+            "uuid[]",
+            "jsonb[]",
+            "bool[]",
+            "date[]",
+            "float8[]"
+        ]
+    );
+    let d40 = batch.column(2).as_primitive::<arrow::datatypes::Decimal256Type>();
+    assert_eq!(d40.value_as_string(0), "-12345678901234567890123456789012345.12345");
+    assert_eq!(d40.value_as_string(3), "99999999999999999999999999999999999.99999");
+    assert_eq!(
+        batch.column(3).as_string::<i32>().value(0),
+        "3.14159265358979323846264338327950288419716939937510"
+    );
+    assert_eq!(
+        batch.column(5).as_string::<i32>().value(0),
+        "1 year 2 months 3 days 4 hours 5 minutes 6.5 seconds"
+    );
+    let ia = batch.column(6).as_list::<i32>();
+    assert_eq!(ia.value_length(0), 3);
+    assert!(ia.value(0).is_null(1));
+    assert!(ia.is_null(1), "a NULL array is a NULL list");
+    assert_eq!(ia.value_length(2), 0, "an empty array is an empty list");
+
+    let staged = write_table(
+        &attempt("job-rich", 1),
+        &db.table("rich_copy"),
+        stream_of(batches),
+        &Counters::default(),
+    )
+    .await
+    .unwrap();
+    staged.publish().await.unwrap();
+    assert_eq!(db.dump("rich_copy").await, db.dump("rich").await);
+    let same: bool = db
+        .client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT * FROM rich EXCEPT SELECT * FROM rich_copy)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(same);
+}
+
+#[tokio::test]
+async fn a_nan_in_a_decimal_column_or_a_nested_array_fails_naming_row_and_column() {
+    let Some(db) = Db::new().await else { return };
+    db.sql(
+        "CREATE TABLE nan (id integer, amount numeric(10, 2)); INSERT INTO nan VALUES (1, 1.5), (2, 'NaN'); \
+         CREATE TABLE grid (id integer, cells integer[]); INSERT INTO grid VALUES (1, '{{1,2},{3,4}}')",
+    )
+    .await;
+    let err = collect(read_table(&db.table("nan"), &Counters::default()).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(!err.retryable);
+    assert!(
+        err.message.starts_with(
+            "source table public.nan: row 2, column \"amount\" (numeric): 'NaN' has no decimal equivalent"
+        ),
+        "{err}"
+    );
+    let err = collect(read_table(&db.table("grid"), &Counters::default()).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("row 1, column \"cells\" (integer[]): an array of 2 dimensions"),
+        "{err}"
+    );
+    // A query's cast decides the type: its modifier comes with the query's description.
+    let query = Location::Query(
+        "SELECT amount::numeric(12, 4) AS a, amount AS b, amount * 1 AS c FROM nan WHERE id = 1".into(),
+    );
+    let batches = collect(read_table(&db.endpoint(query), &Counters::default()).await.unwrap())
+        .await
+        .unwrap();
+    let types: Vec<DataType> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    assert_eq!(
+        types,
+        [DataType::Decimal128(12, 4), DataType::Decimal128(10, 2), DataType::Utf8]
+    );
+}
+
+#[tokio::test]
+async fn create_table_makes_the_table_in_the_load_transaction_with_the_source_types() {
+    let Some(db) = Db::new().await else { return };
+    let db = &db;
+    db.sql(RICH_TYPES).await;
+    let load = |job: &'static str, table: &'static str| {
+        let (source, sink) = (db.table("rich"), db.table(table));
+        async move {
+            let batches = read_table(&source, &Counters::default()).await.unwrap();
+            super::write_table(&attempt(job, 1), &sink, batches, &Counters::default(), true)
+                .await
+                .unwrap()
+        }
+    };
+    let exists = |table: &'static str| async move {
+        db.text(&format!("SELECT (to_regclass('public.{table}') IS NOT NULL)::text"))
+            .await
+    };
+    // Discarded: no table is left behind.
+    load("job-made-discarded", "made").await.discard().await;
+    assert_eq!(exists("made").await, "false");
+    // Staged, the table is invisible to others; published, it holds the rows.
+    let staged = load("job-made", "made").await;
+    assert_eq!(exists("made").await, "false");
+    staged.publish().await.unwrap();
+    assert_eq!(db.dump("made").await, db.dump("rich").await);
+    let columns = |table: &'static str| async move {
+        db.text(&format!(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
+             FROM pg_attribute WHERE attrelid = 'public.{table}'::regclass AND attnum > 0"
+        ))
+        .await
+    };
+    assert_eq!(columns("made").await, columns("rich").await);
+    // A second job into the table that now exists loads into it as into any table.
+    load("job-made-again", "made").await.publish().await.unwrap();
+    assert_eq!(db.count("made").await, 8);
+}
+
+#[tokio::test]
+async fn the_records_live_in_the_schema_the_linked_service_names() {
+    let Some(db) = Db::new().await else { return };
+    db.sql("CREATE TABLE target (id integer, t text)").await;
+    let mut sink = db.table("target");
+    sink.service = sink.service.with("state_schema", "etl_state");
+    let staged = super::write_table(
+        &attempt("job-state", 1),
+        &sink,
+        stream_of(vec![ids_and_texts(0..2)]),
+        &Counters::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    staged.publish().await.unwrap();
+    assert_eq!(
+        db.text("SELECT sink_table || ' ' || rows FROM etl_state.job_commits WHERE job_id = 'job-state'")
+            .await,
+        "public.target 2"
+    );
+    assert_eq!(db.text("SELECT (to_regnamespace('shir') IS NULL)::text").await, "true");
 }
 
 #[tokio::test]
@@ -367,12 +615,15 @@ async fn an_empty_source_still_yields_its_columns() {
 #[tokio::test]
 async fn a_type_it_cannot_map_is_a_fatal_error_naming_the_column() {
     let Some(db) = Db::new().await else { return };
-    db.sql("CREATE TABLE odd (id integer, \"during\" interval); INSERT INTO odd VALUES (1, '1 day')")
+    db.sql("CREATE TABLE odd (id integer, \"during\" int4range); INSERT INTO odd VALUES (1, '[1,5)')")
         .await;
     let err = read_table(&db.table("odd"), &Counters::default()).await.err().unwrap();
     println!("{err}");
     assert!(!err.retryable);
-    assert!(err.message.contains("column 2 (\"during\") has type interval"), "{err}");
+    assert!(
+        err.message.contains("column 2 (\"during\") has type int4range"),
+        "{err}"
+    );
     assert!(err.message.contains("source table public.odd"), "{err}");
 
     // What the message suggests works.
@@ -380,7 +631,7 @@ async fn a_type_it_cannot_map_is_a_fatal_error_naming_the_column() {
     let batches = collect(read_table(&db.endpoint(query), &Counters::default()).await.unwrap())
         .await
         .unwrap();
-    assert_eq!(batches[0].column(1).as_string::<i32>().value(0), "1 day");
+    assert_eq!(batches[0].column(1).as_string::<i32>().value(0), "[1,5)");
 }
 
 #[tokio::test]
@@ -447,13 +698,50 @@ async fn a_missing_sink_table_is_fatal() {
     .await
     .err()
     .unwrap();
-    assert_eq!(err, CopyError::fatal("sink table public.nope does not exist"));
+    assert_eq!(
+        err,
+        CopyError::fatal("sink table public.nope does not exist (--create-table makes it from the source's columns)")
+    );
+}
+
+/// One batch of the given columns, each Int32 holding `values`.
+fn ints(names: &[&str], values: &[i32]) -> RecordBatch {
+    let fields: Vec<Field> = names.iter().map(|n| Field::new(*n, DataType::Int32, true)).collect();
+    let arrays: Vec<ArrayRef> = names
+        .iter()
+        .map(|_| Arc::new(Int32Array::from(values.to_vec())) as ArrayRef)
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap()
 }
 
 #[tokio::test]
-async fn a_wrong_column_count_says_how_many_each_side_has() {
+async fn columns_are_matched_by_name_ignoring_case_and_the_rest_get_their_defaults() {
     let Some(db) = Db::new().await else { return };
-    db.sql("CREATE TABLE three (id integer, t text, extra date)").await;
+    db.sql("CREATE TABLE named (total integer, extra integer DEFAULT 7, \"Id\" integer, spare text)")
+        .await;
+    // Source order differs from the table's, and neither name is written as the table has it.
+    let staged = write_table(
+        &attempt("job-named", 1),
+        &db.table("named"),
+        stream_of(vec![ints(&["id", "TOTAL"], &[1, 2])]),
+        &Counters::default(),
+    )
+    .await
+    .unwrap();
+    staged.publish().await.unwrap();
+    assert_eq!(
+        db.text(
+            "SELECT string_agg(concat_ws(',', \"Id\", total, extra, spare IS NULL), ';' ORDER BY \"Id\") FROM named"
+        )
+        .await,
+        "1,1,7,t;2,2,7,t"
+    );
+}
+
+#[tokio::test]
+async fn a_source_column_the_table_lacks_is_named_and_nothing_loads() {
+    let Some(db) = Db::new().await else { return };
+    db.sql("CREATE TABLE three (id integer, other text, extra date)").await;
     let err = write_table(
         &attempt("job-count", 1),
         &db.table("three"),
@@ -465,9 +753,77 @@ async fn a_wrong_column_count_says_how_many_each_side_has() {
     .unwrap();
     assert_eq!(
         err,
-        CopyError::fatal("sink table public.three has 3 columns, the source has 2")
+        CopyError::fatal(
+            "sink table public.three has no column \"t\" (source column 2); its columns: id, other, extra"
+        )
     );
     assert_eq!(db.count("three").await, 0);
+}
+
+#[tokio::test]
+async fn a_required_column_the_source_lacks_and_an_ambiguous_name_are_refused() {
+    let Some(db) = Db::new().await else { return };
+    db.sql(
+        "CREATE TABLE strict (id integer, must integer NOT NULL, dflt integer NOT NULL DEFAULT 0, \
+             auto integer GENERATED ALWAYS AS IDENTITY); \
+         CREATE TABLE twins (\"Ab\" integer, \"aB\" integer)",
+    )
+    .await;
+    let load = |table: &'static str, names: &'static [&'static str]| {
+        let sink = db.table(table);
+        async move {
+            write_table(
+                &attempt("job-strict", 1),
+                &sink,
+                stream_of(vec![ints(names, &[1])]),
+                &Counters::default(),
+            )
+            .await
+            .err()
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        load("strict", &["id"]).await,
+        CopyError::fatal(
+            "column \"must\" of sink table public.strict is NOT NULL without a default, and the source has no column of that name"
+        )
+    );
+    let err = load("twins", &["ab"]).await;
+    assert_eq!(
+        err.message,
+        "source column \"ab\" matches both \"Ab\" and \"aB\" of sink table public.twins, which differ only in case"
+    );
+    assert_eq!(db.count("strict").await + db.count("twins").await, 0);
+}
+
+#[tokio::test]
+async fn a_headerless_csv_goes_into_the_columns_by_position() {
+    let Some(db) = Db::new().await else { return };
+    db.sql("CREATE TABLE pos (a integer, b integer)").await;
+    let staged = write_table(
+        &attempt("job-pos", 1),
+        &db.table("pos"),
+        stream_of(vec![ints(&["column_1", "column_2"], &[5])]),
+        &Counters::default(),
+    )
+    .await
+    .unwrap();
+    staged.publish().await.unwrap();
+    assert_eq!(db.text("SELECT concat_ws(',', a, b) FROM pos").await, "5,5");
+    let err = write_table(
+        &attempt("job-pos-3", 1),
+        &db.table("pos"),
+        stream_of(vec![ints(&["column_1", "column_2", "column_3"], &[5])]),
+        &Counters::default(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(
+        err.message,
+        "sink table public.pos has 2 columns, the source (without a header) has 3"
+    );
 }
 
 #[tokio::test]
@@ -746,7 +1102,7 @@ async fn a_role_that_may_not_create_schemas_uses_a_record_made_by_an_owner() {
     assert!(err.message.contains("have an owner of the database run once"), "{err}");
 
     // What the message asks for.
-    db.sql(super::CREATE_COMMITS).await;
+    db.sql(&super::create_commits_sql("shir")).await;
     db.sql(&format!(
         "GRANT USAGE ON SCHEMA shir TO {role}; GRANT INSERT, SELECT ON shir.job_commits TO {role}"
     ))

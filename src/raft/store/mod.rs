@@ -435,6 +435,7 @@ mod tests {
             retry: RetryPolicy::default(),
             stall_timeout_ms: crate::job_spec::DEFAULT_STALL_TIMEOUT_MS,
             if_exists: Default::default(),
+            create_table: false,
         };
         for id in ["j1", "j2"] {
             s.apply(&Command::SubmitJob {
