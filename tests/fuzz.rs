@@ -259,6 +259,8 @@ fn job(id: &str) -> Job {
         retry: RetryPolicy::default(),
         stall_timeout_ms: shir::job_spec::DEFAULT_STALL_TIMEOUT_MS,
         if_exists: Default::default(),
+        mapping: Default::default(),
+        bad_rows: None,
     };
     Job::queued(id.into(), spec, 1_700_000_000_000)
 }
@@ -373,6 +375,7 @@ fn seed_commands() -> Vec<Command> {
                 files: 1,
                 files_skipped: 0,
                 check: Consistency::default(),
+                columns: Vec::new(),
             },
             now_ms: 1_700_000_002_000,
         },

@@ -70,6 +70,8 @@ fn info(node: &Node, dispatcher: &Dispatcher, j: &Job) -> proto::JobInfo {
         stall_timeout_ms: j.spec.stall_timeout_ms,
         if_exists: j.spec.if_exists.as_str().into(),
         files_skipped: j.files_skipped,
+        columns: j.columns.iter().cloned().map(Into::into).collect(),
+        rejects: j.spec.bad_rows.as_ref().map(|b| b.describe(&j.id)).unwrap_or_default(),
     }
 }
 

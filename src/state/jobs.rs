@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CommandResult, IrState, NodeId, Rejection};
-use crate::job_spec::{Consistency, JobSpec};
+use crate::job_spec::{Consistency, JobSpec, WrittenColumn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
@@ -68,6 +68,9 @@ pub struct Job {
     pub finished_at_ms: Option<i64>,
     /// A retried job waits until then before it is assigned again.
     pub not_before_ms: i64,
+    /// The columns the succeeded attempt wrote (none for binary copies).
+    #[serde(default)]
+    pub columns: Vec<WrittenColumn>,
 }
 
 impl Job {
@@ -94,6 +97,7 @@ impl Job {
             started_at_ms: None,
             finished_at_ms: None,
             not_before_ms: 0,
+            columns: Vec::new(),
         }
     }
 }
@@ -109,6 +113,9 @@ pub enum Outcome {
         #[serde(default)]
         files_skipped: u64,
         check: Consistency,
+        /// The columns written, for `job show`; empty for binary copies.
+        #[serde(default)]
+        columns: Vec<WrittenColumn>,
     },
     Failed {
         error: String,
@@ -426,9 +433,11 @@ fn end_attempt(j: &mut Job, outcome: &Outcome, now_ms: i64) -> CommandResult {
             files,
             files_skipped,
             check,
+            columns,
         } => {
             (j.rows, j.bytes, j.files, j.files_skipped) = (*rows, *bytes, *files, *files_skipped);
             j.check = Some(check.clone());
+            j.columns = columns.clone();
             j.error = None;
             j.state = JobState::Succeeded;
         }
@@ -505,6 +514,8 @@ mod tests {
             },
             stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
             if_exists: Default::default(),
+            mapping: Default::default(),
+            bad_rows: None,
         };
         Job::queued(id.into(), spec, 0)
     }
@@ -542,6 +553,7 @@ mod tests {
             files: 1,
             files_skipped: 0,
             check: Consistency::default(),
+            columns: Vec::new(),
         }
     }
 

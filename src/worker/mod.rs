@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::AttemptError;
 
 use crate::copy::{self, AttemptId, Counters, Endpoint};
-use crate::job_spec::{DatasetRef, IfExists};
+use crate::job_spec::{DatasetRef, Format, IfExists, Location};
 use crate::node::forward::Reports;
 use crate::node::handle::Node;
 use crate::proto::{self, job_report_request::Phase};
@@ -260,9 +260,25 @@ async fn run(
 ) -> Result<Outcome, AttemptError> {
     let source = endpoint(node, &job.spec.source, IfExists::Overwrite)?;
     let sink = endpoint(node, &job.spec.sink, job.spec.if_exists)?;
+    let rejects = match &job.spec.bad_rows {
+        Some(bad) => Some(endpoint(
+            node,
+            &DatasetRef {
+                service: bad.service.clone(),
+                location: Location::Path(bad.file(&job.id)),
+                format: Format::JsonLines,
+            },
+            IfExists::Overwrite,
+        )?),
+        None => None,
+    };
+    let options = copy::TableOptions {
+        mapping: job.spec.mapping.clone(),
+        rejects,
+    };
     let stall = Duration::from_millis(job.spec.stall_timeout_ms);
     let staged = tokio::select! {
-        staged = copy::stage(id, &source, &sink, counters) => staged?,
+        staged = copy::stage_table(id, &source, &sink, &options, counters) => staged?,
         _ = cancel.cancelled() => return Err(AttemptError::Stopped),
         () = stalled(counters, stall) => return Err(AttemptError::Stalled(stall)),
     };
@@ -305,6 +321,7 @@ async fn run(
         return Err(refused);
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
+    let columns = staged.columns.clone();
     let published = staged.publish().await;
     if let Some(hold) = failpoints::hold_after_publish(&job.spec.name) {
         // Tests kill the node here: published, not yet reported.
@@ -317,6 +334,7 @@ async fn run(
         files: files.saturating_sub(skipped),
         files_skipped: skipped,
         check,
+        columns,
     })
 }
 

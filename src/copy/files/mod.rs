@@ -29,14 +29,19 @@
 mod binary;
 mod bridge;
 mod checksum;
+mod convert;
+mod csv_rows;
 mod infer;
 mod paths;
 mod read;
+mod rejects;
 mod stage;
 mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_schema;
 
 use std::fmt::Display;
 use std::io;
@@ -45,6 +50,7 @@ use super::{AttemptId, Batches, CopyError, Counters, Endpoint, Format, Staged};
 
 pub(crate) use bridge::{FileSink, ListedFile, list_binary};
 pub(crate) use checksum::Checksum;
+pub use rejects::{Rejects, RejectsDone};
 
 /// Rows per record batch: large enough that per-batch costs (a channel hop, a CSV flush, a
 /// Parquet page check) vanish, small enough that a batch of a few dozen text columns stays
@@ -68,9 +74,15 @@ const IO_BUFFER: usize = 1 << 20;
 /// file matches or the files do not share one schema; a bad row ends the stream with an
 /// error naming its file and line.
 /// With `infer`, a CSV source's columns get the types a sample of their values has
-/// (`infer`); otherwise they are text.
-pub async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> Result<Batches, CopyError> {
-    read::read_table(source, counters, infer).await
+/// (`infer`) or the source's `--schema FILE` gives them; otherwise they are text. With
+/// `rejects`, CSV rows that cannot be copied go there instead of failing the copy.
+pub async fn read_table(
+    source: &Endpoint,
+    counters: &Counters,
+    infer: bool,
+    rejects: Option<Rejects>,
+) -> Result<Batches, CopyError> {
+    read::read_table(source, counters, infer, rejects).await
 }
 
 /// Writes `batches` to a staging file next to the target file; [`Staged::publish`] renames

@@ -387,6 +387,8 @@ mod tests {
             retry: RetryPolicy::default(),
             stall_timeout_ms: crate::job_spec::DEFAULT_STALL_TIMEOUT_MS,
             if_exists: Default::default(),
+            mapping: Default::default(),
+            bad_rows: None,
         };
         for id in ["j1", "j2"] {
             s.apply(&Command::SubmitJob {
