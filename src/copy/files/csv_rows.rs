@@ -35,17 +35,45 @@ struct Skipping<'a> {
 }
 
 /// The rows of the batch being built: each one's first line, and under skipping its text's
-/// place in the stream.
+/// place in the stream and the records already refused (for their width) among them.
 #[derive(Default)]
 struct Rows {
     lines: Vec<u64>,
     spans: Vec<(u64, u64)>,
+    refused: Vec<Refused>,
+}
+
+/// A record refused as it was read, written to the rejects file with its batch so that the
+/// file lists rows in the order of their lines.
+struct Refused {
+    line: u64,
+    column: Option<String>,
+    reason: String,
+    text: String,
 }
 
 impl Rows {
     fn clear(&mut self) {
         self.lines.clear();
         self.spans.clear();
+        self.refused.clear();
+    }
+}
+
+impl Skipping<'_> {
+    /// Writes `refused` to the rejects file in line order.
+    fn write(&self, mut refused: Vec<Refused>, input: &Input) -> Result<(), CopyError> {
+        refused.sort_by_key(|r| r.line);
+        for r in &refused {
+            self.rejects.reject(&Reject {
+                file: &input.shown,
+                line: r.line,
+                column: r.column.as_deref(),
+                reason: &r.reason,
+                text: &r.text,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -56,12 +84,16 @@ impl Schemas<'_> {
         self,
         builders: Vec<StringBuilder>,
         rows: usize,
-        at: &Rows,
+        at: &mut Rows,
         input: &Input,
         skipping: Option<&Skipping>,
     ) -> Result<RecordBatch, CopyError> {
         let text = string_batch(self.text, builders, rows, input)?;
+        let refused = std::mem::take(&mut at.refused);
         let Some(typed) = self.typed else {
+            if let Some(skipping) = skipping {
+                skipping.write(refused, input)?;
+            }
             return Ok(text);
         };
         let failed = |m: convert::Misfit| {
@@ -69,7 +101,12 @@ impl Schemas<'_> {
             m.error(typed, line, &input.shown, self.typing)
         };
         let first = match convert::convert(&text, typed, self.typing) {
-            Ok(batch) => return Ok(batch),
+            Ok(batch) => {
+                if let Some(skipping) = skipping {
+                    skipping.write(refused, input)?;
+                }
+                return Ok(batch);
+            }
             Err(first) => first,
         };
         let Some(skipping) = skipping else {
@@ -77,17 +114,18 @@ impl Schemas<'_> {
         };
         let misfits = convert::misfits(&text, typed, self.typing);
         let mut keep = vec![true; text.num_rows()];
-        for m in &misfits {
+        let mut refused = refused;
+        for m in misfits {
             keep[m.row] = false;
             let (start, end) = at.spans.get(m.row).copied().unwrap_or((0, 0));
-            skipping.rejects.reject(&Reject {
-                file: &input.shown,
+            refused.push(Refused {
                 line: at.lines.get(m.row).copied().unwrap_or(0),
-                column: Some(typed.field(m.column).name()),
-                reason: &m.reason,
-                text: &skipping.kept.record(start, end),
-            })?;
+                column: Some(typed.field(m.column).name().clone()),
+                reason: m.reason,
+                text: skipping.kept.record(start, end),
+            });
         }
+        skipping.write(refused, input)?;
         let kept = arrow::compute::filter_record_batch(&text, &BooleanArray::from(keep))
             .map_err(|e| CopyError::fatal(format!("{}: {e}", input.shown)))?;
         // Every row left converts on its own; if they still do not together, that is no row's
@@ -155,13 +193,12 @@ pub(super) fn read_csv(
                 } else {
                     "the first row has"
                 };
-                skipping.rejects.reject(&Reject {
-                    file: &input.shown,
+                at.refused.push(Refused {
                     line,
                     column: None,
-                    reason: &format!("{} fields where {expected} {columns}", record.len()),
-                    text: &skipping.kept.record(start, end),
-                })?;
+                    reason: format!("{} fields where {expected} {columns}", record.len()),
+                    text: skipping.kept.record(start, end),
+                });
                 continue;
             }
             at.spans.push((start, end));
@@ -186,7 +223,7 @@ pub(super) fn read_csv(
         }
     }
     check_last_record(input, options, last)?;
-    if rows > 0 {
+    if rows > 0 || !at.refused.is_empty() {
         flush(builders, rows, &mut at, reader.position().byte())?;
     } else {
         counters.add(0, reader.position().byte() - counted, 0);
