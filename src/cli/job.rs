@@ -395,7 +395,9 @@ pub async fn run(command: JobCommand) -> Result<()> {
                     // Empty text on the wire means no file: say so here instead.
                     Ok(text) if text.trim().is_empty() => bail!("--schema {path}: the schema file is empty"),
                     Ok(text) => (String::new(), text),
-                    Err(e) => bail!("--schema {path}: cannot read the schema file: {e}"),
+                    Err(e) => {
+                        bail!("--schema '{path}' is not infer or text, and not a schema file that can be read: {e}")
+                    }
                 },
                 None => (String::new(), String::new()),
             };

@@ -4,7 +4,7 @@
 //! Before the first batch the source is *planned*: its files are listed and their schemas
 //! compared, so that a missing source or a file of another shape fails the copy before any
 //! row moves. Then one thread reads the files in path order and hands batches through a
-//! channel of [`BATCHES_IN_FLIGHT`]; when the consumer goes away (the copy failed or was
+//! channel of [`BATCHES_IN_FLIGHT`], the first of them without rows (the columns alone); when the consumer goes away (the copy failed or was
 //! cancelled) the next send fails and the thread stops.
 //!
 //! * **CSV**: every column is text (`Utf8`, nullable); an empty field is NULL. Column
@@ -223,6 +223,15 @@ impl Plan {
 
     /// Reads every file in order into `tx`; ends with an error item when a file fails.
     fn run(self, tx: &mpsc::Sender<Result<RecordBatch, CopyError>>, counters: &Counters) {
+        // The columns go first, in a batch without rows: what follows the source (column
+        // mapping, a sink's header or schema) can check them and fail before the first row
+        // is read, and a source without rows still has them.
+        if tx
+            .blocking_send(Ok(RecordBatch::new_empty(self.schema.clone())))
+            .is_err()
+        {
+            return;
+        }
         let mut sent = false;
         let mut emit = |batch: RecordBatch| -> Result<(), Stop> {
             sent = true;
@@ -269,11 +278,6 @@ impl Plan {
                 "{what}: give --allow-empty to copy an empty input"
             ))));
             return;
-        }
-        // A source without rows still has columns: a sink writes them (a CSV header, a
-        // Parquet schema) from this empty batch.
-        if !sent {
-            let _ = tx.blocking_send(Ok(RecordBatch::new_empty(self.schema.clone())));
         }
     }
 }

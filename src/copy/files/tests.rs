@@ -330,8 +330,11 @@ async fn json_lines_to_parquet_to_csv_round_trip_keeps_types_and_column_order() 
     )
     .await
     .unwrap();
+    // The columns come first, without rows; then the rows.
     let batch = batches.next().await.unwrap().unwrap();
+    assert_eq!(batch.num_rows(), 0);
     let schema = batch.schema();
+    assert_eq!(batches.next().await.unwrap().unwrap().schema(), schema);
     let columns: Vec<(&str, &DataType)> = schema
         .fields()
         .iter()
