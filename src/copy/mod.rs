@@ -15,6 +15,8 @@ pub mod files;
 mod mapping;
 mod objects;
 pub mod postgres;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
