@@ -143,7 +143,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_column_the_source_lacks_or_a_clash_fails_naming_it() {
-        let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case; 3] = [
             (
                 &["a", "zz"],
                 &[],

@@ -232,6 +232,20 @@ impl BadRows {
     }
 }
 
+impl JobSpec {
+    /// The linked services the job uses: its source, its sink, and where its rejected rows go.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(&self.source.service),
+            Some(&self.sink.service),
+            self.bad_rows.as_ref().map(|b| &b.service),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+    }
+}
+
 /// `--columns` and `--rename`: the source columns a tabular copy writes, in order, and new
 /// names for some. Empty: every column, as the source has it. Names are matched exactly (a
 /// CSV header or a Parquet schema has no case folding to follow).

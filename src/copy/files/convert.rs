@@ -200,11 +200,9 @@ pub(super) fn misfits(text: &RecordBatch, typed: &SchemaRef, typing: &Typing) ->
         if field.data_type() == &DataType::Utf8 || to_type(column, field.data_type(), &typing.formats).is_ok() {
             continue;
         }
-        for row in 0..column.len() {
-            if found[row].is_none()
-                && let Some(m) = misfit_at(column, field, i, row, typing)
-            {
-                found[row] = Some(m);
+        for (row, slot) in found.iter_mut().enumerate() {
+            if slot.is_none() {
+                *slot = misfit_at(column, field, i, row, typing);
             }
         }
     }

@@ -277,7 +277,6 @@ impl Plan {
             let _ = tx.blocking_send(Err(CopyError::fatal(format!(
                 "{what}: give --allow-empty to copy an empty input"
             ))));
-            return;
         }
     }
 }
