@@ -7,6 +7,7 @@
 //! state does not depend on the copy engine. [`parse`] turns an operator's submission into
 //! a spec; [`names`] reads and shows PostgreSQL table names as operators type them.
 
+mod columns;
 pub mod names;
 pub mod parse;
 pub mod paths;
