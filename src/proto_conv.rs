@@ -123,6 +123,7 @@ impl From<Outcome> for proto::JobOutcome {
                 files_skipped,
                 check,
                 columns,
+                columns_total,
             } => Wire::Succeeded(proto::JobSucceeded {
                 rows,
                 bytes,
@@ -130,6 +131,7 @@ impl From<Outcome> for proto::JobOutcome {
                 check: Some(check.into()),
                 files_skipped,
                 columns: columns.into_iter().map(Into::into).collect(),
+                columns_total,
             }),
             Outcome::Failed { error, retryable } => Wire::Failed(proto::JobFailed { error, retryable }),
             Outcome::Cancelled => Wire::Cancelled(proto::JobCancelled {}),
@@ -153,6 +155,7 @@ impl TryFrom<proto::JobOutcome> for Outcome {
                     .ok_or_else(|| Malformed("a success without its consistency check".into()))?
                     .into(),
                 columns: s.columns.into_iter().map(Into::into).collect(),
+                columns_total: s.columns_total,
             }),
             Some(Wire::Failed(f)) => Ok(Outcome::Failed {
                 error: f.error,
@@ -239,6 +242,7 @@ mod tests {
                     name: "amount".into(),
                     data_type: "Decimal128(12, 2)".into(),
                 }],
+                columns_total: 300,
             },
             Outcome::Failed {
                 error: "connection refused".into(),

@@ -390,6 +390,7 @@ async fn schemas_null_markers_formats_mapping_and_bad_rows(ir: &LocalIr, share: 
             "note Utf8"
         ]
     );
+    assert_eq!(job["schema_columns"], 4);
     let rejects = format!("share:/errors/{id}.rejects.jsonl");
     assert_eq!(job["rejects"], rejects.as_str());
     let shown = shir(ir, &["job", "show", &id]).await.unwrap();

@@ -376,6 +376,7 @@ fn seed_commands() -> Vec<Command> {
                 files_skipped: 0,
                 check: Consistency::default(),
                 columns: Vec::new(),
+                columns_total: 0,
             },
             now_ms: 1_700_000_002_000,
         },

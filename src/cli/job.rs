@@ -240,6 +240,7 @@ pub fn job_json(j: &proto::JobInfo) -> Value {
         "cancel_requested": j.cancel_requested,
         "stall_timeout_ms": j.stall_timeout_ms,
         "schema": j.columns.iter().map(|c| json!({"name": c.name, "type": c.data_type})).collect::<Vec<_>>(),
+        "schema_columns": j.columns_total,
         "rejects": (!j.rejects.is_empty()).then_some(&j.rejects),
     })
 }
@@ -272,7 +273,7 @@ fn job_text(j: &proto::JobInfo) -> String {
         rows.push(vec!["check".into(), check_text(check)]);
     }
     if !j.columns.is_empty() {
-        rows.push(vec!["schema".into(), schema_text(&j.columns)]);
+        rows.push(vec!["schema".into(), schema_text(&j.columns, j.columns_total)]);
     }
     if !j.rejects.is_empty() {
         rows.push(vec!["rejects".into(), j.rejects.clone()]);
@@ -312,10 +313,34 @@ fn check_text(c: &proto::ConsistencyCheck) -> String {
     }
 }
 
-/// The columns written, `name Type` each, on one line: what `job show` prints under schema.
-fn schema_text(columns: &[proto::WrittenColumn]) -> String {
+/// The columns written, `name Type` each, on one line: what `job show` prints under schema;
+/// a table wider than the job keeps says how many more it had.
+fn schema_text(columns: &[proto::WrittenColumn], total: u64) -> String {
     let shown: Vec<String> = columns.iter().map(|c| format!("{} {}", c.name, c.data_type)).collect();
-    shown.join(", ")
+    let more = total.saturating_sub(columns.len() as u64);
+    match more {
+        0 => shown.join(", "),
+        n => format!("{}, and {n} more columns", shown.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_line_says_how_many_columns_it_leaves_out() {
+        let column = |name: &str, t: &str| proto::WrittenColumn {
+            name: name.into(),
+            data_type: t.into(),
+        };
+        let columns = [column("id", "Int64"), column("amount", "Decimal128(12, 2)")];
+        assert_eq!(schema_text(&columns, 2), "id Int64, amount Decimal128(12, 2)");
+        assert_eq!(
+            schema_text(&columns, 300),
+            "id Int64, amount Decimal128(12, 2), and 298 more columns"
+        );
+    }
 }
 
 fn progress_line(j: &proto::JobInfo) -> String {

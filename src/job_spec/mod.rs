@@ -133,6 +133,11 @@ pub struct Consistency {
     pub rows_skipped: u64,
 }
 
+/// Columns of what a job wrote kept with it for `job show`; a wider table keeps the first
+/// ones and the count. Every finished job in the history (10,000 by default) is in every
+/// node's state and snapshot, so a table of thousands of columns must not multiply that.
+pub const MAX_REPORTED_COLUMNS: usize = 256;
+
 /// One column of what a tabular copy wrote, as `job show` reports it: its name and its Arrow
 /// type as arrow prints it (`Int64`, `Decimal128(12, 2)`), whatever the source was.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,9 +68,13 @@ pub struct Job {
     pub finished_at_ms: Option<i64>,
     /// A retried job waits until then before it is assigned again.
     pub not_before_ms: i64,
-    /// The columns the succeeded attempt wrote (none for binary copies).
+    /// The columns the succeeded attempt wrote (none for binary copies), at most
+    /// [`MAX_REPORTED_COLUMNS`](crate::job_spec::MAX_REPORTED_COLUMNS) of them.
     #[serde(default)]
     pub columns: Vec<WrittenColumn>,
+    /// How many columns it wrote in all.
+    #[serde(default)]
+    pub columns_total: u64,
 }
 
 impl Job {
@@ -98,6 +102,7 @@ impl Job {
             finished_at_ms: None,
             not_before_ms: 0,
             columns: Vec::new(),
+            columns_total: 0,
         }
     }
 }
@@ -113,9 +118,13 @@ pub enum Outcome {
         #[serde(default)]
         files_skipped: u64,
         check: Consistency,
-        /// The columns written, for `job show`; empty for binary copies.
+        /// The columns written, for `job show` (the first ones of a wide table); empty for
+        /// binary copies.
         #[serde(default)]
         columns: Vec<WrittenColumn>,
+        /// How many columns were written in all.
+        #[serde(default)]
+        columns_total: u64,
     },
     Failed {
         error: String,
@@ -434,10 +443,11 @@ fn end_attempt(j: &mut Job, outcome: &Outcome, now_ms: i64) -> CommandResult {
             files_skipped,
             check,
             columns,
+            columns_total,
         } => {
             (j.rows, j.bytes, j.files, j.files_skipped) = (*rows, *bytes, *files, *files_skipped);
             j.check = Some(check.clone());
-            j.columns = columns.clone();
+            (j.columns, j.columns_total) = (columns.clone(), *columns_total);
             j.error = None;
             j.state = JobState::Succeeded;
         }
@@ -554,6 +564,7 @@ mod tests {
             files_skipped: 0,
             check: Consistency::default(),
             columns: Vec::new(),
+            columns_total: 0,
         }
     }
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::AttemptError;
 
 use crate::copy::{self, AttemptId, Counters, Endpoint};
-use crate::job_spec::{DatasetRef, Format, IfExists, Location};
+use crate::job_spec::{DatasetRef, Format, IfExists, Location, MAX_REPORTED_COLUMNS};
 use crate::node::forward::Reports;
 use crate::node::handle::Node;
 use crate::proto::{self, job_report_request::Phase};
@@ -321,7 +321,8 @@ async fn run(
         return Err(refused);
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
-    let columns = staged.columns.clone();
+    let columns_total = staged.columns.len() as u64;
+    let columns: Vec<_> = staged.columns.iter().take(MAX_REPORTED_COLUMNS).cloned().collect();
     let published = staged.publish().await;
     if let Some(hold) = failpoints::hold_after_publish(&job.spec.name) {
         // Tests kill the node here: published, not yet reported.
@@ -335,6 +336,7 @@ async fn run(
         files_skipped: skipped,
         check,
         columns,
+        columns_total,
     })
 }
 
