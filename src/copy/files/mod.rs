@@ -9,10 +9,13 @@
 //!   number of directories; as in the shell, wildcards do not match a leading `.`).
 //! * **Reading** (`read`) runs on a blocking thread and hands record batches of at most
 //!   `BATCH_ROWS` rows through a short channel, so memory stays bounded whatever the
-//!   file size. CSV columns are read as text (nullable `Utf8`, an empty field is NULL):
-//!   a CSV→CSV copy then writes back the same values, not re-formatted numbers or dates,
-//!   and a PostgreSQL sink lets the server parse the text into its column types, as
-//!   `COPY` does.
+//!   file size. CSV records become text columns (`csv_rows`; an empty field or a
+//!   `--csv-null` value is NULL): a CSV→CSV copy then writes back the same values, not
+//!   re-formatted numbers or dates, and a PostgreSQL sink lets the server parse the text
+//!   into its column types, as `COPY` does. For a Parquet or JSON Lines sink the text is
+//!   converted (`convert`) to the types inferred from a sample (`infer`) or named by
+//!   `--schema FILE`; under `--on-bad-row skip` a row that does not fit goes to the
+//!   rejects file (`rejects`) instead of failing the copy.
 //! * **Writing** (`write`, `binary`) goes to a staging file next to each target,
 //!   `.{name}.shir-{job}-{attempt}.tmp` (missing directories are created), fsynced before
 //!   the copy reports success.
