@@ -1,7 +1,7 @@
 //! Conversions between the wire (`proto`) and the domain types, in one place: handlers and
 //! clients convert at the edge with `From`/`TryFrom` and work with domain types inside.
 
-use crate::job_spec::{Consistency, Submission};
+use crate::job_spec::{Consistency, Submission, WrittenColumn};
 use crate::node::liveness::Health;
 use crate::proto;
 use crate::state::jobs::{JobState, Outcome};
@@ -25,6 +25,14 @@ impl From<proto::JobSubmitRequest> for Submission {
             if_exists: r.if_exists,
             schema: r.schema,
             create_table: r.create_table,
+            csv_nulls: r.csv_null,
+            schema_columns: r.schema_columns,
+            timestamp_format: r.timestamp_format,
+            date_format: r.date_format,
+            columns: r.columns,
+            renames: r.rename,
+            on_bad_row: r.on_bad_row,
+            bad_rows: r.bad_rows,
         }
     }
 }
@@ -69,6 +77,7 @@ impl From<Consistency> for proto::ConsistencyCheck {
             source_checksum: c.source_checksum,
             sink_checksum: c.sink_checksum,
             verified: c.verified,
+            rows_skipped: c.rows_skipped,
         }
     }
 }
@@ -81,6 +90,25 @@ impl From<proto::ConsistencyCheck> for Consistency {
             source_checksum: c.source_checksum,
             sink_checksum: c.sink_checksum,
             verified: c.verified,
+            rows_skipped: c.rows_skipped,
+        }
+    }
+}
+
+impl From<WrittenColumn> for proto::WrittenColumn {
+    fn from(c: WrittenColumn) -> Self {
+        proto::WrittenColumn {
+            name: c.name,
+            data_type: c.data_type,
+        }
+    }
+}
+
+impl From<proto::WrittenColumn> for WrittenColumn {
+    fn from(c: proto::WrittenColumn) -> Self {
+        WrittenColumn {
+            name: c.name,
+            data_type: c.data_type,
         }
     }
 }
@@ -95,12 +123,16 @@ impl From<Outcome> for proto::JobOutcome {
                 files,
                 files_skipped,
                 check,
+                columns,
+                columns_total,
             } => Wire::Succeeded(proto::JobSucceeded {
                 rows,
                 bytes,
                 files,
                 check: Some(check.into()),
                 files_skipped,
+                columns: columns.into_iter().map(Into::into).collect(),
+                columns_total,
             }),
             Outcome::Failed { error, retryable } => Wire::Failed(proto::JobFailed { error, retryable }),
             Outcome::Cancelled => Wire::Cancelled(proto::JobCancelled {}),
@@ -123,6 +155,8 @@ impl TryFrom<proto::JobOutcome> for Outcome {
                     .check
                     .ok_or_else(|| Malformed("a success without its consistency check".into()))?
                     .into(),
+                columns: s.columns.into_iter().map(Into::into).collect(),
+                columns_total: s.columns_total,
             }),
             Some(Wire::Failed(f)) => Ok(Outcome::Failed {
                 error: f.error,
@@ -203,7 +237,13 @@ mod tests {
                     source_checksum: Some("xxh3-128:00".into()),
                     sink_checksum: None,
                     verified: true,
+                    rows_skipped: 1,
                 },
+                columns: vec![WrittenColumn {
+                    name: "amount".into(),
+                    data_type: "Decimal128(12, 2)".into(),
+                }],
+                columns_total: 300,
             },
             Outcome::Failed {
                 error: "connection refused".into(),

@@ -9,11 +9,13 @@
 /// a field added to a job spec or an outcome is a different shape.
 /// 1: typed wire (enums, report phases as a `oneof`, messages instead of JSON).
 /// 2: `--if-exists` in job specs and skipped files in outcomes.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: CSV schemas, null markers, time formats, column mapping and bad rows in job specs;
+/// written columns and skipped rows in outcomes.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version this build still speaks. Builds before version 1 sent none (0);
-/// version 1's Raft commands lack version 2's fields.
-pub const OLDEST_COMPATIBLE: u32 = 2;
+/// version 1's Raft commands lack version 2's fields, version 2's lack version 3's.
+pub const OLDEST_COMPATIBLE: u32 = 3;
 
 /// A peer or joiner of a protocol version this node does not speak.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

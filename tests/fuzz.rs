@@ -260,6 +260,8 @@ fn job(id: &str) -> Job {
         stall_timeout_ms: shir::job_spec::DEFAULT_STALL_TIMEOUT_MS,
         if_exists: Default::default(),
         create_table: false,
+        mapping: Default::default(),
+        bad_rows: None,
     };
     Job::queued(id.into(), spec, 1_700_000_000_000)
 }
@@ -374,6 +376,8 @@ fn seed_commands() -> Vec<Command> {
                 files: 1,
                 files_skipped: 0,
                 check: Consistency::default(),
+                columns: Vec::new(),
+                columns_total: 0,
             },
             now_ms: 1_700_000_002_000,
         },

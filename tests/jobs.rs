@@ -230,6 +230,64 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     ir.start(victim).await.unwrap();
     ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
 
+    steps.step("a node is killed after publishing a copy with skipped rows: one rejects file, counted once");
+    std::fs::write(share.join("in/bad-rows.csv"), "id,amount\n1,2.50\n2,n/a\n3\n4,1.25\n").unwrap();
+    let request = proto::JobSubmitRequest {
+        name: "published-rejects".into(),
+        source: "share:/in/bad-rows.csv".into(),
+        sink: "share:/out/bad-rows.parquet".into(),
+        schema_columns: "id:int64,amount:decimal(6,2)".into(),
+        on_bad_row: "skip".into(),
+        bad_rows: "share:/errors/".into(),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    let id = common::submit_job(&ir, 0, request).await;
+    let rejects = share.join(format!("errors/{id}.rejects.jsonl"));
+    common::eventually("the rejects file to be published", Duration::from_secs(20), || async {
+        if rejects.exists() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let first = std::fs::read_to_string(&rejects).unwrap();
+    let running = job(&ir, 0, &id).await.unwrap();
+    assert_eq!(running["state"], "Running", "published but not yet reported: {running}");
+    let victim = index_of(&ir, running["node"].as_str().unwrap());
+    ir.kill(victim).await.unwrap();
+    let via = (victim + 1) % 4;
+    let done = wait_state(&ir, via, &id, "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(
+        (
+            &done["check"]["rows_read"],
+            &done["check"]["rows_written"],
+            &done["check"]["rows_skipped"]
+        ),
+        (&4.into(), &2.into(), &2.into()),
+        "{done}"
+    );
+    let listed: Vec<String> = std::fs::read_dir(share.join("errors"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        [format!("{id}.rejects.jsonl")],
+        "one rejects file, no staging file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rejects).unwrap(),
+        first,
+        "the retry wrote the same rejects"
+    );
+    assert_eq!(first.lines().count(), 2);
+    ir.start(victim).await.unwrap();
+    ir.wait_all_online(via, Duration::from_secs(30)).await.unwrap();
+
     steps.step("the dispatcher is paused past the offline timeout while it runs a job; its late report is fenced off");
     // One job per node (least-loaded placement spreads them), so the dispatcher runs one: the
     // hardest pause, as the node wakes up believing it still leads.

@@ -42,9 +42,36 @@ pub struct FormatArgs {
     #[arg(long, value_name = "overwrite|fail|skip")]
     pub if_exists: Option<String>,
     /// Column types of a CSV source going to Parquet or JSON Lines: infer them from the
-    /// first 20,480 rows (default), or keep every column text.
-    #[arg(long, value_name = "infer|text")]
+    /// first 20,480 rows (default), keep every column text, or take them from a file
+    /// (JSON {"id": "int64", ...} or id:int64,amount:decimal(12,2) lines), read here and
+    /// sent with the job.
+    #[arg(long, value_name = "infer|text|FILE")]
     pub schema: Option<String>,
+    /// A CSV field value that means null, as an empty field does (NULL, \N, NA); repeat
+    /// the flag or give a comma list.
+    #[arg(long, value_name = "VALUE")]
+    pub csv_null: Vec<String>,
+    /// strftime format of a CSV source's timestamps (e.g. '%d/%m/%Y %H:%M'; %z for an
+    /// offset), for inference and conversion; default ISO 8601.
+    #[arg(long, value_name = "FORMAT")]
+    pub timestamp_format: Option<String>,
+    /// strftime format of a CSV source's dates (e.g. '%d/%m/%Y'); default YYYY-MM-DD.
+    #[arg(long, value_name = "FORMAT")]
+    pub date_format: Option<String>,
+    /// Source columns to copy, in this order ('a,b,c'); default all.
+    #[arg(long, value_name = "A,B,C")]
+    pub columns: Option<String>,
+    /// Write source column OLD as NEW (repeatable).
+    #[arg(long, value_name = "OLD=NEW")]
+    pub rename: Vec<String>,
+    /// A CSV row whose value does not fit its column's type, or of the wrong width: fail
+    /// the job (default) or skip it to the rejects file in --bad-rows.
+    #[arg(long, value_name = "fail|skip")]
+    pub on_bad_row: Option<String>,
+    /// Folder on a file share for the rejects file of --on-bad-row skip
+    /// (LINKED_SERVICE:/folder/; the file is JOB.rejects.jsonl).
+    #[arg(long, value_name = "LINKED_SERVICE:/FOLDER/")]
+    pub bad_rows: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +214,7 @@ fn check_json(check: Option<&proto::ConsistencyCheck>) -> Value {
             "source_checksum": c.source_checksum,
             "sink_checksum": c.sink_checksum,
             "verified": c.verified,
+            "rows_skipped": c.rows_skipped,
         })
     })
 }
@@ -216,6 +244,9 @@ pub fn job_json(j: &proto::JobInfo) -> Value {
         "cancel_requested": j.cancel_requested,
         "stall_timeout_ms": j.stall_timeout_ms,
         "create_table": j.create_table,
+        "schema": j.columns.iter().map(|c| json!({"name": c.name, "type": c.data_type})).collect::<Vec<_>>(),
+        "schema_columns": j.columns_total,
+        "rejects": (!j.rejects.is_empty()).then_some(&j.rejects),
     })
 }
 
@@ -253,6 +284,12 @@ fn job_text(j: &proto::JobInfo) -> String {
     if let Some(check) = &j.check {
         rows.push(vec!["check".into(), check_text(check)]);
     }
+    if !j.columns.is_empty() {
+        rows.push(vec!["schema".into(), schema_text(&j.columns, j.columns_total)]);
+    }
+    if !j.rejects.is_empty() {
+        rows.push(vec!["rejects".into(), j.rejects.clone()]);
+    }
     if !j.error.is_empty() {
         rows.push(vec!["error".into(), j.error.clone()]);
     }
@@ -280,7 +317,41 @@ fn check_text(c: &proto::ConsistencyCheck) -> String {
                 &b[..b.len().min(16)]
             )
         }
+        _ if c.rows_skipped > 0 => format!(
+            "{verified}: {} rows read, {} written, {} skipped (--on-bad-row skip)",
+            c.rows_read, c.rows_written, c.rows_skipped
+        ),
         _ => format!("{verified}: {} rows read, {} written", c.rows_read, c.rows_written),
+    }
+}
+
+/// The columns written, `name Type` each, on one line: what `job show` prints under schema;
+/// a table wider than the job keeps says how many more it had.
+fn schema_text(columns: &[proto::WrittenColumn], total: u64) -> String {
+    let shown: Vec<String> = columns.iter().map(|c| format!("{} {}", c.name, c.data_type)).collect();
+    let more = total.saturating_sub(columns.len() as u64);
+    match more {
+        0 => shown.join(", "),
+        n => format!("{}, and {n} more columns", shown.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_line_says_how_many_columns_it_leaves_out() {
+        let column = |name: &str, t: &str| proto::WrittenColumn {
+            name: name.into(),
+            data_type: t.into(),
+        };
+        let columns = [column("id", "Int64"), column("amount", "Decimal128(12, 2)")];
+        assert_eq!(schema_text(&columns, 2), "id Int64, amount Decimal128(12, 2)");
+        assert_eq!(
+            schema_text(&columns, 300),
+            "id Int64, amount Decimal128(12, 2), and 298 more columns"
+        );
     }
 }
 
@@ -336,6 +407,13 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 encoding,
                 if_exists,
                 schema,
+                csv_null,
+                timestamp_format,
+                date_format,
+                columns,
+                rename,
+                on_bad_row,
+                bad_rows,
             } = *formats;
             if let Some(s) = stall_timeout
                 && !(1.0..=86_400.0).contains(&s)
@@ -347,6 +425,20 @@ pub async fn run(command: JobCommand) -> Result<()> {
             {
                 bail!("--retry-interval must be between 0 and 86400 seconds");
             }
+            // Anything but a mode names a file on this machine: its text goes with the job,
+            // so the workers never need the file.
+            let (schema, schema_columns) = match schema {
+                Some(mode) if ["infer", "text"].contains(&mode.to_ascii_lowercase().as_str()) => (mode, String::new()),
+                Some(path) => match std::fs::read_to_string(&path) {
+                    // Empty text on the wire means no file: say so here instead.
+                    Ok(text) if text.trim().is_empty() => bail!("--schema {path}: the schema file is empty"),
+                    Ok(text) => (String::new(), text),
+                    Err(e) => {
+                        bail!("--schema '{path}' is not infer or text, and not a schema file that can be read: {e}")
+                    }
+                },
+                None => (String::new(), String::new()),
+            };
             let request = proto::JobSubmitRequest {
                 name,
                 source,
@@ -362,7 +454,15 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 allow_empty,
                 encoding: encoding.unwrap_or_default(),
                 if_exists: if_exists.unwrap_or_default(),
-                schema: schema.unwrap_or_default(),
+                schema,
+                csv_null,
+                schema_columns,
+                timestamp_format: timestamp_format.unwrap_or_default(),
+                date_format: date_format.unwrap_or_default(),
+                columns: columns.unwrap_or_default(),
+                rename,
+                on_bad_row: on_bad_row.unwrap_or_default(),
+                bad_rows: bad_rows.unwrap_or_default(),
                 create_table,
             };
             let reply = target.connect().await?.job_submit(request).await?.into_inner();

@@ -12,8 +12,11 @@
 //! they are.
 
 pub mod files;
+mod mapping;
 mod objects;
 pub mod postgres;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +26,9 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 // A copy's inputs and the check it ends with are job-spec types, shared with the state;
 // every copy module speaks them, so they are named here too.
-pub use crate::job_spec::{Consistency, CsvOptions, Format, IfExists, Location, SchemaMode};
+pub use crate::job_spec::{
+    ColumnMapping, Consistency, CsvOptions, Format, IfExists, Location, SchemaMode, WrittenColumn,
+};
 
 /// One end of a copy as a worker sees it: the linked service's definition with its secrets
 /// unsealed for this run, and the place within it.
@@ -110,6 +115,8 @@ pub struct Staged {
     pub bytes: u64,
     pub files: u64,
     pub check: Consistency,
+    /// The columns a tabular copy wrote (`stage` fills them in); empty for binary copies.
+    pub columns: Vec<WrittenColumn>,
     output: Box<dyn StagedOutput>,
 }
 
@@ -120,6 +127,7 @@ impl Staged {
             bytes,
             files,
             check,
+            columns: Vec::new(),
             output,
         }
     }
@@ -166,42 +174,46 @@ pub(crate) fn plain_field(field: &arrow::datatypes::Field) -> arrow::datatypes::
     }
 }
 
-/// Whether a CSV source's column types are inferred: if it asks for it (`--schema infer`,
-/// the default) and the sink stores types. A CSV sink gets the text as it was (no `1.50`
-/// turned into `1.5`), and PostgreSQL converts text to its columns' types itself, as `COPY`
-/// does.
-/// A table that `--create-table` makes takes the inferred types too.
-fn infers_types(source: &Endpoint, sink: &Endpoint, options: SinkOptions) -> bool {
-    let asked = matches!(&source.format, Format::Csv(options) if options.schema == SchemaMode::Infer);
+/// Whether a CSV source's columns are typed (inferred, or as `--schema FILE` gives them): if
+/// it asks for it (`--schema infer`, the default) and the sink stores types, or is a table
+/// that `--create-table` makes. A CSV sink gets the text as it was (no `1.50` turned into
+/// `1.5`), and PostgreSQL converts text to its columns' types itself, as `COPY` does.
+fn infers_types(source: &Endpoint, sink: &Endpoint, options: &TableOptions) -> bool {
+    let asked = matches!(&source.format, Format::Csv(options) if options.schema != SchemaMode::Text);
     let typed_files = sink.service.kind.holds_files() && matches!(sink.format, Format::Parquet | Format::JsonLines);
     let new_table = sink.service.kind == ServiceType::Postgres && options.create_table;
     asked && (typed_files || new_table)
 }
 
-/// What a job asks of its sink beyond where it is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SinkOptions {
+/// What a job asks of a tabular copy besides its two ends.
+#[derive(Clone, Debug, Default)]
+pub struct TableOptions {
+    /// `--columns`, `--rename`.
+    pub mapping: ColumnMapping,
+    /// `--on-bad-row skip`: the rejects file for CSV rows that cannot be copied (on a share).
+    pub rejects: Option<Endpoint>,
     /// A missing PostgreSQL sink table is made from the source's columns (`--create-table`).
     pub create_table: bool,
 }
 
-/// Reads `source` and writes it to `sink`'s staging location.
+/// Reads `source` and writes it to `sink`'s staging location, every column as it is.
 pub async fn stage(
     attempt: &AttemptId,
     source: &Endpoint,
     sink: &Endpoint,
     counters: &Counters,
 ) -> Result<Staged, CopyError> {
-    stage_with(attempt, source, sink, counters, SinkOptions::default()).await
+    stage_table(attempt, source, sink, &TableOptions::default(), counters).await
 }
 
-/// [`stage`] with the job's sink options.
-pub async fn stage_with(
+/// Reads `source` and writes it to `sink`'s staging location, shaped by `options` if it is a
+/// table.
+pub async fn stage_table(
     attempt: &AttemptId,
     source: &Endpoint,
     sink: &Endpoint,
+    options: &TableOptions,
     counters: &Counters,
-    options: SinkOptions,
 ) -> Result<Staged, CopyError> {
     let binary = matches!(source.format, Format::Binary) || matches!(sink.format, Format::Binary);
     if binary {
@@ -216,20 +228,135 @@ pub async fn stage_with(
         }
         return objects::copy_binary(attempt, source, sink, counters).await;
     }
+    let rejects = options.rejects.clone().map(|to| files::Rejects::new(attempt, to));
     let batches = match source.service.kind {
-        ServiceType::Filesystem => files::read_table(source, counters, infers_types(source, sink, options)).await?,
+        ServiceType::Filesystem => {
+            files::read_table(source, counters, infers_types(source, sink, options), rejects.clone()).await?
+        }
         ServiceType::Postgres => postgres::read_table(source, counters).await?,
         ServiceType::Http => return Err(CopyError::fatal("an http linked service cannot be a copy source yet")),
         ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
-            objects::read_table(source, counters, infers_types(source, sink, options)).await?
+            objects::read_table(source, counters, infers_types(source, sink, options), rejects.clone()).await?
         }
     };
-    match sink.service.kind {
+    let batches = mapping::map_columns(batches, &options.mapping, source_shown(source));
+    let (batches, written) = schema_of_first(batches);
+    let mut staged = match sink.service.kind {
         ServiceType::Filesystem => files::write_table(attempt, sink, batches, counters).await,
         ServiceType::Postgres => postgres::write_table(attempt, sink, batches, counters, options.create_table).await,
         ServiceType::Http => Err(CopyError::fatal("an http linked service cannot be a copy sink")),
         ServiceType::S3 | ServiceType::AzureBlob | ServiceType::Gcs => {
             objects::write_table(attempt, sink, batches, counters).await
         }
+    }?;
+    staged.columns = written.lock().expect("not poisoned").clone();
+    match rejects {
+        Some(rejects) => with_rejects(staged, rejects).await,
+        None => Ok(staged),
     }
+}
+
+/// Adds the rejects file to a staged copy: its count to the check, its file to what is
+/// published. The reader has finished (the sink consumed its whole stream), so the counts
+/// are final.
+async fn with_rejects(mut staged: Staged, rejects: files::Rejects) -> Result<Staged, CopyError> {
+    let done = match files::blocking(move || rejects.finish()).await {
+        Ok(done) => done,
+        Err(e) => {
+            staged.discard().await;
+            return Err(e);
+        }
+    };
+    let check = &mut staged.check;
+    check.rows_skipped = done.skipped;
+    // Three counts made in three places: the records the reader read, the rows the sink
+    // holds, the lines of the rejects file.
+    check.rows_read = done.records;
+    check.verified = check.verified && done.records == check.rows_written + done.skipped;
+    if !check.verified {
+        let message = format!(
+            "consistency check failed: {} rows read, {} written, {} skipped to {}",
+            done.records, check.rows_written, done.skipped, done.shown
+        );
+        if let Some(output) = done.output {
+            output.discard().await;
+        }
+        staged.discard().await;
+        return Err(CopyError::fatal(message));
+    }
+    Ok(match done.output {
+        Some(output) => Staged {
+            output: Box::new(Both(staged.output, output)),
+            ..staged
+        },
+        None => staged,
+    })
+}
+
+/// Two staged outputs published as one: the sink's first, then the rejects file. Each is
+/// idempotent per job, so a retry after a crash between the two publishes both again.
+struct Both(Box<dyn StagedOutput>, Box<dyn StagedOutput>);
+
+impl StagedOutput for Both {
+    fn publish(self: Box<Self>) -> BoxFuture<'static, Result<Published, CopyError>> {
+        Box::pin(async move {
+            let Both(first, second) = *self;
+            let published = match first.publish().await {
+                Ok(published) => published,
+                Err(e) => {
+                    second.discard().await;
+                    return Err(e);
+                }
+            };
+            second.publish().await?;
+            Ok(published)
+        })
+    }
+
+    fn discard(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Both(first, second) = *self;
+            first.discard().await;
+            second.discard().await;
+        })
+    }
+}
+
+/// The source as messages name it: `service:path`, or the table or query.
+fn source_shown(source: &Endpoint) -> String {
+    match &source.location {
+        Location::Path(p) => format!("{}:{p}", source.service_name),
+        Location::Table { schema, table } => format!(
+            "{}:{}.{}",
+            source.service_name,
+            crate::job_spec::names::display_ident(schema),
+            crate::job_spec::names::display_ident(table)
+        ),
+        Location::Query(_) => format!("the query of {}", source.service_name),
+    }
+}
+
+/// Passes `batches` on and keeps the columns of the first: every source sends at least one
+/// batch (an empty one for a source without rows), and all batches share its schema, so this
+/// is what the sink wrote, read off the stream rather than off each sink.
+fn schema_of_first(batches: Batches) -> (Batches, Arc<std::sync::Mutex<Vec<WrittenColumn>>>) {
+    use futures::StreamExt as _;
+    let slot = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = slot.clone();
+    let mut first = true;
+    let batches = batches.inspect(move |item| {
+        if let (true, Ok(batch)) = (first, item) {
+            first = false;
+            *seen.lock().expect("not poisoned") = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| WrittenColumn {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                })
+                .collect();
+        }
+    });
+    (batches.boxed(), slot)
 }

@@ -7,13 +7,16 @@
 //! state does not depend on the copy engine. [`parse`] turns an operator's submission into
 //! a spec; [`names`] reads and shows PostgreSQL table names as operators type them.
 
+mod columns;
 pub mod names;
 pub mod parse;
 pub mod paths;
+pub mod schema;
 
 use serde::{Deserialize, Serialize};
 
 pub use parse::{InvalidSpec, Submission};
+pub use schema::{ColumnType, NamedColumn};
 
 /// Where inside a linked service a job reads or writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,16 +57,27 @@ pub struct CsvOptions {
     /// as it was submitted.
     #[serde(default = "SchemaMode::before_inference")]
     pub schema: SchemaMode,
+    /// Read: fields equal to one of these are nulls (`--csv-null`), as empty fields are.
+    #[serde(default)]
+    pub nulls: Vec<String>,
+    /// Read: the strftime formats of timestamps and of dates, when not ISO 8601
+    /// (`--timestamp-format`, `--date-format`; checked at submit).
+    #[serde(default)]
+    pub timestamp_format: Option<String>,
+    #[serde(default)]
+    pub date_format: Option<String>,
 }
 
 /// How a CSV source's columns are typed (`--schema`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SchemaMode {
     /// From a sample of the values, when the sink stores types (Parquet, JSON Lines).
     #[default]
     Infer,
     /// Every column is text.
     Text,
+    /// The types the operator gave (`--schema FILE`), one for every column of the file.
+    Given(Vec<NamedColumn>),
 }
 
 impl SchemaMode {
@@ -93,6 +107,9 @@ impl Default for CsvOptions {
             allow_empty: false,
             encoding: Encoding::Utf8,
             schema: SchemaMode::Infer,
+            nulls: Vec::new(),
+            timestamp_format: None,
+            date_format: None,
         }
     }
 }
@@ -110,6 +127,23 @@ pub struct Consistency {
     pub sink_checksum: Option<String>,
     /// Whether the two sides agree.
     pub verified: bool,
+    /// Tabular copies under `--on-bad-row skip`: rows read that went to the rejects file
+    /// instead of the sink; `rows_read = rows_written + rows_skipped`.
+    #[serde(default)]
+    pub rows_skipped: u64,
+}
+
+/// Columns of what a job wrote kept with it for `job show`; a wider table keeps the first
+/// ones and the count. Every finished job in the history (10,000 by default) is in every
+/// node's state and snapshot, so a table of thousands of columns must not multiply that.
+pub const MAX_REPORTED_COLUMNS: usize = 256;
+
+/// One column of what a tabular copy wrote, as `job show` reports it: its name and its Arrow
+/// type as arrow prints it (`Int64`, `Decimal128(12, 2)`), whatever the source was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenColumn {
+    pub name: String,
+    pub data_type: String,
 }
 
 /// One end of a job as submitted: a linked service by name and a place in it.
@@ -174,6 +208,77 @@ pub struct JobSpec {
     /// transaction (`--create-table`). Specs from before it read as `false`.
     #[serde(default)]
     pub create_table: bool,
+    /// Which source columns are copied, in which order, under which names.
+    #[serde(default)]
+    pub mapping: ColumnMapping,
+    /// `--on-bad-row skip --bad-rows SERVICE:/folder/`: CSV rows that cannot be copied go to
+    /// a rejects file there instead of failing the job. `None`: they fail it.
+    #[serde(default)]
+    pub bad_rows: Option<BadRows>,
+}
+
+/// Where a job's rejected rows go: a file named after the job in a folder of a share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRows {
+    pub service: String,
+    /// Relative to the share's root, without a trailing `/`; empty: the root itself.
+    pub folder: String,
+}
+
+impl BadRows {
+    /// The rejects file of job `job_id`, relative to the share's root.
+    pub fn file(&self, job_id: &str) -> String {
+        let name = format!("{job_id}.rejects.jsonl");
+        if self.folder.is_empty() {
+            name
+        } else {
+            format!("{}/{name}", self.folder)
+        }
+    }
+
+    /// The rejects file as `job show` prints it, `service:/path`.
+    pub fn describe(&self, job_id: &str) -> String {
+        format!("{}:/{}", self.service, self.file(job_id))
+    }
+}
+
+impl JobSpec {
+    /// The linked services the job uses: its source, its sink, and where its rejected rows go.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(&self.source.service),
+            Some(&self.sink.service),
+            self.bad_rows.as_ref().map(|b| &b.service),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+    }
+}
+
+/// `--columns` and `--rename`: the source columns a tabular copy writes, in order, and new
+/// names for some. Empty: every column, as the source has it. Names are matched exactly (a
+/// CSV header or a Parquet schema has no case folding to follow).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnMapping {
+    /// Source columns in output order; empty: all of them, in the source's order.
+    pub select: Vec<String>,
+    /// `(source name, output name)` pairs.
+    pub rename: Vec<(String, String)>,
+}
+
+impl ColumnMapping {
+    pub fn is_identity(&self) -> bool {
+        self.select.is_empty() && self.rename.is_empty()
+    }
+
+    /// The name a source column is written under.
+    pub fn output_name<'a>(&'a self, source: &'a str) -> &'a str {
+        self.rename
+            .iter()
+            .find(|(from, _)| from == source)
+            .map_or(source, |(_, to)| to.as_str())
+    }
 }
 
 /// What happens to a sink file that existed before the job (`--if-exists`). A file the

@@ -1,12 +1,13 @@
 //! An operator's job submission read into a [`JobSpec`]: the datasets against their linked
 //! services' types, the formats from flags or file extensions, the CSV options, the retry
-//! policy and the stall timeout. Every refusal is one line naming the flag at fault.
+//! policy and the stall timeout; what a table copy does to its columns is checked in
+//! `columns`. Every refusal is one line naming the flag at fault.
 
+use super::columns;
 use super::names::{self, Named};
 use super::paths::{self, RelPath};
 use super::{
     CsvOptions, DEFAULT_STALL_TIMEOUT_MS, DatasetRef, Encoding, Format, IfExists, JobSpec, Location, RetryPolicy,
-    SchemaMode,
 };
 use crate::connectors::ServiceType;
 
@@ -15,7 +16,7 @@ use crate::connectors::ServiceType;
 #[error("{0}")]
 pub struct InvalidSpec(pub String);
 
-fn invalid(why: impl Into<String>) -> InvalidSpec {
+pub(super) fn invalid(why: impl Into<String>) -> InvalidSpec {
     InvalidSpec(why.into())
 }
 
@@ -50,6 +51,21 @@ pub struct Submission {
     pub schema: String,
     /// A missing PostgreSQL sink table is made from the source's columns.
     pub create_table: bool,
+    /// Values of a CSV source's fields that mean null (`--csv-null`, repeatable or a comma list).
+    pub csv_nulls: Vec<String>,
+    /// The text of a `--schema FILE` (read by the CLI): the CSV source's column types.
+    pub schema_columns: String,
+    /// strftime formats of a CSV source's timestamps and dates; empty: ISO 8601.
+    pub timestamp_format: String,
+    pub date_format: String,
+    /// `--columns 'a,b,c'`: source columns to copy, in order; empty: all.
+    pub columns: String,
+    /// `--rename old=new`, each.
+    pub renames: Vec<String>,
+    /// `fail` or `skip`; empty: fail.
+    pub on_bad_row: String,
+    /// `--bad-rows LINKED_SERVICE:/folder/`: where skipped rows go.
+    pub bad_rows: String,
 }
 
 /// Which end of the job a dataset is; flags and messages are named after it.
@@ -91,13 +107,7 @@ impl Submission {
                 )));
             }
         };
-        let schema = match self.schema.to_ascii_lowercase().as_str() {
-            "" | "infer" => SchemaMode::Infer,
-            "text" => SchemaMode::Text,
-            other => {
-                return Err(invalid(format!("--schema '{other}' is not infer or text")));
-            }
-        };
+        let schema = columns::schema_mode(&self.schema, &self.schema_columns)?;
         let csv = CsvOptions {
             header: !self.csv_no_header,
             delimiter,
@@ -105,7 +115,11 @@ impl Submission {
             allow_empty: self.allow_empty,
             encoding,
             schema,
+            nulls: columns::null_markers(&self.csv_nulls)?,
+            timestamp_format: (!self.timestamp_format.is_empty()).then(|| self.timestamp_format.clone()),
+            date_format: (!self.date_format.is_empty()).then(|| self.date_format.clone()),
         };
+        let zoned = columns::check_formats(&csv)?;
         let if_exists = match self.if_exists.to_ascii_lowercase().as_str() {
             "" | "overwrite" => IfExists::Overwrite,
             "fail" => IfExists::Fail,
@@ -118,6 +132,7 @@ impl Submission {
         };
         let source = self.dataset(Role::Source, &kind_of, &csv)?;
         let sink = self.dataset(Role::Sink, &kind_of, &csv)?;
+        columns::check_typing(&csv, zoned, &source, &sink, &kind_of)?;
         refuse_overlap(&source, &sink)?;
         if if_exists != IfExists::Overwrite && !matches!(sink.location, Location::Path(_)) {
             return Err(invalid(format!(
@@ -132,6 +147,8 @@ impl Submission {
                 sink.describe()
             )));
         }
+        let mapping = columns::column_mapping(&self.columns, &self.renames, &csv.schema, self.binary)?;
+        let bad_rows = columns::bad_rows(&self.on_bad_row, &self.bad_rows, self.binary, &kind_of, &source)?;
         let retry = match (self.max_attempts, self.retry_interval_ms) {
             (0, 0) => RetryPolicy::default(),
             (0, interval_ms) => RetryPolicy {
@@ -161,6 +178,8 @@ impl Submission {
             stall_timeout_ms,
             if_exists,
             create_table: self.create_table,
+            mapping,
+            bad_rows,
         })
     }
 
@@ -311,10 +330,11 @@ fn file_format(flag: &str, path: &str, csv: &CsvOptions, role: &str) -> Result<F
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::job_spec::SchemaMode;
 
-    fn kinds(name: &str) -> Option<ServiceType> {
+    pub(crate) fn kinds(name: &str) -> Option<ServiceType> {
         match name {
             "share" => Some(ServiceType::Filesystem),
             "db" => Some(ServiceType::Postgres),
@@ -323,7 +343,7 @@ mod tests {
         }
     }
 
-    fn submit(source: &str, sink: &str) -> Submission {
+    pub(crate) fn submit(source: &str, sink: &str) -> Submission {
         Submission {
             source: source.into(),
             sink: sink.into(),
@@ -543,7 +563,7 @@ mod tests {
         assert_eq!(mode(with("TEXT").parse(kinds).unwrap()), SchemaMode::Text);
         assert_eq!(
             with("guess").parse(kinds).unwrap_err().0,
-            "--schema 'guess' is not infer or text"
+            "--schema 'guess' is not infer, text or a schema file"
         );
         // A spec stored before inference existed keeps copying text.
         let old = r#"{"header":true,"delimiter":44,"quote":34}"#;

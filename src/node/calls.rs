@@ -30,6 +30,10 @@ macro_rules! admin_calls {
         internal { $($internal:ident($internal_request:ty);)* }
     ) => {
         /// One operator call with its request.
+        // A call lives for one RPC and is moved a few times, never stored in bulk: the size
+        // of its largest request (a job submission, with all its flags) costs nothing
+        // worth a box per variant in the macro.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Clone, Debug)]
         pub enum AdminCall {
             $($variant($request),)*

@@ -93,6 +93,8 @@ pub async fn seed(node: &Node, req: proto::JobHistorySeedRequest) -> Result<prot
         stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
         if_exists: Default::default(),
         create_table: false,
+        mapping: Default::default(),
+        bad_rows: None,
     };
     let mut template = Job::queued("bench-history".into(), spec, now_ms);
     template.state = JobState::Succeeded;

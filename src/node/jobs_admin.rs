@@ -71,6 +71,9 @@ fn info(node: &Node, dispatcher: &Dispatcher, j: &Job) -> proto::JobInfo {
         if_exists: j.spec.if_exists.as_str().into(),
         files_skipped: j.files_skipped,
         create_table: j.spec.create_table,
+        columns: j.columns.iter().cloned().map(Into::into).collect(),
+        columns_total: j.columns_total,
+        rejects: j.spec.bad_rows.as_ref().map(|b| b.describe(&j.id)).unwrap_or_default(),
     }
 }
 

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CommandResult, IrState, NodeId, Rejection};
-use crate::job_spec::{Consistency, JobSpec};
+use crate::job_spec::{Consistency, JobSpec, WrittenColumn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
@@ -68,6 +68,13 @@ pub struct Job {
     pub finished_at_ms: Option<i64>,
     /// A retried job waits until then before it is assigned again.
     pub not_before_ms: i64,
+    /// The columns the succeeded attempt wrote (none for binary copies), at most
+    /// [`MAX_REPORTED_COLUMNS`](crate::job_spec::MAX_REPORTED_COLUMNS) of them.
+    #[serde(default)]
+    pub columns: Vec<WrittenColumn>,
+    /// How many columns it wrote in all.
+    #[serde(default)]
+    pub columns_total: u64,
 }
 
 impl Job {
@@ -94,6 +101,8 @@ impl Job {
             started_at_ms: None,
             finished_at_ms: None,
             not_before_ms: 0,
+            columns: Vec::new(),
+            columns_total: 0,
         }
     }
 }
@@ -109,6 +118,13 @@ pub enum Outcome {
         #[serde(default)]
         files_skipped: u64,
         check: Consistency,
+        /// The columns written, for `job show` (the first ones of a wide table); empty for
+        /// binary copies.
+        #[serde(default)]
+        columns: Vec<WrittenColumn>,
+        /// How many columns were written in all.
+        #[serde(default)]
+        columns_total: u64,
     },
     Failed {
         error: String,
@@ -426,9 +442,12 @@ fn end_attempt(j: &mut Job, outcome: &Outcome, now_ms: i64) -> CommandResult {
             files,
             files_skipped,
             check,
+            columns,
+            columns_total,
         } => {
             (j.rows, j.bytes, j.files, j.files_skipped) = (*rows, *bytes, *files, *files_skipped);
             j.check = Some(check.clone());
+            (j.columns, j.columns_total) = (columns.clone(), *columns_total);
             j.error = None;
             j.state = JobState::Succeeded;
         }
@@ -506,6 +525,8 @@ mod tests {
             stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
             if_exists: Default::default(),
             create_table: false,
+            mapping: Default::default(),
+            bad_rows: None,
         };
         Job::queued(id.into(), spec, 0)
     }
@@ -543,6 +564,8 @@ mod tests {
             files: 1,
             files_skipped: 0,
             check: Consistency::default(),
+            columns: Vec::new(),
+            columns_total: 0,
         }
     }
 

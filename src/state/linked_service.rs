@@ -195,7 +195,7 @@ impl IrState {
         let users: Vec<&str> = self
             .jobs
             .values()
-            .filter(|j| !j.state.is_final() && (j.spec.source.service == name || j.spec.sink.service == name))
+            .filter(|j| !j.state.is_final() && j.spec.services().any(|s| s == name))
             .map(|j| j.id.as_str())
             .collect();
         if !users.is_empty() {
@@ -295,6 +295,41 @@ mod tests {
             id: "a".into(),
         });
         assert!(matches!(stale_delete, CommandResult::Rejected(_)));
+    }
+
+    #[test]
+    fn a_service_that_takes_a_queued_jobs_rejected_rows_is_not_deleted() {
+        use crate::job_spec::{BadRows, CsvOptions, DatasetRef, Format, JobSpec, Location};
+        let mut state = IrState::default();
+        put(&mut state, service(1, "a"), 0);
+        let dataset = |path: &str| DatasetRef {
+            service: "share".into(),
+            location: Location::Path(path.into()),
+            format: Format::Csv(CsvOptions::default()),
+        };
+        let spec = JobSpec {
+            name: String::new(),
+            source: dataset("in.csv"),
+            sink: dataset("out.csv"),
+            retry: Default::default(),
+            stall_timeout_ms: crate::job_spec::DEFAULT_STALL_TIMEOUT_MS,
+            if_exists: Default::default(),
+            mapping: Default::default(),
+            bad_rows: Some(BadRows {
+                service: "warehouse".into(),
+                folder: "errors".into(),
+            }),
+        };
+        let job = crate::state::jobs::Job::queued("j1".into(), spec, 0);
+        assert_eq!(state.apply(&Command::SubmitJob { job }), CommandResult::Ok);
+        let refused = state.apply(&Command::DeleteLinkedService {
+            name: "warehouse".into(),
+            id: "a".into(),
+        });
+        assert!(
+            matches!(&refused, CommandResult::Rejected(m) if m.to_string().contains("is used by 1 queued or running job(s) (j1)")),
+            "{refused:?}"
+        );
     }
 
     #[test]

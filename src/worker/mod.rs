@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::AttemptError;
 
 use crate::copy::{self, AttemptId, Counters, Endpoint};
-use crate::job_spec::{DatasetRef, IfExists};
+use crate::job_spec::{DatasetRef, Format, IfExists, Location, MAX_REPORTED_COLUMNS};
 use crate::node::forward::Reports;
 use crate::node::handle::Node;
 use crate::proto::{self, job_report_request::Phase};
@@ -260,11 +260,26 @@ async fn run(
 ) -> Result<Outcome, AttemptError> {
     let source = endpoint(node, &job.spec.source, IfExists::Overwrite)?;
     let sink = endpoint(node, &job.spec.sink, job.spec.if_exists)?;
+    let rejects = match &job.spec.bad_rows {
+        Some(bad) => Some(endpoint(
+            node,
+            &DatasetRef {
+                service: bad.service.clone(),
+                location: Location::Path(bad.file(&job.id)),
+                format: Format::JsonLines,
+            },
+            IfExists::Overwrite,
+        )?),
+        None => None,
+    };
+    let options = copy::TableOptions {
+        mapping: job.spec.mapping.clone(),
+        rejects,
+        create_table: job.spec.create_table,
+    };
     let stall = Duration::from_millis(job.spec.stall_timeout_ms);
     let staged = tokio::select! {
-        staged = copy::stage_with(id, &source, &sink, counters, copy::SinkOptions {
-            create_table: job.spec.create_table,
-        }) => staged?,
+        staged = copy::stage_table(id, &source, &sink, &options, counters) => staged?,
         _ = cancel.cancelled() => return Err(AttemptError::Stopped),
         () = stalled(counters, stall) => return Err(AttemptError::Stalled(stall)),
     };
@@ -307,6 +322,8 @@ async fn run(
         return Err(refused);
     }
     let (rows, bytes, files, check) = (staged.rows, staged.bytes, staged.files, staged.check.clone());
+    let columns_total = staged.columns.len() as u64;
+    let columns: Vec<_> = staged.columns.iter().take(MAX_REPORTED_COLUMNS).cloned().collect();
     let published = staged.publish().await;
     if let Some(hold) = failpoints::hold_after_publish(&job.spec.name) {
         // Tests kill the node here: published, not yet reported.
@@ -319,6 +336,8 @@ async fn run(
         files: files.saturating_sub(skipped),
         files_skipped: skipped,
         check,
+        columns,
+        columns_total,
     })
 }
 

@@ -13,16 +13,12 @@
 //! A later value that does not fit its column's type is not turned into a null or a wrong
 //! number: the job fails with the file, line and column (`--schema text` copies text).
 
-use std::sync::Arc;
-
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray};
 use arrow::compute::kernels::cast_utils::Parser;
-use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{
-    DataType, Date32Type, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    DataType, Date32Type, Field, Float64Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
 };
 
-use crate::copy::CopyError;
+use super::convert::TimeFormats;
 
 /// Rows the types are inferred from: DuckDB's default sample size.
 pub(super) const SAMPLE_ROWS: usize = 20_480;
@@ -40,10 +36,27 @@ enum Kind {
 }
 
 impl Kind {
-    fn of(value: &str) -> Kind {
+    /// With a time format, values in it are timestamps (or dates) and ISO ones are not: one
+    /// column holds one form, and a conversion reads the form the format names.
+    fn of(value: &str, formats: &TimeFormats) -> Kind {
         let bytes = value.as_bytes();
         if value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false") {
             return Kind::Boolean;
+        }
+        match formats.timestamp(value) {
+            Some(Ok(_)) => {
+                let zoned = formats.timestamp.as_ref().is_some_and(|(_, zoned)| *zoned);
+                return if zoned { Kind::TimestampTz } else { Kind::Timestamp };
+            }
+            Some(Err(())) if bytes.len() >= 16 && is_date_shape(&bytes[..10]) && bytes[13] == b':' => {
+                return Kind::Text;
+            }
+            _ => {}
+        }
+        match formats.date(value) {
+            Some(Ok(_)) => return Kind::Date,
+            Some(Err(())) if bytes.len() == 10 && is_date_shape(bytes) => return Kind::Text,
+            _ => {}
         }
         if bytes.len() == 10 && is_date_shape(bytes) && Date32Type::parse(value).is_some() {
             return Kind::Date;
@@ -133,6 +146,11 @@ fn is_date_shape(bytes: &[u8]) -> bool {
             .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit())
 }
 
+/// Whether a CSV field is a null: empty, or one of the `--csv-null` values.
+pub(super) fn is_null(value: &str, nulls: &[String]) -> bool {
+    value.is_empty() || nulls.iter().any(|n| n == value)
+}
+
 /// The kinds seen so far, a column at a time.
 pub(super) struct Inference {
     /// `None`: only empty values so far.
@@ -148,12 +166,13 @@ impl Inference {
         }
     }
 
-    pub fn observe(&mut self, record: &csv::StringRecord) {
+    /// Takes in one row; values in `nulls` (and empty ones) say nothing of the type.
+    pub fn observe(&mut self, record: &csv::StringRecord, nulls: &[String], formats: &TimeFormats) {
         for (kind, value) in self.kinds.iter_mut().zip(record.iter()) {
-            if value.is_empty() || *kind == Some(Kind::Text) {
+            if *kind == Some(Kind::Text) || is_null(value, nulls) {
                 continue;
             }
-            let seen = Kind::of(value);
+            let seen = Kind::of(value, formats);
             *kind = Some(kind.map_or(seen, |k| k.join(seen)));
         }
         self.rows += 1;
@@ -172,91 +191,6 @@ impl Inference {
             })
             .collect();
         Schema::new_with_metadata(fields, schema.metadata().clone())
-    }
-}
-
-/// A value that does not convert is an error, not a null.
-const STRICT: CastOptions<'static> = CastOptions {
-    safe: false,
-    format_options: arrow::util::display::FormatOptions::new(),
-};
-
-/// Converts a batch of text columns to `typed`'s types. `lines[i]` is the line row `i`
-/// starts on, for the message about a value that does not fit.
-pub(super) fn convert(
-    text: RecordBatch,
-    typed: &SchemaRef,
-    lines: &[u64],
-    shown: &str,
-) -> Result<RecordBatch, CopyError> {
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(text.num_columns());
-    for (column, field) in text.columns().iter().zip(typed.fields()) {
-        if field.data_type() == &DataType::Utf8 {
-            columns.push(column.clone());
-            continue;
-        }
-        match to_type(column, field.data_type()) {
-            Ok(converted) => columns.push(converted),
-            Err(_) => return Err(misfit(column, field, lines, shown)),
-        }
-    }
-    RecordBatch::try_new_with_options(
-        typed.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(text.num_rows())),
-    )
-    .map_err(|e| CopyError::fatal(format!("{shown}: {e}")))
-}
-
-/// Text to `to`. A timestamp with a zone is parsed as an instant in UTC (offsets applied)
-/// and labelled UTC: arrow's cast to a named zone needs a time zone database for the name,
-/// and the instant is all a zoned timestamp stores.
-fn to_type(column: &ArrayRef, to: &DataType) -> Result<ArrayRef, arrow::error::ArrowError> {
-    match to {
-        DataType::Timestamp(TimeUnit::Microsecond, Some(zone)) => {
-            let instants = cast_with_options(column, &DataType::Timestamp(TimeUnit::Microsecond, None), &STRICT)?;
-            let instants = instants.as_primitive::<TimestampMicrosecondType>().clone();
-            Ok(Arc::new(instants.with_timezone(zone.clone())))
-        }
-        _ => cast_with_options(column, to, &STRICT),
-    }
-}
-
-/// The error for the first value of `column` that `field`'s type does not take.
-fn misfit(column: &ArrayRef, field: &Field, lines: &[u64], shown: &str) -> CopyError {
-    let values = column.as_any().downcast_ref::<StringArray>();
-    let first_bad = values.and_then(|values| {
-        (0..values.len()).find(|&i| {
-            let one: ArrayRef = Arc::new(values.slice(i, 1));
-            values.is_valid(i) && to_type(&one, field.data_type()).is_err()
-        })
-    });
-    let (line, value) = match (first_bad, values) {
-        (Some(i), Some(values)) => (lines.get(i).copied().unwrap_or(0), values.value(i).to_string()),
-        _ => (lines.first().copied().unwrap_or(0), String::new()),
-    };
-    // One line: a quoted field may hold line breaks.
-    let mut shown_value: String = value.chars().take(40).collect::<String>().escape_debug().collect();
-    if value.chars().count() > 40 {
-        shown_value.push('…');
-    }
-    CopyError::fatal(format!(
-        "{shown} line {line} column '{}': '{shown_value}' is not {} (the type inferred from the first {SAMPLE_ROWS} rows; --schema text copies every column as text)",
-        field.name(),
-        type_name(field.data_type())
-    ))
-}
-
-/// A type as the messages and the README name it.
-pub(super) fn type_name(t: &DataType) -> &'static str {
-    match t {
-        DataType::Int64 => "an integer",
-        DataType::Float64 => "a number",
-        DataType::Boolean => "a boolean (true or false)",
-        DataType::Date32 => "a date (YYYY-MM-DD)",
-        DataType::Timestamp(_, None) => "a timestamp (YYYY-MM-DD HH:MM:SS)",
-        DataType::Timestamp(_, Some(_)) => "a timestamp with a time zone (YYYY-MM-DD HH:MM:SS+HH:MM)",
-        _ => "text",
     }
 }
 
@@ -297,7 +231,7 @@ mod tests {
             ("hello", Kind::Text),
         ];
         for (value, kind) in cases {
-            assert_eq!(Kind::of(value), kind, "{value}");
+            assert_eq!(Kind::of(value, &TimeFormats::default()), kind, "{value}");
         }
     }
 
@@ -314,7 +248,7 @@ mod tests {
             ["2", "2.5", "x", "", "", "2026-01-01 00:00:00Z"],
             ["", "3", "2", "", "2026-01-02", ""],
         ] {
-            inference.observe(&csv::StringRecord::from(row.to_vec()));
+            inference.observe(&csv::StringRecord::from(row.to_vec()), &[], &TimeFormats::default());
         }
         let types: Vec<DataType> = inference
             .apply(&header)
@@ -337,26 +271,41 @@ mod tests {
     }
 
     #[test]
-    fn a_value_that_does_not_fit_names_its_line_and_column() {
-        let typed: SchemaRef = Arc::new(Schema::new(vec![Field::new("amount", DataType::Int64, true)]));
-        let text = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new("amount", DataType::Utf8, true)])),
-            vec![Arc::new(StringArray::from(vec![Some("1"), None, Some("n/a")]))],
-        )
-        .unwrap();
-        let err = convert(text.clone(), &typed, &[2, 3, 5], "share:in/a.csv").unwrap_err();
-        assert!(!err.retryable);
-        assert_eq!(
-            err.message,
-            "share:in/a.csv line 5 column 'amount': 'n/a' is not an integer (the type inferred from the first 20480 rows; --schema text copies every column as text)"
-        );
-        let fine = RecordBatch::try_new(
-            text.schema(),
-            vec![Arc::new(StringArray::from(vec![Some("1"), None, Some("-3")]))],
-        )
-        .unwrap();
-        let converted = convert(fine, &typed, &[2, 3, 4], "share:in/a.csv").unwrap();
-        assert_eq!(converted.column(0).data_type(), &DataType::Int64);
-        assert_eq!(converted.column(0).null_count(), 1);
+    fn a_time_format_replaces_iso_for_its_kind() {
+        let formats = TimeFormats::new(Some("%d/%m/%Y %H:%M"), Some("%d/%m/%Y")).unwrap();
+        let cases = [
+            ("01/12/2026 10:11", Kind::Timestamp),
+            ("01/12/2026", Kind::Date),
+            ("31/02/2026", Kind::Text),
+            ("2026-12-01 10:11:12", Kind::Text),
+            ("2026-12-01", Kind::Text),
+            ("42", Kind::Integer),
+        ];
+        for (value, kind) in cases {
+            assert_eq!(Kind::of(value, &formats), kind, "{value}");
+        }
+        let zoned = TimeFormats::new(Some("%Y-%m-%d %H:%M %z"), None).unwrap();
+        assert_eq!(Kind::of("2026-12-01 10:11 +0100", &zoned), Kind::TimestampTz);
+        // Without a date format, ISO dates still are dates.
+        assert_eq!(Kind::of("2026-12-01", &zoned), Kind::Date);
+    }
+
+    #[test]
+    fn null_markers_say_nothing_of_a_columns_type() {
+        let header = Schema::new(["n", "m"].map(|n| Field::new(n, DataType::Utf8, true)).to_vec());
+        let infer = |nulls: &[String]| {
+            let mut inference = Inference::new(2);
+            for row in [["1", "NA"], ["NA", "\\N"], ["3", "2026-01-01"]] {
+                inference.observe(&csv::StringRecord::from(row.to_vec()), nulls, &TimeFormats::default());
+            }
+            let schema = inference.apply(&header);
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(infer(&[]), [DataType::Utf8, DataType::Utf8]);
+        assert_eq!(infer(&["NA".into(), "\\N".into()]), [DataType::Int64, DataType::Date32]);
     }
 }

@@ -9,10 +9,13 @@
 //!   number of directories; as in the shell, wildcards do not match a leading `.`).
 //! * **Reading** (`read`) runs on a blocking thread and hands record batches of at most
 //!   `BATCH_ROWS` rows through a short channel, so memory stays bounded whatever the
-//!   file size. CSV columns are read as text (nullable `Utf8`, an empty field is NULL):
-//!   a CSV→CSV copy then writes back the same values, not re-formatted numbers or dates,
-//!   and a PostgreSQL sink lets the server parse the text into its column types, as
-//!   `COPY` does.
+//!   file size. CSV records become text columns (`csv_rows`; an empty field or a
+//!   `--csv-null` value is NULL): a CSV→CSV copy then writes back the same values, not
+//!   re-formatted numbers or dates, and a PostgreSQL sink lets the server parse the text
+//!   into its column types, as `COPY` does. For a Parquet or JSON Lines sink the text is
+//!   converted (`convert`) to the types inferred from a sample (`infer`) or named by
+//!   `--schema FILE`; under `--on-bad-row skip` a row that does not fit goes to the
+//!   rejects file (`rejects`) instead of failing the copy.
 //! * **Writing** (`write`, `binary`) goes to a staging file next to each target,
 //!   `.{name}.shir-{job}-{attempt}.tmp` (missing directories are created), fsynced before
 //!   the copy reports success.
@@ -29,14 +32,19 @@
 mod binary;
 mod bridge;
 mod checksum;
+mod convert;
+mod csv_rows;
 mod infer;
 mod paths;
 mod read;
+mod rejects;
 mod stage;
 mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_schema;
 
 use std::fmt::Display;
 use std::io;
@@ -45,6 +53,7 @@ use super::{AttemptId, Batches, CopyError, Counters, Endpoint, Format, Staged};
 
 pub(crate) use bridge::{FileSink, ListedFile, list_binary};
 pub(crate) use checksum::Checksum;
+pub use rejects::{Rejects, RejectsDone};
 
 /// Rows per record batch: large enough that per-batch costs (a channel hop, a CSV flush, a
 /// Parquet page check) vanish, small enough that a batch of a few dozen text columns stays
@@ -68,9 +77,15 @@ const IO_BUFFER: usize = 1 << 20;
 /// file matches or the files do not share one schema; a bad row ends the stream with an
 /// error naming its file and line.
 /// With `infer`, a CSV source's columns get the types a sample of their values has
-/// (`infer`); otherwise they are text.
-pub async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> Result<Batches, CopyError> {
-    read::read_table(source, counters, infer).await
+/// (`infer`) or the source's `--schema FILE` gives them; otherwise they are text. With
+/// `rejects`, CSV rows that cannot be copied go there instead of failing the copy.
+pub async fn read_table(
+    source: &Endpoint,
+    counters: &Counters,
+    infer: bool,
+    rejects: Option<Rejects>,
+) -> Result<Batches, CopyError> {
+    read::read_table(source, counters, infer, rejects).await
 }
 
 /// Writes `batches` to a staging file next to the target file; [`Staged::publish`] renames

@@ -4,7 +4,7 @@
 //! Before the first batch the source is *planned*: its files are listed and their schemas
 //! compared, so that a missing source or a file of another shape fails the copy before any
 //! row moves. Then one thread reads the files in path order and hands batches through a
-//! channel of [`BATCHES_IN_FLIGHT`]; when the consumer goes away (the copy failed or was
+//! channel of [`BATCHES_IN_FLIGHT`], the first of them without rows (the columns alone); when the consumer goes away (the copy failed or was
 //! cancelled) the next send fails and the thread stops.
 //!
 //! * **CSV**: every column is text (`Utf8`, nullable); an empty field is NULL. Column
@@ -31,7 +31,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use futures::StreamExt;
@@ -40,17 +39,25 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::infer::{self, Inference, SAMPLE_ROWS};
+use super::convert::{self, TimeFormats, Typing};
+use super::csv_rows::{Schemas, read_csv};
+use super::infer::{Inference, SAMPLE_ROWS};
 use super::paths::{Root, SourceFile, Walk, resolve_sources};
+use super::rejects::{Kept, Rejects};
 use super::{BATCH_BYTES, BATCH_ROWS, BATCHES_IN_FLIGHT, IO_BUFFER, TableFormat, blocking, io_error};
 use crate::copy::{Batches, CopyError, Counters, CsvOptions, Endpoint};
-use crate::job_spec::Encoding;
+use crate::job_spec::{Encoding, SchemaMode};
 
-pub(super) async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> Result<Batches, CopyError> {
+pub(super) async fn read_table(
+    source: &Endpoint,
+    counters: &Counters,
+    infer: bool,
+    rejects: Option<Rejects>,
+) -> Result<Batches, CopyError> {
     let root = Root::of(source)?;
     let text = root.path_of(source)?.to_owned();
     let format = TableFormat::of(source)?;
-    let plan = blocking(move || Plan::make(root, &text, format, infer)).await?;
+    let plan = blocking(move || Plan::make(root, &text, format, infer, rejects)).await?;
 
     let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
     let counters = counters.clone();
@@ -69,10 +76,10 @@ pub(super) async fn read_table(source: &Endpoint, counters: &Counters, infer: bo
 }
 
 /// One file of the source.
-struct Input {
+pub(super) struct Input {
     file: SourceFile,
     /// `service:path`, for messages.
-    shown: String,
+    pub shown: String,
     /// Holds no rows and no schema (an empty CSV, a JSON Lines file of blank lines).
     empty: bool,
 }
@@ -85,12 +92,16 @@ struct Plan {
     inputs: Vec<Input>,
     /// The schema of the batches sent on.
     schema: SchemaRef,
-    /// CSV with inferred types: the columns as read (all text), converted to `schema`'s.
+    /// CSV with typed columns: the columns as read (all text), converted to `schema`'s.
     text_schema: Option<SchemaRef>,
+    /// How a CSV file's text becomes `schema`'s types.
+    typing: Typing,
+    /// `--on-bad-row skip`: where CSV rows that cannot be copied go.
+    rejects: Option<Rejects>,
 }
 
 /// Why reading stopped early.
-enum Stop {
+pub(super) enum Stop {
     Failed(CopyError),
     /// The consumer is gone; nobody is left to tell.
     Closed,
@@ -104,7 +115,13 @@ impl From<CopyError> for Stop {
 
 impl Plan {
     /// `infer`: a CSV source's column types are inferred from a sample (see `infer`).
-    fn make(root: Root, text: &str, format: TableFormat, infer: bool) -> Result<Plan, CopyError> {
+    fn make(
+        root: Root,
+        text: &str,
+        format: TableFormat,
+        infer: bool,
+        rejects: Option<Rejects>,
+    ) -> Result<Plan, CopyError> {
         let sources = resolve_sources(&root, text, Walk::Table)?;
         let inputs: Vec<Input> = sources
             .files
@@ -121,6 +138,8 @@ impl Plan {
             inputs,
             schema: Arc::new(Schema::empty()),
             text_schema: None,
+            typing: Typing::default(),
+            rejects,
         };
         let format = plan.format.clone();
         let schema = match &format {
@@ -132,10 +151,23 @@ impl Plan {
         if let TableFormat::Csv(options) = &format
             && infer
         {
-            let typed = Arc::new(plan.sample(options)?);
-            plan.text_schema = Some(std::mem::replace(&mut plan.schema, typed));
+            plan.typing = Typing {
+                given: matches!(options.schema, SchemaMode::Given(_)),
+                formats: TimeFormats::new(options.timestamp_format.as_deref(), options.date_format.as_deref())?,
+            };
+            let typed = match &options.schema {
+                SchemaMode::Given(columns) => convert::given_schema(&plan.schema, columns, &plan.shown_first())?,
+                _ => plan.sample(options)?,
+            };
+            plan.text_schema = Some(std::mem::replace(&mut plan.schema, Arc::new(typed)));
         }
         Ok(plan)
+    }
+
+    /// The first file with columns, for messages about the columns all files share.
+    fn shown_first(&self) -> String {
+        let first = self.inputs.iter().find(|i| !i.empty);
+        first.map_or_else(|| self.shown.clone(), |i| i.shown.clone())
     }
 
     /// The CSV columns with the types their first rows have, over the files in order.
@@ -143,13 +175,17 @@ impl Plan {
         let mut inference = Inference::new(self.schema.fields().len());
         let mut record = csv::StringRecord::new();
         for input in self.inputs.iter().filter(|i| !i.empty) {
-            let (mut reader, _) = csv_reader(input, options)?;
+            let (mut reader, _) = csv_reader(input, options, self.rejects.is_some(), None)?;
             let failed = |e| csv_error(input, e, options.header);
             if options.header {
                 reader.read_record(&mut record).map_err(failed)?;
             }
+            let width = self.schema.fields().len();
             while inference.rows < SAMPLE_ROWS && reader.read_record(&mut record).map_err(failed)? {
-                inference.observe(&record);
+                // A row of another width goes to the rejects file; it says nothing of types.
+                if record.len() == width {
+                    inference.observe(&record, &options.nulls, &self.typing.formats);
+                }
             }
             if inference.rows >= SAMPLE_ROWS {
                 break;
@@ -187,6 +223,15 @@ impl Plan {
 
     /// Reads every file in order into `tx`; ends with an error item when a file fails.
     fn run(self, tx: &mpsc::Sender<Result<RecordBatch, CopyError>>, counters: &Counters) {
+        // The columns go first, in a batch without rows: what follows the source (column
+        // mapping, a sink's header or schema) can check them and fail before the first row
+        // is read, and a source without rows still has them.
+        if tx
+            .blocking_send(Ok(RecordBatch::new_empty(self.schema.clone())))
+            .is_err()
+        {
+            return;
+        }
         let mut sent = false;
         let mut emit = |batch: RecordBatch| -> Result<(), Stop> {
             sent = true;
@@ -202,8 +247,9 @@ impl Plan {
                         let schemas = Schemas {
                             text: self.text_schema.as_ref().unwrap_or(&self.schema),
                             typed: self.text_schema.as_ref().map(|_| &self.schema),
+                            typing: &self.typing,
                         };
-                        read_csv(input, options, schemas, &mut emit, counters)
+                        read_csv(input, options, schemas, self.rejects.as_ref(), &mut emit, counters)
                     }
                     TableFormat::JsonLines => read_json(input, &self.schema, &mut emit, counters),
                     TableFormat::Parquet => read_parquet(input, &self.schema, &mut emit, counters),
@@ -231,12 +277,6 @@ impl Plan {
             let _ = tx.blocking_send(Err(CopyError::fatal(format!(
                 "{what}: give --allow-empty to copy an empty input"
             ))));
-            return;
-        }
-        // A source without rows still has columns: a sink writes them (a CSV header, a
-        // Parquet schema) from this empty batch.
-        if !sent {
-            let _ = tx.blocking_send(Ok(RecordBatch::new_empty(self.schema.clone())));
         }
     }
 }
@@ -277,14 +317,26 @@ type CsvInput = Box<dyn Read + Send>;
 /// (spreadsheet exports do; left in, it would become part of the first column's name), and
 /// decoded to UTF-8 if the source names another encoding. Also returns the length of the
 /// mark skipped, so that progress counts every byte.
-fn csv_reader(input: &Input, options: &CsvOptions) -> Result<(csv::Reader<CsvInput>, u64), CopyError> {
+///
+/// `lenient` (`--on-bad-row skip`) lets records of another width through for the caller to
+/// reject; with `kept` the text read is kept there, to quote rejected records from.
+pub(super) fn csv_reader(
+    input: &Input,
+    options: &CsvOptions,
+    lenient: bool,
+    kept: Option<&Kept>,
+) -> Result<(csv::Reader<CsvInput>, u64), CopyError> {
     let (file, skipped) = csv_file(input, options)?;
+    let file = match kept {
+        Some(kept) => kept.tee(file),
+        None => file,
+    };
     let reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .delimiter(options.delimiter)
         .quote(options.quote)
         // Every record must have as many fields as the first (the header, if any).
-        .flexible(false)
+        .flexible(lenient)
         .buffer_capacity(IO_BUFFER)
         .from_reader(file);
     Ok((reader, skipped))
@@ -394,7 +446,11 @@ fn ends_in_quote(text: &[u8], delimiter: u8, quote: u8) -> bool {
 }
 
 /// Refuses the last record of a file if a quote opened in it is never closed.
-fn check_last_record(input: &Input, options: &CsvOptions, start: Option<csv::Position>) -> Result<(), CopyError> {
+pub(super) fn check_last_record(
+    input: &Input,
+    options: &CsvOptions,
+    start: Option<csv::Position>,
+) -> Result<(), CopyError> {
     let Some(start) = start else { return Ok(()) };
     let failed = |e: std::io::Error| io_error(format!("cannot read {}", input.shown), &e);
     let (mut text, skipped) = csv_file(input, options)?;
@@ -419,7 +475,7 @@ fn check_last_record(input: &Input, options: &CsvOptions, start: Option<csv::Pos
     Ok(())
 }
 
-fn csv_error(input: &Input, e: csv::Error, header: bool) -> CopyError {
+pub(super) fn csv_error(input: &Input, e: csv::Error, header: bool) -> CopyError {
     let line = e.position().map(|p| p.line()).unwrap_or(0);
     match e.kind() {
         csv::ErrorKind::Io(io) => io_error(format!("cannot read {}", input.shown), io),
@@ -441,7 +497,7 @@ fn csv_error(input: &Input, e: csv::Error, header: bool) -> CopyError {
 
 /// The columns of one CSV file, from its first record; `None` for a file without records.
 fn csv_schema(input: &Input, options: &CsvOptions) -> Result<Option<Schema>, CopyError> {
-    let (mut reader, _) = csv_reader(input, options)?;
+    let (mut reader, _) = csv_reader(input, options, false, None)?;
     let mut record = csv::StringRecord::new();
     if !reader
         .read_record(&mut record)
@@ -486,120 +542,6 @@ fn check_header(input: &Input, header: &csv::StringRecord) -> Result<(), CopyErr
         }
     }
     Ok(())
-}
-
-/// The schemas a CSV file is read with: its text columns, and the types they are converted
-/// to when types were inferred.
-#[derive(Clone, Copy)]
-struct Schemas<'a> {
-    text: &'a SchemaRef,
-    typed: Option<&'a SchemaRef>,
-}
-
-impl Schemas<'_> {
-    /// A batch of text columns as it is sent on; `lines` holds each row's first line.
-    fn batch(
-        self,
-        builders: Vec<StringBuilder>,
-        rows: usize,
-        lines: &mut Vec<u64>,
-        input: &Input,
-    ) -> Result<RecordBatch, CopyError> {
-        let text = string_batch(self.text, builders, rows, input)?;
-        let batch = match self.typed {
-            Some(typed) => infer::convert(text, typed, lines, &input.shown)?,
-            None => text,
-        };
-        lines.clear();
-        Ok(batch)
-    }
-}
-
-fn read_csv(
-    input: &Input,
-    options: &CsvOptions,
-    schemas: Schemas,
-    emit: &mut dyn FnMut(RecordBatch) -> Result<(), Stop>,
-    counters: &Counters,
-) -> Result<(), Stop> {
-    let (mut reader, skipped) = csv_reader(input, options)?;
-    counters.add(0, skipped, 0);
-    let mut record = csv::StringRecord::new();
-    let failed = |e| Stop::Failed(csv_error(input, e, options.header));
-    // Where the record read last starts: at the end, it is checked for an open quote.
-    let mut last = None;
-    if options.header && reader.read_record(&mut record).map_err(failed)? {
-        last = record.position().cloned();
-    }
-    let columns = schemas.text.fields().len();
-    // Only a conversion can fail on a row after it was read: then its line is needed.
-    let mut lines = Vec::with_capacity(if schemas.typed.is_some() { BATCH_ROWS } else { 0 });
-    let new_builders = || -> Vec<StringBuilder> {
-        (0..columns)
-            .map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8))
-            .collect()
-    };
-    let mut builders = new_builders();
-    let (mut rows, mut text) = (0usize, 0usize);
-    let mut counted = 0;
-
-    loop {
-        if !reader.read_record(&mut record).map_err(failed)? {
-            break;
-        }
-        last = record.position().cloned();
-        if schemas.typed.is_some() {
-            lines.push(last.as_ref().map_or(0, |p| p.line()));
-        }
-        for (builder, field) in builders.iter_mut().zip(record.iter()) {
-            if field.is_empty() {
-                builder.append_null();
-            } else {
-                builder.append_value(field);
-            }
-        }
-        rows += 1;
-        text += record.as_slice().len();
-        if rows == BATCH_ROWS || text >= BATCH_BYTES {
-            let batch = schemas.batch(
-                std::mem::replace(&mut builders, new_builders()),
-                rows,
-                &mut lines,
-                input,
-            )?;
-            let at = reader.position().byte();
-            counters.add(rows as u64, at - counted, 0);
-            counted = at;
-            (rows, text) = (0, 0);
-            emit(batch)?;
-        }
-    }
-    check_last_record(input, options, last)?;
-    if rows > 0 {
-        let batch = schemas.batch(builders, rows, &mut lines, input)?;
-        counters.add(rows as u64, 0, 0);
-        emit(batch)?;
-    }
-    counters.add(0, reader.position().byte() - counted, 1);
-    Ok(())
-}
-
-fn string_batch(
-    schema: &SchemaRef,
-    builders: Vec<StringBuilder>,
-    rows: usize,
-    input: &Input,
-) -> Result<RecordBatch, CopyError> {
-    let columns: Vec<ArrayRef> = builders
-        .into_iter()
-        .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-        .collect();
-    RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(rows)),
-    )
-    .map_err(|e| CopyError::fatal(format!("{}: {e}", input.shown)))
 }
 
 // --- JSON Lines ------------------------------------------------------------------------

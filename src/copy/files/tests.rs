@@ -21,7 +21,7 @@ use crate::testing::{noise, python_with};
 
 // --- helpers -----------------------------------------------------------------------------
 
-fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
+pub(super) fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
     Endpoint {
         service_name: "share".into(),
         service: ServiceSpec::new(ServiceType::Filesystem).with("root", root.to_str().unwrap()),
@@ -32,7 +32,7 @@ fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
     }
 }
 
-fn csv() -> Format {
+pub(super) fn csv() -> Format {
     Format::Csv(CsvOptions::default())
 }
 
@@ -53,26 +53,26 @@ fn csv_with(delimiter: u8, quote: u8, header: bool) -> Format {
     })
 }
 
-fn attempt(n: u32) -> AttemptId {
+pub(super) fn attempt(n: u32) -> AttemptId {
     AttemptId {
         job_id: "job-1".into(),
         attempt: n,
     }
 }
 
-fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+pub(super) fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
     let path = root.join(rel);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(&path, content).unwrap();
     path
 }
 
-fn read(root: &Path, rel: &str) -> String {
+pub(super) fn read(root: &Path, rel: &str) -> String {
     fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 /// Every file under `dir`, hidden ones too, as sorted relative paths.
-fn listing(dir: &Path) -> Vec<String> {
+pub(super) fn listing(dir: &Path) -> Vec<String> {
     fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
         let Ok(entries) = fs::read_dir(dir) else { return };
         for entry in entries {
@@ -99,15 +99,15 @@ fn staging_files(dir: &Path) -> Vec<String> {
 
 /// What a staged copy reported, kept before publishing consumes it.
 #[derive(Debug)]
-struct Report {
-    rows: u64,
-    bytes: u64,
-    files: u64,
-    check: Consistency,
-    counted: (u64, u64, u64),
+pub(super) struct Report {
+    pub rows: u64,
+    pub bytes: u64,
+    pub files: u64,
+    pub check: Consistency,
+    pub counted: (u64, u64, u64),
 }
 
-async fn copy_as(
+pub(super) async fn copy_as(
     n: u32,
     root: &Path,
     from: &str,
@@ -149,13 +149,19 @@ async fn stage_with(
     stage(&attempt(n), &endpoint(root, from, format), &sink, &Counters::default()).await
 }
 
-async fn copy(root: &Path, from: &str, from_format: Format, to: &str, to_format: Format) -> Result<Report, CopyError> {
+pub(super) async fn copy(
+    root: &Path,
+    from: &str,
+    from_format: Format,
+    to: &str,
+    to_format: Format,
+) -> Result<Report, CopyError> {
     let (staged, report) = copy_as(1, root, from, from_format, to, to_format).await?;
     staged.publish().await?;
     Ok(report)
 }
 
-fn fatal(outcome: Result<impl std::fmt::Debug, CopyError>) -> String {
+pub(super) fn fatal(outcome: Result<impl std::fmt::Debug, CopyError>) -> String {
     let e = outcome.expect_err("the copy should have failed");
     assert!(
         !e.retryable,
@@ -320,11 +326,15 @@ async fn json_lines_to_parquet_to_csv_round_trip_keeps_types_and_column_order() 
         &endpoint(root, "lake/events.parquet", Format::Parquet),
         &counters,
         false,
+        None,
     )
     .await
     .unwrap();
+    // The columns come first, without rows; then the rows.
     let batch = batches.next().await.unwrap().unwrap();
+    assert_eq!(batch.num_rows(), 0);
     let schema = batch.schema();
+    assert_eq!(batches.next().await.unwrap().unwrap().schema(), schema);
     let columns: Vec<(&str, &DataType)> = schema
         .fields()
         .iter()
@@ -403,7 +413,7 @@ async fn many_rows_stream_in_bounded_batches() {
     }
     write(root, "in/rows.csv", &input);
     let counters = Counters::default();
-    let batches = super::read_table(&endpoint(root, "in/rows.csv", csv()), &counters, false)
+    let batches = super::read_table(&endpoint(root, "in/rows.csv", csv()), &counters, false, None)
         .await
         .unwrap();
     let sizes: Vec<usize> = batches.map(|b| b.unwrap().num_rows()).collect().await;
@@ -1196,7 +1206,7 @@ async fn binary_copy_of_a_missing_file_is_fatal() {
 
 // --- read back by tools we did not write --------------------------------------------------------
 
-fn python(script: &str, args: &[&Path]) -> String {
+pub(super) fn python(script: &str, args: &[&Path]) -> String {
     let out = Command::new("python3")
         .arg("-c")
         .arg(script)

@@ -39,7 +39,12 @@ fn spooled(endpoint: &Endpoint, dir: &std::path::Path, path: &str) -> Endpoint {
 }
 
 /// Downloads what `source` names into a spool and reads it as a share's table.
-pub async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> Result<Batches, CopyError> {
+pub async fn read_table(
+    source: &Endpoint,
+    counters: &Counters,
+    infer: bool,
+    rejects: Option<files::Rejects>,
+) -> Result<Batches, CopyError> {
     let bucket = Bucket::of(source)?;
     let text = path_of(source)?;
     let (_, objects) = keys::list(&bucket, &text).await?;
@@ -74,7 +79,7 @@ pub async fn read_table(source: &Endpoint, counters: &Counters, infer: bool) -> 
             .await
             .map_err(|e| io_error(format!("cannot spool {shown}"), &e))?;
     }
-    let batches = files::read_table(&spooled(source, dir.path(), &text), counters, infer).await?;
+    let batches = files::read_table(&spooled(source, dir.path(), &text), counters, infer, rejects).await?;
     // The spool lives as long as its batches are read.
     Ok(batches
         .map(move |batch| {

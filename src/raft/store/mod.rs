@@ -436,6 +436,8 @@ mod tests {
             stall_timeout_ms: crate::job_spec::DEFAULT_STALL_TIMEOUT_MS,
             if_exists: Default::default(),
             create_table: false,
+            mapping: Default::default(),
+            bad_rows: None,
         };
         for id in ["j1", "j2"] {
             s.apply(&Command::SubmitJob {
