@@ -314,6 +314,7 @@ mod tests {
             retry: Default::default(),
             stall_timeout_ms: crate::job_spec::DEFAULT_STALL_TIMEOUT_MS,
             if_exists: Default::default(),
+            create_table: false,
             mapping: Default::default(),
             bad_rows: Some(BadRows {
                 service: "warehouse".into(),
