@@ -1,5 +1,6 @@
-//! The comparison: a three-member etcd (Debian's `etcd-server`) on 127.0.0.1-3 with its
-//! default fsync, driven through the same tonic client stack as shir.
+//! The comparison: an etcd (Debian's `etcd-server`) of as many members as the shir IR has
+//! nodes, on 127.0.0.1-N with its default fsync, driven through the same tonic client stack
+//! as shir: the same quorum on both sides (three of four waits for two followers' syncs).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -24,8 +25,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts etcd if it is installed; `None` if it is not. Client port `port`, peer `port + 1`.
-    pub async fn start(work: &Path, port: u16) -> Result<Option<Cluster>> {
+    /// Starts an etcd of `size` members if it is installed; `None` if it is not. Client port
+    /// `port`, peer `port + 1`.
+    pub async fn start(work: &Path, port: u16, size: usize) -> Result<Option<Cluster>> {
         let Ok(out) = std::process::Command::new("etcd").arg("--version").output() else {
             return Ok(None);
         };
@@ -38,9 +40,9 @@ impl Cluster {
             .to_string();
         let peer = |i: usize| format!("http://127.0.0.{}:{}", i + 1, port + 1);
         let client = |i: usize| format!("http://127.0.0.{}:{}", i + 1, port);
-        let initial: Vec<String> = (0..3).map(|i| format!("e{i}={}", peer(i))).collect();
+        let initial: Vec<String> = (0..size).map(|i| format!("e{i}={}", peer(i))).collect();
         let mut members = Vec::new();
-        for i in 0..3 {
+        for i in 0..size {
             let log = std::fs::File::create(work.join(format!("etcd{i}.log")))?;
             let child = Command::new("etcd")
                 .args(["--name", &format!("e{i}")])
@@ -74,7 +76,7 @@ impl Cluster {
         }
         let cluster = Cluster {
             version,
-            client_urls: (0..3).map(client).collect(),
+            client_urls: (0..size).map(client).collect(),
             _members: members,
         };
         let deadline = Instant::now() + ETCD_LEADER_WAIT;

@@ -1,7 +1,7 @@
 //! `shir bench`: the figures the README quotes, measured on a four-node IR of real `shir`
 //! processes on loopback. Dispatcher failover after SIGKILL (median and max over many
-//! kills) and committed writes per second with 1 and 64 clients, next to a three-member
-//! etcd on the same machine in the same run when `etcd` is installed, as a ratio: absolute
+//! kills) and committed writes per second with 1 and 64 clients, next to an etcd of as many
+//! members on the same machine in the same run when `etcd` is installed, as a ratio: absolute
 //! numbers on a shared machine drift, the ratio much less.
 
 mod copy;
@@ -118,9 +118,13 @@ async fn bench(
     let etcd = if args.no_etcd {
         None
     } else {
-        match etcd::Cluster::start(work, args.base_port + 1).await {
+        match etcd::Cluster::start(work, args.base_port + 1, ir.nodes.len()).await {
             Ok(Some(c)) => {
-                say(&format!("etcd {} three members on 127.0.0.1-3 (fsync on)", c.version));
+                let n = ir.nodes.len();
+                say(&format!(
+                    "etcd {} with {n} member(s) on 127.0.0.1-{n} (fsync on)",
+                    c.version
+                ));
                 Some(c)
             }
             Ok(None) => {
