@@ -1,24 +1,11 @@
 //! What a tabular copy reports and shapes whatever its ends: the written schema and column
 //! mapping with a PostgreSQL source (the file sources have their own tests in `files`).
 
-use std::path::Path;
-
-use crate::connectors::{ServiceSpec, ServiceType};
+use crate::copy::files::tests::endpoint as share_endpoint;
 use crate::copy::{
     AttemptId, ColumnMapping, Counters, CsvOptions, Endpoint, Format, Location, TableOptions, stage, stage_table,
 };
 use crate::testing::postgres::ThrowawayPostgres;
-
-fn share(root: &Path, path: &str, format: Format) -> Endpoint {
-    Endpoint {
-        service_name: "share".into(),
-        service: ServiceSpec::new(ServiceType::Filesystem).with("root", root.to_str().unwrap()),
-        location: Location::Path(path.into()),
-        format,
-        if_exists: Default::default(),
-        proxy: None,
-    }
-}
 
 fn attempt() -> AttemptId {
     AttemptId {
@@ -56,7 +43,7 @@ async fn a_postgres_source_reports_the_schema_it_wrote_and_takes_a_column_mappin
     let staged = stage(
         &attempt(),
         &source,
-        &share(dir.path(), "lake/orders.parquet", Format::Parquet),
+        &share_endpoint(dir.path(), "lake/orders.parquet", Format::Parquet),
         &Counters::default(),
     )
     .await
@@ -88,7 +75,7 @@ async fn a_postgres_source_reports_the_schema_it_wrote_and_takes_a_column_mappin
     let staged = stage_table(
         &attempt(),
         &source,
-        &share(dir.path(), "out/orders.csv", Format::Csv(CsvOptions::default())),
+        &share_endpoint(dir.path(), "out/orders.csv", Format::Csv(CsvOptions::default())),
         &options,
         &Counters::default(),
     )
@@ -111,7 +98,7 @@ async fn a_postgres_source_reports_the_schema_it_wrote_and_takes_a_column_mappin
     let e = stage_table(
         &attempt(),
         &source,
-        &share(dir.path(), "out/x.csv", Format::Csv(CsvOptions::default())),
+        &share_endpoint(dir.path(), "out/x.csv", Format::Csv(CsvOptions::default())),
         &missing,
         &Counters::default(),
     )

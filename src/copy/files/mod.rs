@@ -42,7 +42,7 @@ mod stage;
 mod write;
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 #[cfg(test)]
 mod tests_schema;
 

@@ -21,7 +21,7 @@ use crate::testing::{noise, python_with};
 
 // --- helpers -----------------------------------------------------------------------------
 
-pub(super) fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
+pub(in crate::copy) fn endpoint(root: &Path, path: &str, format: Format) -> Endpoint {
     Endpoint {
         service_name: "share".into(),
         service: ServiceSpec::new(ServiceType::Filesystem).with("root", root.to_str().unwrap()),

@@ -690,43 +690,90 @@ fn decode_value(builder: &mut Builder, decode: Decode, value: &[u8], scratch: &m
     Ok(())
 }
 
+/// A binary `numeric` value, its header checked: what both readers of it start from.
+enum Numeric<'a> {
+    /// `NaN`, `Infinity` or `-Infinity`, as PostgreSQL prints them.
+    Special(&'static str),
+    Finite(FiniteNumeric<'a>),
+}
+
+struct FiniteNumeric<'a> {
+    negative: bool,
+    /// The first digit is worth 10000^weight.
+    weight: i64,
+    /// Digits after the point that PostgreSQL prints.
+    dscale: i64,
+    ndigits: usize,
+    /// The base-10000 digits, two bytes each, big-endian; each checked to be at most 9999.
+    digits: &'a [u8],
+}
+
+impl FiniteNumeric<'_> {
+    /// Digit `i` (0 is the first), and 0 outside the stored ones.
+    fn digit(&self, i: i64) -> u16 {
+        if i >= 0 && (i as usize) < self.ndigits {
+            let at = 2 * i as usize;
+            u16::from_be_bytes([self.digits[at], self.digits[at + 1]])
+        } else {
+            0
+        }
+    }
+}
+
+impl Numeric<'_> {
+    fn read(value: &[u8]) -> Result<Numeric<'_>, String> {
+        const NEGATIVE: u16 = 0x4000;
+        if value.len() < 8 {
+            return Err("a numeric shorter than its header".to_owned());
+        }
+        let word = |i: usize| u16::from_be_bytes([value[2 * i], value[2 * i + 1]]);
+        let ndigits = word(0) as usize;
+        if value.len() != 8 + 2 * ndigits {
+            return Err(format!("a numeric of {} bytes for {ndigits} digits", value.len()));
+        }
+        let special = match word(2) {
+            0xC000 => "NaN",
+            0xD000 => "Infinity",
+            0xF000 => "-Infinity",
+            0 | NEGATIVE => {
+                let n = FiniteNumeric {
+                    negative: word(2) == NEGATIVE,
+                    weight: word(1) as i16 as i64,
+                    dscale: word(3) as i64,
+                    ndigits,
+                    digits: &value[8..],
+                };
+                if (0..ndigits).any(|i| n.digit(i as i64) > 9999) {
+                    return Err("a numeric digit above 9999".to_owned());
+                }
+                return Ok(Numeric::Finite(n));
+            }
+            other => return Err(format!("a numeric with sign word {other:#06x}")),
+        };
+        Ok(Numeric::Special(special))
+    }
+}
+
 /// A binary `numeric` as the unscaled integer of a decimal of this precision and scale
 /// (`12.30` at scale 2 is 1230). A value that does not fit, or `NaN` and the infinities,
 /// which no decimal holds, are errors: nothing is rounded or replaced.
 pub(super) fn numeric_unscaled(value: &[u8], precision: u8, scale: i8) -> Result<i256, String> {
-    const NEGATIVE: u16 = 0x4000;
-    if value.len() < 8 {
-        return Err("a numeric shorter than its header".to_owned());
-    }
-    let word = |i: usize| u16::from_be_bytes([value[2 * i], value[2 * i + 1]]);
-    let ndigits = word(0) as usize;
-    let weight = word(1) as i16 as i64;
-    let sign = word(2);
-    if value.len() != 8 + 2 * ndigits {
-        return Err(format!("a numeric of {} bytes for {ndigits} digits", value.len()));
-    }
-    let special = match sign {
-        0xC000 => Some("NaN"),
-        0xD000 => Some("Infinity"),
-        0xF000 => Some("-Infinity"),
-        0 | NEGATIVE => None,
-        other => return Err(format!("a numeric with sign word {other:#06x}")),
+    let n = match Numeric::read(value)? {
+        Numeric::Special(special) => {
+            return Err(format!(
+                "'{special}' has no decimal equivalent (replace it in a query, e.g. NULLIF(column, 'NaN'), or cast the column to text)"
+            ));
+        }
+        Numeric::Finite(n) => n,
     };
-    if let Some(special) = special {
-        return Err(format!(
-            "'{special}' has no decimal equivalent (replace it in a query, e.g. NULLIF(column, 'NaN'), or cast the column to text)"
-        ));
-    }
+    let (ndigits, weight) = (n.ndigits, n.weight);
     let ten = i256::from_i128(10);
     let overflow = || format!("a value with more than {precision} digits (precision {precision}, scale {scale})");
     // The digits as one integer, then shifted to the scale: its last digit is worth
     // 10000^(weight - ndigits + 1).
     let mut unscaled = i256::ZERO;
     for i in 0..ndigits {
-        let digit = word(4 + i);
-        if digit > 9999 {
-            return Err("a numeric digit above 9999".to_owned());
-        }
+        let digit = n.digit(i as i64);
         unscaled = unscaled
             .checked_mul(i256::from_i128(10_000))
             .and_then(|u| u.checked_add(i256::from_i128(digit as i128)))
@@ -750,11 +797,7 @@ pub(super) fn numeric_unscaled(value: &[u8], precision: u8, scale: i8) -> Result
     if unscaled >= limit {
         return Err(overflow());
     }
-    Ok(if sign == NEGATIVE {
-        unscaled.wrapping_neg()
-    } else {
-        unscaled
-    })
+    Ok(if n.negative { unscaled.wrapping_neg() } else { unscaled })
 }
 
 /// A binary `interval` (microseconds, days, months) as words, each part with its own
@@ -806,57 +849,22 @@ fn infinite(positive: bool) -> String {
 /// Writes a binary `numeric` as PostgreSQL's own text output would: sign, integer digits,
 /// and exactly `dscale` fractional digits; `NaN`, `Infinity`, `-Infinity` as such.
 pub(super) fn numeric_text(value: &[u8], out: &mut String) -> Result<(), String> {
-    const NEGATIVE: u16 = 0x4000;
-    const NAN: u16 = 0xC000;
-    const PLUS_INFINITY: u16 = 0xD000;
-    const MINUS_INFINITY: u16 = 0xF000;
-
-    if value.len() < 8 {
-        return Err("a numeric shorter than its header".to_owned());
-    }
-    let word = |i: usize| u16::from_be_bytes([value[2 * i], value[2 * i + 1]]);
-    let ndigits = word(0) as usize;
-    let weight = word(1) as i16 as i64;
-    let sign = word(2);
-    let dscale = word(3) as i64;
-    if value.len() != 8 + 2 * ndigits {
-        return Err(format!("a numeric of {} bytes for {ndigits} digits", value.len()));
-    }
-    match sign {
-        NAN => {
-            out.push_str("NaN");
+    let n = match Numeric::read(value)? {
+        Numeric::Special(special) => {
+            out.push_str(special);
             return Ok(());
         }
-        PLUS_INFINITY => {
-            out.push_str("Infinity");
-            return Ok(());
-        }
-        MINUS_INFINITY => {
-            out.push_str("-Infinity");
-            return Ok(());
-        }
-        0 | NEGATIVE => {}
-        other => return Err(format!("a numeric with sign word {other:#06x}")),
-    }
-    // Each digit is 0..=9999, the first worth 10000^weight.
-    let digit = |i: i64| -> u16 {
-        if i >= 0 && (i as usize) < ndigits {
-            word(4 + i as usize)
-        } else {
-            0
-        }
+        Numeric::Finite(n) => n,
     };
-    if sign == NEGATIVE {
+    let (weight, dscale) = (n.weight, n.dscale);
+    if n.negative {
         out.push('-');
-    }
-    if (0..ndigits).any(|i| word(4 + i) > 9999) {
-        return Err("a numeric digit above 9999".to_owned());
     }
     if weight < 0 {
         out.push('0');
     } else {
         for i in 0..=weight {
-            let four = four_digits(digit(i));
+            let four = four_digits(n.digit(i));
             // The first group without its leading zeros.
             let skip = if i == 0 {
                 four.iter().take(3).take_while(|&&c| c == b'0').count()
@@ -872,7 +880,9 @@ pub(super) fn numeric_text(value: &[u8], out: &mut String) -> Result<(), String>
         let mut i = weight + 1;
         while left > 0 {
             let take = left.min(4) as usize;
-            four_digits(digit(i))[..take].iter().for_each(|&c| out.push(c as char));
+            four_digits(n.digit(i))[..take]
+                .iter()
+                .for_each(|&c| out.push(c as char));
             left -= take as i64;
             i += 1;
         }
