@@ -118,8 +118,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let wrap = io_error(StorageIOError::write_logs);
-        let entries: Vec<_> = entries.into_iter().collect();
-        let early = entries.first().is_some_and(|first| self.own_as_leader(first));
+        let mut entries = entries.into_iter().peekable();
+        let early = entries.peek().is_some_and(|first| self.own_as_leader(first));
         // One write: a crash keeps a prefix of it at most (the torn rest is cut off on open),
         // so the log never has a hole. The entries are readable when this returns. A
         // follower's callback tells openraft they may be acknowledged to the leader (which
