@@ -34,6 +34,17 @@ impl LoadResult {
     pub fn p99_ms(&self) -> f64 {
         self.percentile_ms(0.99)
     }
+    /// The results of several runs as one: their writes over their summed time.
+    pub fn merge(runs: &[LoadResult]) -> LoadResult {
+        let mut latencies: Vec<Duration> = runs.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+        latencies.sort();
+        LoadResult {
+            ok: runs.iter().map(|r| r.ok).sum(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            elapsed: runs.iter().map(|r| r.elapsed).sum(),
+            latencies,
+        }
+    }
     pub fn json(&self) -> serde_json::Value {
         let r = |x: f64| (x * 100.0).round() / 100.0;
         json!({"writes": self.ok, "errors": self.errors, "seconds": r(self.elapsed.as_secs_f64()),

@@ -68,21 +68,25 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     check_port_free(args.base_port, nodes).map_err(|e| anyhow!("{e}; choose another with --base-port"))?;
     let work = tempfile::Builder::new().prefix("shir-bench-").tempdir()?;
     let exe = std::env::current_exe()?;
-    let mut ir = LocalIr::new(exe, work.path().join("shir"), args.base_port, nodes);
     let say = |s: &str| {
         if !args.json {
             println!("{s}");
         }
     };
+    if !args.history.is_empty() {
+        let report = history::run(&exe, work.path(), &args, &say).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        return Ok(());
+    }
+    let mut ir = LocalIr::new(exe, work.path().join("shir"), args.base_port, nodes);
     say(&format!(
         "shir bench: {nodes} node(s) on 127.0.0.1-{nodes}:{} ({} build), data in {}",
         args.base_port,
         if cfg!(debug_assertions) { "debug" } else { "release" },
         work.path().display()
     ));
-    if !args.history.is_empty() {
-        history::prepare(&mut ir);
-    }
     let outcome = if args.copy {
         copy::run(&mut ir, work.path(), args.size_mib, &say).await
     } else {
@@ -102,18 +106,9 @@ async fn bench(
     work: &std::path::Path,
     say: &dyn Fn(&str),
 ) -> Result<serde_json::Value> {
-    std::fs::create_dir_all(ir.root())?;
-    ir.form("bench-ir").await.context("forming the IR")?;
+    let client_tls = form(ir).await?;
     say("all nodes Online");
-
-    // Writes go to the dispatcher over its port with an admin certificate: the path a
-    // remote client takes, TLS included.
-    let (bundle, _) = request_admin_cert(&mut ir.admin(0).await?, "bench").await?;
-    let client_tls = tls::client_config_mtls(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem)?;
     let duration = Duration::from_secs_f64(args.seconds);
-    if !args.history.is_empty() {
-        return history::run(ir, &args.history, &args.clients, duration, client_tls, work, say).await;
-    }
 
     let etcd = if args.no_etcd {
         None
@@ -143,11 +138,7 @@ async fn bench(
     say(&format!("{:<22}{:>10}{:>10}{:>10}", "", "writes/s", "p50 ms", "p99 ms"));
     for &clients in &args.clients {
         let leader = ir.dispatcher(0).await?;
-        let address = ir.nodes[leader].address.clone();
-        let mut channels = Vec::new();
-        for _ in 0..clients.min(CONNECTIONS) {
-            channels.push(tls_channel_checked(&address, client_tls.clone()).await?);
-        }
+        let channels = channels(ir, leader, clients, &client_tls).await?;
         let shir = load::run(clients, duration, shir_put(channels)).await;
         say(&shir.row(&format!("shir, {clients} client(s)")));
         let mut entry = json!({"clients": clients, "shir": shir.json()});
@@ -193,6 +184,28 @@ async fn bench(
         "failover": {"kills": times.len(), "median_ms": median, "max_ms": max,
                       "each_ms": times.iter().map(|d| ms(*d)).collect::<Vec<_>>()},
     }))
+}
+
+/// Forms the IR and returns a client configuration with an admin certificate: writes go to
+/// the dispatcher over its port, the path a remote client takes, TLS included.
+async fn form(ir: &mut LocalIr) -> Result<Arc<rustls::ClientConfig>> {
+    std::fs::create_dir_all(ir.root())?;
+    ir.form("bench-ir").await.context("forming the IR")?;
+    let (bundle, _) = request_admin_cert(&mut ir.admin(0).await?, "bench").await?;
+    Ok(tls::client_config_mtls(
+        &bundle.ca_pem,
+        &bundle.cert_pem,
+        &bundle.key_pem,
+    )?)
+}
+
+/// Connections for `clients` writers to node `i` (at most [`CONNECTIONS`]).
+async fn channels(ir: &LocalIr, i: usize, clients: usize, tls: &Arc<rustls::ClientConfig>) -> Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..clients.min(CONNECTIONS) {
+        channels.push(tls_channel_checked(&ir.nodes[i].address, tls.clone()).await?);
+    }
+    Ok(channels)
 }
 
 fn shir_put(channels: Vec<Channel>) -> impl Fn(usize, u64) -> load::PutFuture + Clone {
