@@ -6,8 +6,14 @@ mod common;
 use std::process::Command;
 
 fn shir(args: &[&str]) -> (bool, String, String) {
+    shir_env(args, &[])
+}
+
+fn shir_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_shir"))
         .args(args)
+        .env_remove("SHIR_AUTH_KEY")
+        .envs(env.iter().copied())
         .output()
         .expect("run shir");
     (
@@ -149,4 +155,70 @@ async fn bad_input_is_refused_with_one_line() {
         "already exists",
     );
     ir.stop_all().await;
+}
+
+/// The key a node joins with stays off the command line: it is read from a file or from
+/// SHIR_AUTH_KEY, and `--auth-key` still works but warns.
+#[test]
+fn auth_key_comes_from_a_file_or_the_environment() {
+    let tmp = common::tempdir();
+    let dir = tmp.path().join("node2").to_string_lossy().into_owned();
+    let register = |extra: &[&str]| {
+        let mut args = vec![
+            "register",
+            "--data-dir",
+            &dir,
+            "--name",
+            "node2",
+            "--listen",
+            "127.0.0.1:1",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let refused = |extra: &[&str], words: &str| {
+        let args = register(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, words);
+    };
+    refused(
+        &[],
+        "no authentication key: pass --auth-key-file FILE or set SHIR_AUTH_KEY",
+    );
+    let missing = tmp.path().join("no-such-key").to_string_lossy().into_owned();
+    refused(
+        &["--auth-key-file", &missing],
+        "cannot read the authentication key from",
+    );
+    let empty = tmp.path().join("empty-key");
+    std::fs::write(&empty, "\n").unwrap();
+    refused(
+        &["--auth-key-file", &empty.to_string_lossy()],
+        "holds no authentication key",
+    );
+    assert!(
+        !tmp.path().join("node2").exists(),
+        "a refused registration creates nothing"
+    );
+
+    // A malformed key from each source: the flag warns, the file and the variable do not.
+    let warning = "warning: --auth-key puts the key on the command line";
+    let key_file = tmp.path().join("key");
+    std::fs::write(&key_file, "not-a-key\n").unwrap();
+    let key_file = key_file.to_string_lossy().into_owned();
+    for (extra, env, warns) in [
+        (vec!["--auth-key", "not-a-key"], vec![], true),
+        (vec!["--auth-key=not-a-key"], vec![], true),
+        (vec!["--auth-key-file", key_file.as_str()], vec![], false),
+        (vec![], vec![("SHIR_AUTH_KEY", "not-a-key")], false),
+    ] {
+        let args = register(&extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = shir_env(&args, &env);
+        assert!(!ok, "{extra:?} {env:?}: a malformed key must be refused");
+        assert_eq!(err.contains(warning), warns, "{extra:?} {env:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.starts_with("error: "), "{extra:?} {env:?}: {err}");
+        assert!(!last.contains("not-a-key"), "the error must not repeat the key: {err}");
+    }
 }

@@ -136,9 +136,23 @@ impl LocalIr {
         self.provision(i, "init", &["--ir-name", ir_name]).await
     }
 
-    /// `shir register` for node `i` with `key`.
+    /// `shir register` for node `i` with `key`, passed in an owner-only file as an operator
+    /// should (on the command line every user of the machine could read it).
     pub async fn register(&self, i: usize, key: &str) -> Result<()> {
-        self.provision(i, "register", &["--auth-key", key]).await
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(&self.root)?;
+        let path = self.root.join(format!("{}.auth-key", self.nodes[i].name));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(file, "{key}")?;
+        let path = path.to_string_lossy().into_owned();
+        self.provision(i, "register", &["--auth-key-file", &path]).await
     }
 
     /// `shir init` or `shir register` for node `i`, with its data dir, name and address.

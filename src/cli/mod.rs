@@ -113,11 +113,66 @@ struct RegisterArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     addr: NodeAddrArgs,
-    /// Authentication key (key1 or key2) from `shir key show` on a member.
-    #[arg(long, env = "SHIR_AUTH_KEY", hide_env_values = true)]
-    auth_key: String,
+    #[command(flatten)]
+    key: AuthKeyArgs,
     #[arg(long)]
     json: bool,
+}
+
+/// Where a joining node's authentication key comes from. A key on the command line is seen
+/// by every user of the machine (`ps`, /proc/PID/cmdline) for as long as the process runs,
+/// so the file and the environment variable come first and the flag draws a warning.
+#[derive(Args)]
+struct AuthKeyArgs {
+    /// File holding the authentication key (key1 or key2 from `shir key show` on a member),
+    /// on its first line. The way to pass it: the key stays off the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_key")]
+    auth_key_file: Option<PathBuf>,
+    /// The authentication key itself. Avoid: other users see it in `ps`; use
+    /// --auth-key-file or the SHIR_AUTH_KEY environment variable.
+    #[arg(long, env = "SHIR_AUTH_KEY", hide_env_values = true, value_name = "KEY")]
+    auth_key: Option<String>,
+}
+
+impl AuthKeyArgs {
+    fn given(&self) -> bool {
+        self.auth_key_file.is_some() || self.auth_key.is_some()
+    }
+
+    /// The key, if one was given; warns when it came on the command line.
+    fn read(&self) -> Result<Option<String>> {
+        if let Some(path) = &self.auth_key_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow!("cannot read the authentication key from {}: {e}", path.display()))?;
+            let key = text.lines().next().unwrap_or("").trim();
+            if key.is_empty() {
+                return Err(anyhow!(
+                    "{} holds no authentication key (its first line is empty)",
+                    path.display()
+                ));
+            }
+            return Ok(Some(key.to_string()));
+        }
+        if self.auth_key.is_some() && on_command_line("--auth-key") {
+            eprintln!(
+                "warning: --auth-key puts the key on the command line, where every user of this machine can read it (ps, /proc); use --auth-key-file FILE or SHIR_AUTH_KEY"
+            );
+        }
+        Ok(self.auth_key.clone())
+    }
+
+    fn required(&self) -> Result<String> {
+        self.read()?
+            .ok_or_else(|| anyhow!("no authentication key: pass --auth-key-file FILE or set SHIR_AUTH_KEY"))
+    }
+}
+
+/// Whether `flag` (as `--flag VALUE` or `--flag=VALUE`) is among this process's arguments.
+fn on_command_line(flag: &str) -> bool {
+    std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    })
 }
 
 #[derive(Args)]
@@ -125,8 +180,9 @@ struct RunArgs {
     /// Directory holding this node's identity and database.
     #[arg(long, env = "SHIR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// On first start only: register with this name (needs --listen and --auth-key).
-    #[arg(long, requires_all = ["listen", "auth_key"])]
+    /// On first start only: register with this name (needs --listen and a key:
+    /// --auth-key-file or SHIR_AUTH_KEY).
+    #[arg(long, requires = "listen")]
     name: Option<String>,
     /// On first start only: IP:PORT to listen on.
     #[arg(long)]
@@ -134,9 +190,9 @@ struct RunArgs {
     /// On first start only: HOST:PORT others dial.
     #[arg(long)]
     advertise: Option<String>,
-    /// On first start only: authentication key to register with.
-    #[arg(long, env = "SHIR_AUTH_KEY", hide_env_values = true)]
-    auth_key: Option<String>,
+    /// On first start only: the authentication key to register with.
+    #[command(flatten)]
+    key: AuthKeyArgs,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -308,7 +364,8 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Register(a) => {
             let addrs = provision::Addresses::new(&a.addr.listen, a.addr.advertise.as_deref())?;
             let dir = DataDir::new(&a.data_dir);
-            let cfg = provision::register(&dir, &a.addr.name, &addrs, &a.auth_key).await?;
+            let key = a.key.required()?;
+            let cfg = provision::register(&dir, &a.addr.name, &addrs, &key).await?;
             if a.json {
                 print_json(
                     &serde_json::json!({"ir_id": cfg.ir_id, "ir_name": cfg.ir_name, "node": cfg.name, "node_id": cfg.node_id, "address": cfg.advertise}),
@@ -328,20 +385,20 @@ async fn dispatch(command: Command) -> Result<()> {
             init_logging(a.log_format);
             let dir = DataDir::new(&a.data_dir);
             if !dir.is_provisioned() {
-                match (&a.name, &a.listen, &a.auth_key) {
+                match (&a.name, &a.listen, a.key.read()?) {
                     (Some(name), Some(listen), Some(key)) => {
                         let addrs = provision::Addresses::new(listen, a.advertise.as_deref())?;
-                        let cfg = provision::register(&dir, name, &addrs, key).await?;
+                        let cfg = provision::register(&dir, name, &addrs, &key).await?;
                         tracing::info!(node = %cfg.name, id = cfg.node_id, ir = %cfg.ir_name, "registered");
                     }
                     _ => {
                         return Err(anyhow!(
-                            "{} holds no shir node; run `shir init` or `shir register` first, or pass --name, --listen and --auth-key",
+                            "{} holds no shir node; run `shir init` or `shir register` first, or pass --name, --listen and --auth-key-file (or SHIR_AUTH_KEY)",
                             a.data_dir.display()
                         ));
                     }
                 }
-            } else if a.auth_key.is_some() {
+            } else if a.key.given() {
                 tracing::info!("this data dir already holds a registered node; --name/--listen/--auth-key are ignored");
             }
             node::run(dir).await
