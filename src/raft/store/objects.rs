@@ -4,7 +4,7 @@
 //! snapshot is the sequence of every object's (key, value) and installing one writes them
 //! back, and opening a store reads them all into an `IrState`.
 //!
-//! Kinds: `job/<id>`, `kv/<key>`, `service/<name>`, `admin_cert/<serial>`, `node/<id>`,
+//! Kinds: `job/<id>`, `kv/<key>`, `service/<name>`, `schedule/<name>`, `admin_cert/<serial>`, `node/<id>`,
 //! `node_limit/<id>`, `revoked/<serial>` (empty value), `auth_key/<slot index>`, and the
 //! IR-wide values under `ir/` (`info`, `next_node_id`, `proxy`, `proxy_version`, `job_seq`,
 //! `job_history`).
@@ -19,6 +19,7 @@ use crate::state::{IrState, NodeId};
 const JOB: &str = "job/";
 const KV: &str = "kv/";
 const SERVICE: &str = "service/";
+const SCHEDULE: &str = "schedule/";
 const ADMIN_CERT: &str = "admin_cert/";
 const NODE: &str = "node/";
 const NODE_LIMIT: &str = "node_limit/";
@@ -31,7 +32,9 @@ const IR_PROXY_VERSION: &str = "ir/proxy_version";
 const IR_JOB_SEQ: &str = "ir/job_seq";
 const IR_JOB_HISTORY: &str = "ir/job_history";
 
-const KINDS: [&str; 9] = [JOB, KV, SERVICE, ADMIN_CERT, NODE, NODE_LIMIT, REVOKED, AUTH_KEY, "ir/"];
+const KINDS: [&str; 10] = [
+    JOB, KV, SERVICE, SCHEDULE, ADMIN_CERT, NODE, NODE_LIMIT, REVOKED, AUTH_KEY, "ir/",
+];
 
 /// Why a stored object could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,11 @@ pub fn for_each(state: &IrState, mut put: impl FnMut(&str, Vec<u8>)) -> Result<(
         let value = enc(&key, s)?;
         one(key, value);
     }
+    for (name, sched) in state.schedules.iter() {
+        let key = format!("{SCHEDULE}{name}");
+        let value = enc(&key, sched)?;
+        one(key, value);
+    }
     for j in state.jobs.values() {
         let key = format!("{JOB}{}", j.id);
         let value = enc(&key, j)?;
@@ -130,8 +138,8 @@ pub fn load<E: From<ObjectError>>(
     objects: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), E>>,
 ) -> Result<IrState, E> {
     let mut s = IrState::default();
-    let (mut slots, mut admin_certs, mut kv, mut services, mut jobs) =
-        (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut slots, mut admin_certs, mut kv, mut services, mut schedules, mut jobs) =
+        (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for object in objects {
         let (key, value) = object?;
         let key = String::from_utf8_lossy(&key).into_owned();
@@ -149,6 +157,8 @@ pub fn load<E: From<ObjectError>>(
             kv.push((rest.to_string(), dec(k, v)?));
         } else if let Some(rest) = k.strip_prefix(SERVICE) {
             services.push((rest.to_string(), dec(k, v)?));
+        } else if let Some(rest) = k.strip_prefix(SCHEDULE) {
+            schedules.push((rest.to_string(), dec(k, v)?));
         } else if let Some(rest) = k.strip_prefix(ADMIN_CERT) {
             admin_certs.push((rest.to_string(), dec(k, v)?));
         } else if let Some(rest) = k.strip_prefix(NODE_LIMIT) {
@@ -175,6 +185,7 @@ pub fn load<E: From<ObjectError>>(
     s.admin_certs = admin_certs.into_iter().collect();
     s.kv = kv.into_iter().collect();
     s.linked_services = services.into_iter().collect();
+    s.schedules = schedules.into_iter().collect();
     s.jobs = jobs.into_iter().collect();
     Ok(s)
 }
@@ -242,6 +253,11 @@ pub fn stage_changes(
     for name in after.linked_services.take_dirty() {
         let key = format!("{SERVICE}{name}");
         let value = after.linked_services.get(&name).map(|s| enc(&key, s)).transpose()?;
+        put(key, value);
+    }
+    for name in after.schedules.take_dirty() {
+        let key = format!("{SCHEDULE}{name}");
+        let value = after.schedules.get(&name).map(|s| enc(&key, s)).transpose()?;
         put(key, value);
     }
     for id in after.jobs.take_dirty() {
