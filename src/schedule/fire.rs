@@ -224,9 +224,9 @@ fn plan_slots(state: &IrState, s: &Schedule, now_ms: i64, out: &mut Vec<Command>
                     Some(job) => format!("the previous run (job {job}) was still running (--overlap skip)"),
                     None => "earlier runs were still waiting (--overlap skip)".into(),
                 }),
-                Overlap::Queue if queued >= MAX_QUEUED_RUNS => How::Skip(format!(
-                    "{MAX_QUEUED_RUNS} runs were already waiting (--overlap queue)"
-                )),
+                Overlap::Queue if queued >= MAX_QUEUED_RUNS => {
+                    How::Skip(format!("{MAX_QUEUED_RUNS} runs were already waiting (--overlap queue)"))
+                }
                 Overlap::Queue => How::Queue,
             }
         } else {

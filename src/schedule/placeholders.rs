@@ -150,7 +150,10 @@ pub fn check(template: &str, window: bool, mode: Mode, what: &str) -> Result<(),
 }
 
 fn at(ms: i64, zone: Tz) -> DateTime<Tz> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default().with_timezone(&zone)
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .with_timezone(&zone)
 }
 
 /// A string as an SQL literal: in single quotes, quotes inside doubled.
@@ -219,7 +222,10 @@ mod tests {
             render("/events/{window_start:%Y/%m/%d/%H}.parquet", &v, Mode::Text),
             "/events/2026/11/01/00.parquet"
         );
-        assert_eq!(render("/orders/{date}/o.csv", &v, Mode::Text), "/orders/2026-11-01/o.csv");
+        assert_eq!(
+            render("/orders/{date}/o.csv", &v, Mode::Text),
+            "/orders/2026-11-01/o.csv"
+        );
         assert_eq!(render("{slot}", &v, Mode::Text), "2026-11-01T00:00:00Z");
         assert_eq!(render("{slot:%Y%m%dT%H%M%S}", &v, Mode::Text), "20261101T000000");
         assert_eq!(render("{{slot}} and {\"a\":1}", &v, Mode::Text), "{slot} and {\"a\":1}");
@@ -272,7 +278,10 @@ mod tests {
             "--source: unknown placeholder {windw_start}; this schedule offers {slot}, {date}, {window_start}, {window_end}"
         );
         let e = check("/x/{window_start}", false, Mode::Text, "--sink").unwrap_err();
-        assert!(e.contains("unknown placeholder {window_start}"), "not a window schedule: {e}");
+        assert!(
+            e.contains("unknown placeholder {window_start}"),
+            "not a window schedule: {e}"
+        );
         let e = check("/x/{slot:%Q}", false, Mode::Text, "--sink").unwrap_err();
         assert!(e.contains("invalid strftime format '%Q'"), "{e}");
         check("/x/{slot:%Y}/{date}", false, Mode::Text, "--sink").unwrap();

@@ -47,7 +47,15 @@ pub enum Trigger {
 fn cron_fields(count: usize) -> &'static [&'static str] {
     match count {
         6 => &["second", "minute", "hour", "day of month", "month", "day of week"],
-        7 => &["second", "minute", "hour", "day of month", "month", "day of week", "year"],
+        7 => &[
+            "second",
+            "minute",
+            "hour",
+            "day of month",
+            "month",
+            "day of week",
+            "year",
+        ],
         _ => &["minute", "hour", "day of month", "month", "day of week"],
     }
 }
@@ -83,7 +91,9 @@ pub fn parse_cron(expression: &str) -> Result<Cron, String> {
 /// Parses an IANA time zone name (`Europe/Berlin`, `UTC`).
 pub fn parse_zone(name: &str) -> Result<Tz, String> {
     Tz::from_str(name).map_err(|_| {
-        format!("invalid time zone '{name}': give an IANA time zone name such as Europe/Berlin, America/New_York or UTC")
+        format!(
+            "invalid time zone '{name}': give an IANA time zone name such as Europe/Berlin, America/New_York or UTC"
+        )
     })
 }
 
@@ -165,9 +175,16 @@ impl Trigger {
                 // second itself, before `from_ms`.
                 let (cron, zone) = self.cron()?;
                 let from = utc(from_ms.checked_add(999)?.div_euclid(1000) * 1000).with_timezone(&zone);
-                cron.find_next_occurrence(&from, true).ok().map(|t| t.timestamp_millis())
+                cron.find_next_occurrence(&from, true)
+                    .ok()
+                    .map(|t| t.timestamp_millis())
             }
-            Trigger::Every { every_ms, anchor_ms } | Trigger::Window { every_ms, start_ms: anchor_ms, .. } => {
+            Trigger::Every { every_ms, anchor_ms }
+            | Trigger::Window {
+                every_ms,
+                start_ms: anchor_ms,
+                ..
+            } => {
                 let k = (from_ms - anchor_ms).div_euclid(*every_ms);
                 let at = anchor_ms + k * every_ms;
                 let at = if at < from_ms { at + every_ms } else { at };
@@ -190,16 +207,21 @@ impl Trigger {
                 let until = utc(until_ms.div_euclid(1000) * 1000).with_timezone(&zone);
                 cron.find_previous_occurrence(&until, true).ok()?.timestamp_millis()
             }
-            Trigger::Every { every_ms, anchor_ms } | Trigger::Window { every_ms, start_ms: anchor_ms, .. } => {
-                anchor_ms + (until_ms - anchor_ms).div_euclid(*every_ms) * every_ms
-            }
+            Trigger::Every { every_ms, anchor_ms }
+            | Trigger::Window {
+                every_ms,
+                start_ms: anchor_ms,
+                ..
+            } => anchor_ms + (until_ms - anchor_ms).div_euclid(*every_ms) * every_ms,
         };
         (slot >= floor_ms).then_some(slot)
     }
 
     fn cron(&self) -> Option<(Cron, Tz)> {
         match self {
-            Trigger::Cron { expression, time_zone } => Some((parse_cron(expression).ok()?, parse_zone(time_zone).ok()?)),
+            Trigger::Cron { expression, time_zone } => {
+                Some((parse_cron(expression).ok()?, parse_zone(time_zone).ok()?))
+            }
             _ => None,
         }
     }
@@ -289,7 +311,11 @@ mod tests {
     #[test]
     fn zones_and_intervals_are_checked() {
         assert!(parse_zone("Europe/Berlin").is_ok());
-        assert!(parse_zone("Europe/Berln").unwrap_err().contains("invalid time zone 'Europe/Berln'"));
+        assert!(
+            parse_zone("Europe/Berln")
+                .unwrap_err()
+                .contains("invalid time zone 'Europe/Berln'")
+        );
         assert_eq!(parse_every("30s"), Ok(30_000));
         assert_eq!(parse_every("5m"), Ok(300_000));
         assert_eq!(parse_every("1h"), Ok(3_600_000));

@@ -228,7 +228,10 @@ impl IrState {
             }
         } else {
             if s.last_slot_ms.is_some_and(|last| run.slot_ms <= last) {
-                return CommandResult::refused(format!("slot {} of schedule '{name}' is recorded already", run.slot_ms));
+                return CommandResult::refused(format!(
+                    "slot {} of schedule '{name}' is recorded already",
+                    run.slot_ms
+                ));
             }
             if s.paused {
                 return CommandResult::refused(format!("schedule '{name}' is paused"));

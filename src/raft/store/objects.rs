@@ -138,8 +138,14 @@ pub fn load<E: From<ObjectError>>(
     objects: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), E>>,
 ) -> Result<IrState, E> {
     let mut s = IrState::default();
-    let (mut slots, mut admin_certs, mut kv, mut services, mut schedules, mut jobs) =
-        (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut slots, mut admin_certs, mut kv, mut services, mut schedules, mut jobs) = (
+        BTreeMap::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for object in objects {
         let (key, value) = object?;
         let key = String::from_utf8_lossy(&key).into_owned();
