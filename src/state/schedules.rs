@@ -144,23 +144,22 @@ impl Schedule {
 }
 
 impl IrState {
-    /// The job of one of `s`'s runs that has not ended, if any (the newest first).
-    pub fn running_job_of(&self, s: &Schedule) -> Option<String> {
+    /// The jobs of `s`'s runs that have not ended, oldest first.
+    fn unfinished_jobs<'a>(&'a self, s: &'a Schedule) -> impl Iterator<Item = &'a str> {
         s.runs
             .iter()
-            .rev()
             .filter_map(|r| r.job.as_deref())
-            .find(|id| self.jobs.get(*id).is_some_and(|j| !j.state.is_final()))
-            .map(str::to_string)
+            .filter(|id| self.jobs.get(id).is_some_and(|j| !j.state.is_final()))
+    }
+
+    /// The newest job of one of `s`'s runs that has not ended, if any.
+    pub fn running_job_of(&self, s: &Schedule) -> Option<String> {
+        self.unfinished_jobs(s).last().map(str::to_string)
     }
 
     /// How many of `s`'s runs have a job that has not ended.
     pub fn running_runs(&self, s: &Schedule) -> usize {
-        s.runs
-            .iter()
-            .filter_map(|r| r.job.as_deref())
-            .filter(|id| self.jobs.get(*id).is_some_and(|j| !j.state.is_final()))
-            .count()
+        self.unfinished_jobs(s).count()
     }
 
     /// The state of a run as shown: its job's once it has one.

@@ -1,0 +1,475 @@
+//! Schedules on a real four-node IR: bad input refused with one line and nothing written;
+//! a schedule every 2 s whose dispatcher is killed with SIGKILL ten times around firing
+//! times, and every slot from the first to the last fired exactly once; tumbling windows
+//! backfilled in order with their placeholders; overlap skip with its reason; catch-up last
+//! after a pause; pause, resume, run-now and delete, the same on every node.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shir::cli::local_ir::LocalIr;
+
+/// Jobs named `hold-…` wait this long before publishing, so the next slot finds them running.
+const HOLD_MS: u64 = 2500;
+/// The exactly-once schedule's interval.
+const TICK_MS: i64 = 2000;
+const KILLS: usize = 10;
+
+async fn shir_on(ir: &LocalIr, i: usize, args: &[&str]) -> Result<String, String> {
+    common::shir_on(ir, i, args, None).await
+}
+
+fn now_ms() -> i64 {
+    shir::unix_now_ms()
+}
+
+async fn runs(ir: &LocalIr, via: usize, name: &str) -> Result<Vec<Value>, String> {
+    let out = shir_on(ir, via, &["schedule", "runs", name, "--json"]).await?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+async fn schedule_names(ir: &LocalIr, via: usize) -> Vec<String> {
+    let out = shir_on(ir, via, &["schedule", "list", "--json"])
+        .await
+        .expect("schedule list");
+    let v: Value = serde_json::from_str(&out).expect("list --json is JSON");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn slot_ms(run: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(run["slot"].as_str().expect("slot is a string"))
+        .expect("slot is RFC 3339")
+        .timestamp_millis()
+}
+
+/// `runs` ended: every job finished, nothing queued.
+fn settled(runs: &[Value]) -> Result<(), String> {
+    match runs
+        .iter()
+        .find(|r| !matches!(r["state"].as_str(), Some("Succeeded" | "Skipped")))
+    {
+        Some(r) => Err(format!("not settled: {r}")),
+        None => Ok(()),
+    }
+}
+
+/// A node that is up, other than `not`.
+fn other_than(ir: &LocalIr, not: usize) -> usize {
+    (0..ir.nodes.len())
+        .find(|i| *i != not && ir.nodes[*i].is_running())
+        .expect("a running node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
+    let steps = common::Steps::new();
+    let tmp = common::tempdir();
+    let mut ir = common::local_ir(tmp.path(), common::free_port(4), 4);
+    ir.offline_timeout_ms = Some(1500);
+    ir.env
+        .push(common::failpoints(&[(common::HOLD_BEFORE_PUBLISH, "hold-", HOLD_MS)]));
+    let _logs = common::DumpLogsOnPanic::new(&ir);
+    ir.form("sched-ir").await.expect("four nodes form an IR");
+    let share = tmp.path().join("share");
+    std::fs::create_dir_all(share.join("in")).unwrap();
+    std::fs::write(share.join("in/data.bin"), b"one slot, one copy\n").unwrap();
+    ir.create_filesystem_service("share", &share)
+        .await
+        .expect("create share");
+
+    steps.step("bad input: one line each, nothing written");
+    shir_on(
+        &ir,
+        0,
+        &[
+            "schedule",
+            "create",
+            "dup",
+            "--every",
+            "1h",
+            "--source",
+            "share:/in/data.bin",
+            "--sink",
+            "share:/dup/{date}.bin",
+            "--binary",
+        ],
+    )
+    .await
+    .expect("a good schedule");
+    let base = ["--source", "share:/in/data.bin", "--binary"];
+    let bad: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["c1", "--cron", "61 * * * *", "--sink", "share:/o/x.bin"],
+            "the minute field '61' is not valid",
+        ),
+        (
+            vec![
+                "c2",
+                "--cron",
+                "0 2 * * *",
+                "--time-zone",
+                "Europe/Berln",
+                "--sink",
+                "share:/o/x.bin",
+            ],
+            "invalid time zone 'Europe/Berln'",
+        ),
+        (
+            vec![
+                "w1",
+                "--every",
+                "1h",
+                "--window",
+                "--sink",
+                "share:/o/{window_start}.bin",
+            ],
+            "--window needs --start",
+        ),
+        (
+            vec![
+                "p1",
+                "--every",
+                "1h",
+                "--window",
+                "--start",
+                "2026-11-01T00:00:00Z",
+                "--sink",
+                "share:/o/{windw_start}.bin",
+            ],
+            "unknown placeholder {windw_start}",
+        ),
+        (
+            vec!["dup", "--every", "1h", "--sink", "share:/o/x.bin"],
+            "a schedule named 'dup' exists already",
+        ),
+        (
+            vec!["e1", "--every", "0s", "--sink", "share:/o/x.bin"],
+            "the shortest is 1s",
+        ),
+        (vec!["n1", "--every", "1h", "--sink", "nosuch:/o/x.bin"], "nosuch"),
+    ];
+    for (args, expected) in bad {
+        let mut all = vec!["schedule", "create"];
+        all.extend(&args);
+        all.extend(base);
+        let e = shir_on(&ir, 1, &all)
+            .await
+            .expect_err(&format!("{args:?} must be refused"));
+        assert!(e.contains(expected), "{args:?}: '{e}' does not say '{expected}'");
+        assert!(!e.contains('\n'), "{args:?}: not one line: {e}");
+    }
+    for verb in ["show", "pause", "resume", "runs", "run-now", "delete"] {
+        let e = shir_on(&ir, 2, &["schedule", verb, "nosuch"]).await.expect_err(verb);
+        assert!(e.contains("no schedule named 'nosuch'"), "{verb}: {e}");
+        assert!(!e.contains('\n'), "{verb}: {e}");
+    }
+    assert_eq!(
+        schedule_names(&ir, 3).await,
+        ["dup"],
+        "the refused creates wrote nothing"
+    );
+    shir_on(&ir, 0, &["schedule", "delete", "dup"])
+        .await
+        .expect("delete dup");
+    assert!(schedule_names(&ir, 2).await.is_empty());
+
+    steps.step("a schedule every 2 s; SIGKILL the dispatcher around firing times");
+    shir_on(
+        &ir,
+        0,
+        &[
+            "schedule",
+            "create",
+            "tick",
+            "--every",
+            "2s",
+            "--catch-up",
+            "all",
+            "--overlap",
+            "queue",
+            "--source",
+            "share:/in/data.bin",
+            "--sink",
+            "share:/tick/{slot:%Y%m%dT%H%M%S}.bin",
+            "--binary",
+        ],
+    )
+    .await
+    .expect("create tick");
+    common::eventually("tick's first run", Duration::from_secs(10), || async {
+        let r = runs(&ir, 1, "tick").await?;
+        if r.is_empty() {
+            Err("no runs yet".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    // Offsets from a slot's time: just before (the dispatcher may die deciding), at, and
+    // after (it may die between proposing and committing, or after).
+    let offsets = [-150i64, -40, 0, 20, 60, 120, 250, -80, 10, 400];
+    for (k, offset) in offsets.iter().enumerate().take(KILLS) {
+        let d = ir.dispatcher(0).await.or(ir.dispatcher(1).await).expect("a dispatcher");
+        let now = now_ms();
+        let mut at = (now / TICK_MS + 1) * TICK_MS + offset;
+        if at < now + 50 {
+            at += TICK_MS;
+        }
+        tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await;
+        ir.kill(d).await.expect("kill the dispatcher");
+        steps.step(&format!("kill {}: {} at slot {offset:+} ms", k + 1, ir.nodes[d].name));
+        let via = other_than(&ir, d);
+        common::eventually("a new dispatcher", Duration::from_secs(15), || async {
+            ir.dispatcher(via).await.map_err(|e| e.to_string())
+        })
+        .await;
+        ir.start(d).await.expect("restart the killed node");
+    }
+
+    steps.step("let it run three more slots, pause, wait for every run to end");
+    let started = Instant::now();
+    let before = runs(&ir, 0, "tick").await.expect("runs").len();
+    common::eventually("three more slots", Duration::from_secs(30), || async {
+        let n = runs(&ir, 0, "tick").await?.len();
+        if n >= before + 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} runs"))
+        }
+    })
+    .await;
+    shir_on(&ir, 1, &["schedule", "pause", "tick"]).await.expect("pause");
+    let all = common::eventually("tick's runs to end", Duration::from_secs(60), || async {
+        let r = runs(&ir, 2, "tick").await?;
+        settled(&r).map(|_| r)
+    })
+    .await;
+    eprintln!(
+        "{} runs, settled {:.1}s after the last kill",
+        all.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    steps.step("every slot from the first to the last fired exactly once");
+    assert!(all.len() > KILLS, "{} runs for {KILLS} kills, one a slot", all.len());
+    let slots: Vec<i64> = all.iter().map(slot_ms).collect();
+    for pair in slots.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            TICK_MS,
+            "a gap or a duplicate between slots: {slots:?}"
+        );
+    }
+    let jobs: BTreeSet<&str> = all
+        .iter()
+        .map(|r| r["job"].as_str().expect("every slot has a job"))
+        .collect();
+    assert_eq!(jobs.len(), all.len(), "each slot its own job");
+    for r in &all {
+        assert_eq!(r["state"], "Succeeded", "{r}");
+        assert!(r["fired_at"].is_string(), "{r}");
+        assert!(r["reason"].is_null(), "{r}");
+    }
+    let files = std::fs::read_dir(share.join("tick"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().contains(".shir-"))
+        .count();
+    assert_eq!(files, all.len(), "one output file per slot");
+    // The same history on every node.
+    for i in 1..4 {
+        assert_eq!(runs(&ir, i, "tick").await.unwrap(), all, "node {i} shows other runs");
+    }
+
+    steps.step("run-now on a paused schedule; resume; delete");
+    let out = shir_on(&ir, 3, &["schedule", "run-now", "tick", "--json"])
+        .await
+        .expect("run-now");
+    let manual: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(manual["manual"], true);
+    let job = manual["job"].as_str().expect("a job").to_string();
+    common::job_end(&ir, 0, &job, Duration::from_secs(30)).await;
+    let shown: Value =
+        serde_json::from_str(&shir_on(&ir, 2, &["schedule", "show", "tick", "--json"]).await.unwrap()).unwrap();
+    assert_eq!(shown["paused"], true);
+    let shown: Value = serde_json::from_str(
+        &shir_on(&ir, 2, &["schedule", "resume", "tick", "--json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shown["paused"], false);
+    shir_on(&ir, 0, &["schedule", "delete", "tick"])
+        .await
+        .expect("delete tick");
+
+    steps.step("tumbling windows: backfilled in order, two at a time, with their placeholders");
+    let start = (now_ms() / 1000 - 6) * 1000;
+    let start_text = shir::cli::output::rfc3339_ms(start).unwrap();
+    shir_on(
+        &ir,
+        1,
+        &[
+            "schedule",
+            "create",
+            "win",
+            "--every",
+            "1s",
+            "--window",
+            "--start",
+            &start_text,
+            "--max-concurrent-windows",
+            "2",
+            "--source",
+            "share:/in/data.bin",
+            "--sink",
+            "share:/win/{window_start:%H%M%S}-{window_end:%H%M%S}.bin",
+            "--binary",
+        ],
+    )
+    .await
+    .expect("create win");
+    let win = common::eventually("six windows", Duration::from_secs(30), || async {
+        let r = runs(&ir, 0, "win").await?;
+        let done: Vec<Value> = r.into_iter().filter(|r| r["state"] == "Succeeded").collect();
+        if done.len() >= 6 {
+            Ok(done)
+        } else {
+            Err(format!("{} done", done.len()))
+        }
+    })
+    .await;
+    assert_eq!(slot_ms(&win[0]), start, "the first window starts at --start");
+    for pair in win.windows(2) {
+        assert_eq!(
+            slot_ms(&pair[1]) - slot_ms(&pair[0]),
+            1000,
+            "windows in order, none missing"
+        );
+    }
+    let fmt = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%H%M%S")
+            .to_string()
+    };
+    for r in &win[..6] {
+        let s = slot_ms(r);
+        let file = share.join(format!("win/{}-{}.bin", fmt(s), fmt(s + 1000)));
+        assert!(file.exists(), "{} for {r}", file.display());
+    }
+    shir_on(&ir, 1, &["schedule", "delete", "win"])
+        .await
+        .expect("delete win");
+
+    steps.step("overlap skip: a slot due while the previous run holds is skipped with the reason");
+    shir_on(
+        &ir,
+        2,
+        &[
+            "schedule",
+            "create",
+            "slow",
+            "--every",
+            "1s",
+            "--name",
+            "hold-{slot}",
+            "--source",
+            "share:/in/data.bin",
+            "--sink",
+            "share:/slow/{slot:%H%M%S}.bin",
+            "--binary",
+        ],
+    )
+    .await
+    .expect("create slow");
+    let skipped = common::eventually("a skipped slot", Duration::from_secs(20), || async {
+        let r = runs(&ir, 0, "slow").await?;
+        r.into_iter()
+            .find(|r| r["state"] == "Skipped")
+            .ok_or_else(|| "none skipped yet".to_string())
+    })
+    .await;
+    assert!(skipped["job"].is_null(), "{skipped}");
+    assert!(
+        skipped["reason"]
+            .as_str()
+            .unwrap()
+            .contains("still running (--overlap skip)"),
+        "{skipped}"
+    );
+    shir_on(&ir, 2, &["schedule", "delete", "slow"])
+        .await
+        .expect("delete slow");
+
+    steps.step("catch-up last: slots missed while paused, only the latest runs");
+    shir_on(
+        &ir,
+        3,
+        &[
+            "schedule",
+            "create",
+            "lasty",
+            "--every",
+            "1s",
+            "--source",
+            "share:/in/data.bin",
+            "--sink",
+            "share:/lasty/{slot:%H%M%S}.bin",
+            "--binary",
+        ],
+    )
+    .await
+    .expect("create lasty");
+    common::eventually("lasty's first run", Duration::from_secs(10), || async {
+        if runs(&ir, 0, "lasty").await?.is_empty() {
+            Err("none".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    shir_on(&ir, 3, &["schedule", "pause", "lasty"])
+        .await
+        .expect("pause lasty");
+    let paused = runs(&ir, 0, "lasty").await.unwrap().len();
+    tokio::time::sleep(Duration::from_millis(3500)).await; // three slots fall due while paused
+    assert_eq!(
+        runs(&ir, 0, "lasty").await.unwrap().len(),
+        paused,
+        "nothing fires while paused"
+    );
+    shir_on(&ir, 3, &["schedule", "resume", "lasty"])
+        .await
+        .expect("resume lasty");
+    let after = common::eventually("the catch-up", Duration::from_secs(10), || async {
+        let r = runs(&ir, 0, "lasty").await?;
+        if r.len() >= paused + 2 {
+            Ok(r)
+        } else {
+            Err(format!("{} runs", r.len()))
+        }
+    })
+    .await;
+    let missed = &after[paused];
+    assert_eq!(missed["state"], "Skipped", "{missed}");
+    assert!(
+        missed["reason"].as_str().unwrap().contains("--catch-up last"),
+        "{missed}"
+    );
+    assert!(
+        after[paused + 1]["job"].is_string(),
+        "the latest slot ran: {}",
+        after[paused + 1]
+    );
+    assert!(slot_ms(&after[paused + 1]) - slot_ms(missed) >= 1000);
+    ir.stop_all().await;
+}
