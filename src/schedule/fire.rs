@@ -259,3 +259,251 @@ pub async fn fire_due(node: &Node) -> Result<(), ProposeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::state::jobs::JobState;
+    use crate::state::schedules::DEFAULT_KEEP_RUNS;
+    use crate::state::{CommandResult, LinkedService};
+
+    fn service(name: &str, kind: ServiceType) -> LinkedService {
+        LinkedService {
+            id: format!("{name}-id"),
+            name: name.into(),
+            kind,
+            fields: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            version: 1,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    /// An IR with a share and a database, and schedule `s` every second from t = 10 s.
+    fn ir(catch_up: CatchUp, overlap: Overlap) -> IrState {
+        let mut state = IrState::default();
+        state
+            .linked_services
+            .insert("share".into(), service("share", ServiceType::Filesystem));
+        state
+            .linked_services
+            .insert("wh".into(), service("wh", ServiceType::Postgres));
+        let schedule = Schedule {
+            id: "s-id".into(),
+            name: "s".into(),
+            trigger: Trigger::Every {
+                every_ms: 1_000,
+                anchor_ms: 0,
+            },
+            template: Submission {
+                source: "share:/in/a.bin".into(),
+                sink: "share:/out/{slot:%H%M%S}.bin".into(),
+                binary: true,
+                ..Default::default()
+            },
+            catch_up,
+            catch_up_limit: 3,
+            overlap,
+            keep_runs: DEFAULT_KEEP_RUNS,
+            paused: false,
+            created_at_ms: 10_000,
+            earliest_ms: 10_000,
+            last_slot_ms: None,
+            runs: Vec::new(),
+        };
+        assert_eq!(state.apply(&Command::CreateSchedule { schedule }), CommandResult::Ok);
+        state
+    }
+
+    fn apply_all(state: &mut IrState, commands: &[Command]) {
+        for c in commands {
+            assert_eq!(state.apply(c), CommandResult::Ok, "{c:?}");
+        }
+    }
+
+    fn runs(state: &IrState) -> Vec<(i64, RunState)> {
+        state
+            .schedules
+            .get("s")
+            .unwrap()
+            .runs
+            .iter()
+            .map(|r| (r.slot_ms, r.state))
+            .collect()
+    }
+
+    fn finish_all(state: &mut IrState) {
+        let ids: Vec<String> = state.jobs.active().map(|j| j.id.clone()).collect();
+        for id in ids {
+            state.jobs.update(&id, |j| j.state = JobState::Succeeded);
+        }
+    }
+
+    #[test]
+    fn a_slot_fires_once_whoever_proposes_it() {
+        let mut state = ir(CatchUp::Last, Overlap::Skip);
+        assert!(plan(&state, 9_999).is_empty(), "nothing before the first slot");
+        let first = plan(&state, 10_050);
+        let again = plan(&state, 10_150);
+        // A dispatcher that took over plans the same slot with the same job id.
+        assert_eq!(first.len(), 1);
+        let job_of = |c: &Command| match c {
+            Command::FireSlot { job: Some(j), .. } => j.id.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(job_of(&first[0]), job_of(&again[0]));
+        apply_all(&mut state, &first);
+        assert!(plan(&state, 10_900).is_empty(), "fired: nothing more due before 11 s");
+        // The other dispatcher's proposal of the same slot commits after: a no-op.
+        let before = state.clone();
+        assert!(matches!(state.apply(&again[0]), CommandResult::Rejected(_)));
+        assert_eq!(state, before, "a second proposal of a slot changes nothing");
+        assert_eq!(state.jobs.len(), 1);
+        let job = state.jobs.get(&job_of(&first[0])).unwrap();
+        assert_eq!(job.spec.sink.describe(), "share:/out/000010.bin", "placeholders filled");
+    }
+
+    #[test]
+    fn catch_up_all_runs_the_latest_missed_slots_in_turn() {
+        let mut state = ir(CatchUp::All, Overlap::Skip);
+        // 10..=15 s due at 15.5 s; the limit is 3.
+        let commands = plan(&state, 15_500);
+        apply_all(&mut state, &commands);
+        assert_eq!(
+            runs(&state),
+            [
+                (12_000, RunState::Skipped),
+                (13_000, RunState::Fired),
+                (14_000, RunState::Queued),
+                (15_000, RunState::Queued)
+            ],
+            "the older slots are one skipped record; the latest three run one after the other"
+        );
+        // Each queued slot starts when the run before it has ended.
+        assert!(plan(&state, 15_600).is_empty(), "13 s is still running");
+        finish_all(&mut state);
+        let next = plan(&state, 15_700);
+        assert!(
+            matches!(&next[..], [Command::StartQueuedRun { slot_ms: 14_000, .. }]),
+            "{next:?}"
+        );
+        apply_all(&mut state, &next);
+        assert_eq!(runs(&state)[2], (14_000, RunState::Fired));
+    }
+
+    #[test]
+    fn catch_up_none_and_last() {
+        let mut state = ir(CatchUp::Last, Overlap::Skip);
+        let commands = plan(&state, 14_500);
+        apply_all(&mut state, &commands);
+        assert_eq!(runs(&state), [(13_000, RunState::Skipped), (14_000, RunState::Fired)]);
+
+        // None: a slot more than MISSED_AFTER_MS late does not run.
+        let mut state = ir(CatchUp::None, Overlap::Skip);
+        state.schedules.get_mut("s").unwrap().trigger = Trigger::Every {
+            every_ms: 60_000,
+            anchor_ms: 0,
+        };
+        let commands = plan(&state, 60_000 + MISSED_AFTER_MS + 500);
+        apply_all(&mut state, &commands);
+        assert_eq!(runs(&state), [(60_000, RunState::Skipped)]);
+        assert!(state.jobs.is_empty());
+        // ... but one that is merely late (a failover) does.
+        let mut state = ir(CatchUp::None, Overlap::Skip);
+        let commands = plan(&state, 11_900);
+        apply_all(&mut state, &commands);
+        assert_eq!(runs(&state), [(10_000, RunState::Skipped), (11_000, RunState::Fired)]);
+    }
+
+    #[test]
+    fn overlap_skip_records_the_reason_and_queue_waits() {
+        let mut state = ir(CatchUp::Last, Overlap::Skip);
+        for now in [10_000, 11_000] {
+            let commands = plan(&state, now);
+            apply_all(&mut state, &commands);
+        }
+        let s = state.schedules.get("s").unwrap();
+        assert_eq!(s.runs[1].state, RunState::Skipped);
+        assert!(
+            s.runs[1].reason.as_deref().unwrap().contains("still running"),
+            "{:?}",
+            s.runs[1]
+        );
+
+        let mut state = ir(CatchUp::Last, Overlap::Queue);
+        for now in [10_000, 11_000] {
+            let commands = plan(&state, now);
+            apply_all(&mut state, &commands);
+        }
+        assert_eq!(runs(&state), [(10_000, RunState::Fired), (11_000, RunState::Queued)]);
+    }
+
+    #[test]
+    fn the_history_is_pruned_in_the_command() {
+        let mut state = ir(CatchUp::Last, Overlap::Skip);
+        state.schedules.get_mut("s").unwrap().keep_runs = 10;
+        for t in 0..25 {
+            finish_all(&mut state);
+            let commands = plan(&state, 10_000 + t * 1_000);
+            apply_all(&mut state, &commands);
+        }
+        let s = state.schedules.get("s").unwrap();
+        assert_eq!(s.runs.len(), 10);
+        assert_eq!(s.runs[0].slot_ms, 25_000, "the oldest went first");
+        assert_eq!(s.last_slot_ms, Some(34_000));
+    }
+
+    #[test]
+    fn a_paused_schedule_fires_nothing() {
+        let mut state = ir(CatchUp::Last, Overlap::Skip);
+        let commands = plan(&state, 10_000);
+        assert_eq!(
+            state.apply(&Command::SetSchedulePaused {
+                name: "s".into(),
+                id: "s-id".into(),
+                paused: true
+            }),
+            CommandResult::Ok
+        );
+        assert!(plan(&state, 12_000).is_empty());
+        // A proposal made just before the pause committed changes nothing.
+        assert!(matches!(state.apply(&commands[0]), CommandResult::Rejected(_)));
+        assert!(runs(&state).is_empty());
+    }
+
+    #[test]
+    fn a_query_source_gets_sql_literals_and_a_table_source_text() {
+        let state = ir(CatchUp::Last, Overlap::Skip);
+        let kind_of = |s: &str| state.linked_services.get(s).map(|l| l.kind);
+        let template = Submission {
+            source: "wh:select * from e where at >= {window_start} and at < {window_end}".into(),
+            sink: "share:/e/{window_start:%H}.csv".into(),
+            ..Default::default()
+        };
+        let windows = Trigger::Window {
+            every_ms: 3_600_000,
+            start_ms: 0,
+            max_concurrent: 1,
+        };
+        let run = render("w", &windows, &template, 0, &kind_of);
+        assert_eq!(
+            run.source,
+            "wh:select * from e where at >= '1970-01-01T00:00:00Z'::timestamptz and at < '1970-01-01T01:00:00Z'::timestamptz"
+        );
+        assert_eq!(run.sink, "share:/e/00.csv");
+        assert_eq!(run.name, "w");
+        let table = Submission {
+            source: "wh:public.events_{slot:%Y}".into(),
+            sink: "share:/e.csv".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            render("w", &windows, &table, 0, &kind_of).source,
+            "wh:public.events_1970"
+        );
+        check_template("w", &windows, &template, 0, kind_of).unwrap();
+    }
+}

@@ -292,3 +292,62 @@ fn diff_small<V: Serialize + PartialEq>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::slots::Trigger;
+    use crate::state::schedules::{CatchUp, Overlap, Run, RunState, Schedule};
+
+    fn schedule() -> Schedule {
+        Schedule {
+            id: "id".into(),
+            name: "nightly".into(),
+            trigger: Trigger::Cron {
+                expression: "30 2 * * *".into(),
+                time_zone: "Europe/Berlin".into(),
+            },
+            template: Default::default(),
+            catch_up: CatchUp::Last,
+            catch_up_limit: 100,
+            overlap: Overlap::Skip,
+            keep_runs: 100,
+            paused: false,
+            created_at_ms: 1,
+            earliest_ms: 1,
+            last_slot_ms: Some(5),
+            runs: vec![Run {
+                slot_ms: 5,
+                recorded_at_ms: 6,
+                fired_at_ms: None,
+                job: None,
+                state: RunState::Skipped,
+                reason: Some("missed".into()),
+                manual: false,
+            }],
+        }
+    }
+
+    /// A schedule is its own key: written alone when it changes, and in snapshots.
+    #[test]
+    fn schedules_are_objects_of_their_own() {
+        let before = IrState::default();
+        let mut after = before.clone();
+        after.schedules.insert("nightly".into(), schedule());
+        let mut changes = Vec::new();
+        stage_changes(&before, &mut after, &mut changes).unwrap();
+        let keys: Vec<String> = changes
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(keys, ["schedule/nightly"]);
+        let mut objects = Vec::new();
+        for_each(&after, |k, v| {
+            objects.push(Ok::<_, ObjectError>((k.as_bytes().to_vec(), v)))
+        })
+        .unwrap();
+        assert!(objects.iter().all(|o| is_object_key(&o.as_ref().unwrap().0)));
+        let loaded: IrState = load(objects).unwrap();
+        assert_eq!(loaded.schedules.get("nightly"), Some(&schedule()));
+    }
+}
