@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use shir::cli::local_ir::LocalIr;
@@ -30,6 +30,27 @@ async fn runs(ir: &LocalIr, via: usize, name: &str) -> Result<Vec<Value>, String
     let out = shir_on(ir, via, &["schedule", "runs", name, "--json"]).await?;
     let v: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
     Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// `schedule create NAME ARGS…` through node `via`, copying the test's one file; `args` split
+/// at spaces.
+async fn create(ir: &LocalIr, via: usize, name: &str, args: &str) -> Result<String, String> {
+    let mut all = vec!["schedule", "create", name, "--source", "share:/in/data.bin", "--binary"];
+    all.extend(args.split(' '));
+    shir_on(ir, via, &all).await
+}
+
+/// Waits until `name`'s runs, filtered by `keep`, are at least `n`; returns them.
+async fn runs_until(ir: &LocalIr, name: &str, n: usize, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    common::eventually(&format!("{n} runs of {name}"), Duration::from_secs(30), || async {
+        let r: Vec<Value> = runs(ir, 0, name).await?.into_iter().filter(|r| keep(r)).collect();
+        if r.len() >= n {
+            Ok(r)
+        } else {
+            Err(format!("{} runs", r.len()))
+        }
+    })
+    .await
 }
 
 async fn schedule_names(ir: &LocalIr, via: usize) -> Vec<String> {
@@ -86,133 +107,78 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
         .expect("create share");
 
     steps.step("bad input: one line each, nothing written");
-    shir_on(
-        &ir,
-        0,
-        &[
-            "schedule",
-            "create",
-            "dup",
-            "--every",
-            "1h",
-            "--source",
-            "share:/in/data.bin",
-            "--sink",
-            "share:/dup/{date}.bin",
-            "--binary",
-        ],
-    )
-    .await
-    .expect("a good schedule");
-    let base = ["--source", "share:/in/data.bin", "--binary"];
+    create(&ir, 0, "dup", "--every 1h --sink share:/dup/{date}.bin")
+        .await
+        .expect("a good schedule");
     let bad: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--cron", "61 * * * *"], "the minute field '61' is not valid"),
         (
-            vec!["c1", "--cron", "61 * * * *", "--sink", "share:/o/x.bin"],
-            "the minute field '61' is not valid",
-        ),
-        (
-            vec![
-                "c2",
-                "--cron",
-                "0 2 * * *",
-                "--time-zone",
-                "Europe/Berln",
-                "--sink",
-                "share:/o/x.bin",
-            ],
+            vec!["--cron", "0 2 * * *", "--time-zone", "Europe/Berln"],
             "invalid time zone 'Europe/Berln'",
         ),
+        (vec!["--every", "1h", "--window"], "--window needs --start"),
         (
             vec![
-                "w1",
-                "--every",
-                "1h",
-                "--window",
-                "--sink",
-                "share:/o/{window_start}.bin",
-            ],
-            "--window needs --start",
-        ),
-        (
-            vec![
-                "p1",
                 "--every",
                 "1h",
                 "--window",
                 "--start",
                 "2026-11-01T00:00:00Z",
-                "--sink",
-                "share:/o/{windw_start}.bin",
+                "--name",
+                "w-{windw_start}",
             ],
             "unknown placeholder {windw_start}",
         ),
         (
-            vec!["dup", "--every", "1h", "--sink", "share:/o/x.bin"],
-            "a schedule named 'dup' exists already",
+            vec!["--every", "1h", "--sink", "share:/o/{slot:%Q}.bin"],
+            "invalid strftime format '%Q'",
         ),
-        (
-            vec!["e1", "--every", "0s", "--sink", "share:/o/x.bin"],
-            "the shortest is 1s",
-        ),
-        (vec!["n1", "--every", "1h", "--sink", "nosuch:/o/x.bin"], "nosuch"),
+        (vec!["--every", "0s"], "the shortest is 1s"),
+        (vec!["--every", "1h", "--sink", "nosuch:/o/x.bin"], "nosuch"),
     ];
     for (args, expected) in bad {
-        let mut all = vec!["schedule", "create"];
+        let mut all = vec![
+            "schedule",
+            "create",
+            "bad",
+            "--source",
+            "share:/in/data.bin",
+            "--binary",
+        ];
+        if !args.contains(&"--sink") {
+            all.extend(["--sink", "share:/o/x.bin"]);
+        }
         all.extend(&args);
-        all.extend(base);
         let e = shir_on(&ir, 1, &all)
             .await
             .expect_err(&format!("{args:?} must be refused"));
         assert!(e.contains(expected), "{args:?}: '{e}' does not say '{expected}'");
         assert!(!e.contains('\n'), "{args:?}: not one line: {e}");
     }
+    let e = create(&ir, 2, "dup", "--every 1m --sink share:/o/x.bin")
+        .await
+        .expect_err("a taken name");
+    assert_eq!(e, "a schedule named 'dup' exists already");
     for verb in ["show", "pause", "resume", "runs", "run-now", "delete"] {
         let e = shir_on(&ir, 2, &["schedule", verb, "nosuch"]).await.expect_err(verb);
-        assert!(e.contains("no schedule named 'nosuch'"), "{verb}: {e}");
-        assert!(!e.contains('\n'), "{verb}: {e}");
+        assert_eq!(e, "no schedule named 'nosuch'", "{verb}");
     }
-    assert_eq!(
-        schedule_names(&ir, 3).await,
-        ["dup"],
-        "the refused creates wrote nothing"
-    );
+    assert_eq!(schedule_names(&ir, 3).await, ["dup"], "the refused calls wrote nothing");
     shir_on(&ir, 0, &["schedule", "delete", "dup"])
         .await
         .expect("delete dup");
     assert!(schedule_names(&ir, 2).await.is_empty());
 
     steps.step("a schedule every 2 s; SIGKILL the dispatcher around firing times");
-    shir_on(
+    create(
         &ir,
         0,
-        &[
-            "schedule",
-            "create",
-            "tick",
-            "--every",
-            "2s",
-            "--catch-up",
-            "all",
-            "--overlap",
-            "queue",
-            "--source",
-            "share:/in/data.bin",
-            "--sink",
-            "share:/tick/{slot:%Y%m%dT%H%M%S}.bin",
-            "--binary",
-        ],
+        "tick",
+        "--every 2s --catch-up all --overlap queue --sink share:/tick/{slot:%Y%m%dT%H%M%S}.bin",
     )
     .await
     .expect("create tick");
-    common::eventually("tick's first run", Duration::from_secs(10), || async {
-        let r = runs(&ir, 1, "tick").await?;
-        if r.is_empty() {
-            Err("no runs yet".into())
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    runs_until(&ir, "tick", 1, |_| true).await;
     // Offsets from a slot's time: just before (the dispatcher may die deciding), at, and
     // after (it may die between proposing and committing, or after).
     let offsets = [-150i64, -40, 0, 20, 60, 120, 250, -80, 10, 400];
@@ -235,28 +201,14 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
     }
 
     steps.step("let it run three more slots, pause, wait for every run to end");
-    let started = Instant::now();
     let before = runs(&ir, 0, "tick").await.expect("runs").len();
-    common::eventually("three more slots", Duration::from_secs(30), || async {
-        let n = runs(&ir, 0, "tick").await?.len();
-        if n >= before + 3 {
-            Ok(())
-        } else {
-            Err(format!("{n} runs"))
-        }
-    })
-    .await;
+    runs_until(&ir, "tick", before + 3, |_| true).await;
     shir_on(&ir, 1, &["schedule", "pause", "tick"]).await.expect("pause");
     let all = common::eventually("tick's runs to end", Duration::from_secs(60), || async {
         let r = runs(&ir, 2, "tick").await?;
         settled(&r).map(|_| r)
     })
     .await;
-    eprintln!(
-        "{} runs, settled {:.1}s after the last kill",
-        all.len(),
-        started.elapsed().as_secs_f64()
-    );
 
     steps.step("every slot from the first to the last fired exactly once");
     assert!(all.len() > KILLS, "{} runs for {KILLS} kills, one a slot", all.len());
@@ -284,7 +236,6 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
         .filter(|e| !e.file_name().to_string_lossy().contains(".shir-"))
         .count();
     assert_eq!(files, all.len(), "one output file per slot");
-    // The same history on every node.
     for i in 1..4 {
         assert_eq!(runs(&ir, i, "tick").await.unwrap(), all, "node {i} shows other runs");
     }
@@ -297,16 +248,13 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
     assert_eq!(manual["manual"], true);
     let job = manual["job"].as_str().expect("a job").to_string();
     common::job_end(&ir, 0, &job, Duration::from_secs(30)).await;
-    let shown: Value =
-        serde_json::from_str(&shir_on(&ir, 2, &["schedule", "show", "tick", "--json"]).await.unwrap()).unwrap();
-    assert_eq!(shown["paused"], true);
-    let shown: Value = serde_json::from_str(
-        &shir_on(&ir, 2, &["schedule", "resume", "tick", "--json"])
+    for (verb, paused) in [("show", true), ("resume", false)] {
+        let out = shir_on(&ir, 2, &["schedule", verb, "tick", "--json"])
             .await
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(shown["paused"], false);
+            .expect(verb);
+        let shown: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(shown["paused"], paused, "{verb}: {shown}");
+    }
     shir_on(&ir, 0, &["schedule", "delete", "tick"])
         .await
         .expect("delete tick");
@@ -314,39 +262,12 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
     steps.step("tumbling windows: backfilled in order, two at a time, with their placeholders");
     let start = (now_ms() / 1000 - 6) * 1000;
     let start_text = shir::cli::output::rfc3339_ms(start).unwrap();
-    shir_on(
-        &ir,
-        1,
-        &[
-            "schedule",
-            "create",
-            "win",
-            "--every",
-            "1s",
-            "--window",
-            "--start",
-            &start_text,
-            "--max-concurrent-windows",
-            "2",
-            "--source",
-            "share:/in/data.bin",
-            "--sink",
-            "share:/win/{window_start:%H%M%S}-{window_end:%H%M%S}.bin",
-            "--binary",
-        ],
-    )
-    .await
-    .expect("create win");
-    let win = common::eventually("six windows", Duration::from_secs(30), || async {
-        let r = runs(&ir, 0, "win").await?;
-        let done: Vec<Value> = r.into_iter().filter(|r| r["state"] == "Succeeded").collect();
-        if done.len() >= 6 {
-            Ok(done)
-        } else {
-            Err(format!("{} done", done.len()))
-        }
-    })
-    .await;
+    let args = format!(
+        "--every 1s --window --start {start_text} --max-concurrent-windows 2 \
+         --sink share:/win/{{window_start:%H%M%S}}-{{window_end:%H%M%S}}.bin"
+    );
+    create(&ir, 1, "win", &args).await.expect("create win");
+    let win = runs_until(&ir, "win", 6, |r| r["state"] == "Succeeded").await;
     assert_eq!(slot_ms(&win[0]), start, "the first window starts at --start");
     for pair in win.windows(2) {
         assert_eq!(
@@ -355,15 +276,13 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
             "windows in order, none missing"
         );
     }
-    let fmt = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .unwrap()
-            .format("%H%M%S")
-            .to_string()
+    let hms = |ms: i64| {
+        let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+        t.format("%H%M%S").to_string()
     };
     for r in &win[..6] {
         let s = slot_ms(r);
-        let file = share.join(format!("win/{}-{}.bin", fmt(s), fmt(s + 1000)));
+        let file = share.join(format!("win/{}-{}.bin", hms(s), hms(s + 1000)));
         assert!(file.exists(), "{} for {r}", file.display());
     }
     shir_on(&ir, 1, &["schedule", "delete", "win"])
@@ -371,77 +290,33 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
         .expect("delete win");
 
     steps.step("overlap skip: a slot due while the previous run holds is skipped with the reason");
-    shir_on(
+    create(
         &ir,
         2,
-        &[
-            "schedule",
-            "create",
-            "slow",
-            "--every",
-            "1s",
-            "--name",
-            "hold-{slot}",
-            "--source",
-            "share:/in/data.bin",
-            "--sink",
-            "share:/slow/{slot:%H%M%S}.bin",
-            "--binary",
-        ],
+        "slow",
+        "--every 1s --name hold-{slot} --sink share:/slow/{slot:%H%M%S}.bin",
     )
     .await
     .expect("create slow");
-    let skipped = common::eventually("a skipped slot", Duration::from_secs(20), || async {
-        let r = runs(&ir, 0, "slow").await?;
-        r.into_iter()
-            .find(|r| r["state"] == "Skipped")
-            .ok_or_else(|| "none skipped yet".to_string())
-    })
-    .await;
-    assert!(skipped["job"].is_null(), "{skipped}");
-    assert!(
-        skipped["reason"]
-            .as_str()
-            .unwrap()
-            .contains("still running (--overlap skip)"),
-        "{skipped}"
-    );
+    let skipped = runs_until(&ir, "slow", 1, |r| r["state"] == "Skipped").await;
+    assert!(skipped[0]["job"].is_null(), "{}", skipped[0]);
+    let reason = skipped[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("still running (--overlap skip)"), "{reason}");
     shir_on(&ir, 2, &["schedule", "delete", "slow"])
         .await
         .expect("delete slow");
 
     steps.step("catch-up last: slots missed while paused, only the latest runs");
-    shir_on(
-        &ir,
-        3,
-        &[
-            "schedule",
-            "create",
-            "lasty",
-            "--every",
-            "1s",
-            "--source",
-            "share:/in/data.bin",
-            "--sink",
-            "share:/lasty/{slot:%H%M%S}.bin",
-            "--binary",
-        ],
-    )
-    .await
-    .expect("create lasty");
-    common::eventually("lasty's first run", Duration::from_secs(10), || async {
-        if runs(&ir, 0, "lasty").await?.is_empty() {
-            Err("none".into())
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    create(&ir, 3, "lasty", "--every 1s --sink share:/lasty/{slot:%H%M%S}.bin")
+        .await
+        .expect("create lasty");
+    runs_until(&ir, "lasty", 1, |_| true).await;
     shir_on(&ir, 3, &["schedule", "pause", "lasty"])
         .await
         .expect("pause lasty");
     let paused = runs(&ir, 0, "lasty").await.unwrap().len();
-    tokio::time::sleep(Duration::from_millis(3500)).await; // three slots fall due while paused
+    // Three slots fall due while it is paused: a wait for time itself, not for a state.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(
         runs(&ir, 0, "lasty").await.unwrap().len(),
         paused,
@@ -450,15 +325,7 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
     shir_on(&ir, 3, &["schedule", "resume", "lasty"])
         .await
         .expect("resume lasty");
-    let after = common::eventually("the catch-up", Duration::from_secs(10), || async {
-        let r = runs(&ir, 0, "lasty").await?;
-        if r.len() >= paused + 2 {
-            Ok(r)
-        } else {
-            Err(format!("{} runs", r.len()))
-        }
-    })
-    .await;
+    let after = runs_until(&ir, "lasty", paused + 2, |_| true).await;
     let missed = &after[paused];
     assert_eq!(missed["state"], "Skipped", "{missed}");
     assert!(

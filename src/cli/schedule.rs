@@ -4,12 +4,14 @@
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 use super::client::Target;
 use super::job::SubmitArgs;
-use super::output::{rfc3339_ms, table};
+use super::output::{print_list, rfc3339_ms};
 use super::print_json;
 use crate::proto;
+use crate::proto::admin_client::AdminClient;
 use crate::schedule::slots::parse_every;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,56 +106,43 @@ pub enum ScheduleCommand {
         json: bool,
     },
     /// Show one schedule: trigger, policies, job template, last and next slot.
-    Show {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-        /// Print JSON for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-    /// The schedule's recent slots, oldest first: slot, when fired, job, state, rows, reason.
-    Runs {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-        /// Print a JSON array of {slot, fired_at, job, state, reason, ...}.
-        #[arg(long)]
-        json: bool,
-    },
+    Show(OneSchedule),
+    /// The schedule's recent slots, oldest first: slot, when fired, job, state, rows, reason
+    /// (--json: a list of {slot, fired_at, job, state, reason, manual, rows, bytes, files}).
+    Runs(OneSchedule),
     /// Stop firing (slots that fall due meanwhile follow --catch-up on resume).
-    Pause {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-        /// Print the schedule as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Pause(OneSchedule),
     /// Fire again.
-    Resume {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-        /// Print the schedule as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run the schedule's job now, outside its trigger (cron and interval schedules).
-    RunNow {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-        /// Print the run as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Resume(OneSchedule),
+    /// Run the schedule's job now, outside its trigger (cron and interval schedules); prints the job id.
+    RunNow(OneSchedule),
     /// Delete the schedule and its run history (jobs already made stay).
     Delete {
         name: String,
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// A call about one schedule.
+#[derive(clap::Args)]
+pub struct OneSchedule {
+    /// The schedule's name.
+    name: String,
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+impl OneSchedule {
+    async fn connect(&self) -> Result<(AdminClient<Channel>, proto::ScheduleNameRequest)> {
+        let request = proto::ScheduleNameRequest {
+            name: self.name.clone(),
+        };
+        Ok((self.target.connect().await?, request))
+    }
 }
 
 fn time_or_null(ms: i64) -> Value {
@@ -206,8 +195,12 @@ fn run_json(r: &proto::ScheduleRun) -> Value {
     })
 }
 
+/// A time for people; `-` for none.
+fn shown(ms: i64) -> String {
+    rfc3339_ms(ms).filter(|_| ms != 0).unwrap_or_else(|| "-".into())
+}
+
 fn show_text(s: &proto::ScheduleInfo) {
-    let shown = |ms: i64| rfc3339_ms(ms).filter(|_| ms != 0).unwrap_or_else(|| "-".into());
     println!("name:      {}", s.name);
     println!("trigger:   {}{}", s.trigger, if s.paused { " (paused)" } else { "" });
     if s.start_ms != 0 {
@@ -288,102 +281,64 @@ pub async fn run(command: ScheduleCommand) -> Result<()> {
                 .schedule_list(proto::ScheduleListRequest {})
                 .await?
                 .into_inner();
-            if json {
-                print_json(&Value::Array(reply.schedules.iter().map(schedule_json).collect()));
-            } else if reply.schedules.is_empty() {
-                println!("no schedules");
-            } else {
-                let rows: Vec<Vec<String>> = reply
-                    .schedules
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.name.clone(),
-                            s.trigger.clone(),
-                            if s.paused { "paused" } else { "active" }.into(),
-                            rfc3339_ms(s.next_slot_ms)
-                                .filter(|_| s.next_slot_ms != 0)
-                                .unwrap_or_else(|| "-".into()),
-                            s.source.clone(),
-                            s.sink.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(&["NAME", "TRIGGER", "STATE", "NEXT SLOT", "SOURCE", "SINK"], &rows)
-                );
-            }
+            let next = |s: &proto::ScheduleInfo| shown(s.next_slot_ms);
+            print_list(
+                &reply.schedules,
+                json,
+                "no schedules",
+                &["NAME", "TRIGGER", "STATE", "NEXT SLOT", "SOURCE", "SINK"],
+                schedule_json,
+                |s| {
+                    let state = if s.paused { "paused" } else { "active" };
+                    vec![
+                        s.name.clone(),
+                        s.trigger.clone(),
+                        state.into(),
+                        next(s),
+                        s.source.clone(),
+                        s.sink.clone(),
+                    ]
+                },
+            );
         }
-        ScheduleCommand::Show { name, target, json } => {
-            let reply = target
-                .connect()
-                .await?
-                .schedule_show(proto::ScheduleNameRequest { name })
-                .await?
-                .into_inner();
-            print_schedule(&reply, json);
+        ScheduleCommand::Show(one) => {
+            let (mut client, request) = one.connect().await?;
+            print_schedule(&client.schedule_show(request).await?.into_inner(), one.json);
         }
-        ScheduleCommand::Runs { name, target, json } => {
-            let reply = target
-                .connect()
-                .await?
-                .schedule_runs(proto::ScheduleNameRequest { name })
-                .await?
-                .into_inner();
-            if json {
-                print_json(&Value::Array(reply.runs.iter().map(run_json).collect()));
-            } else if reply.runs.is_empty() {
-                println!("no runs yet");
-            } else {
-                let shown = |ms: i64| rfc3339_ms(ms).filter(|_| ms != 0).unwrap_or_else(|| "-".into());
-                let rows: Vec<Vec<String>> = reply
-                    .runs
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            format!("{}{}", shown(r.slot_ms), if r.manual { " (run-now)" } else { "" }),
-                            shown(r.fired_at_ms),
-                            if r.job.is_empty() { "-".into() } else { r.job.clone() },
-                            r.state.clone(),
-                            r.rows.to_string(),
-                            r.bytes.to_string(),
-                            r.reason.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(&["SLOT", "FIRED", "JOB", "STATE", "ROWS", "BYTES", "REASON"], &rows)
-                );
-            }
+        ScheduleCommand::Runs(one) => {
+            let (mut client, request) = one.connect().await?;
+            let reply = client.schedule_runs(request).await?.into_inner();
+            print_list(
+                &reply.runs,
+                one.json,
+                "no runs yet",
+                &["SLOT", "FIRED", "JOB", "STATE", "ROWS", "BYTES", "REASON"],
+                run_json,
+                |r| {
+                    vec![
+                        format!("{}{}", shown(r.slot_ms), if r.manual { " (run-now)" } else { "" }),
+                        shown(r.fired_at_ms),
+                        if r.job.is_empty() { "-".into() } else { r.job.clone() },
+                        r.state.clone(),
+                        r.rows.to_string(),
+                        r.bytes.to_string(),
+                        r.reason.clone(),
+                    ]
+                },
+            );
         }
-        ScheduleCommand::Pause { name, target, json } => {
-            let reply = target
-                .connect()
-                .await?
-                .schedule_pause(proto::ScheduleNameRequest { name })
-                .await?
-                .into_inner();
-            print_schedule(&reply, json);
+        ScheduleCommand::Pause(one) => {
+            let (mut client, request) = one.connect().await?;
+            print_schedule(&client.schedule_pause(request).await?.into_inner(), one.json);
         }
-        ScheduleCommand::Resume { name, target, json } => {
-            let reply = target
-                .connect()
-                .await?
-                .schedule_resume(proto::ScheduleNameRequest { name })
-                .await?
-                .into_inner();
-            print_schedule(&reply, json);
+        ScheduleCommand::Resume(one) => {
+            let (mut client, request) = one.connect().await?;
+            print_schedule(&client.schedule_resume(request).await?.into_inner(), one.json);
         }
-        ScheduleCommand::RunNow { name, target, json } => {
-            let run = target
-                .connect()
-                .await?
-                .schedule_run_now(proto::ScheduleNameRequest { name })
-                .await?
-                .into_inner();
-            if json {
+        ScheduleCommand::RunNow(one) => {
+            let (mut client, request) = one.connect().await?;
+            let run = client.schedule_run_now(request).await?.into_inner();
+            if one.json {
                 print_json(&run_json(&run));
             } else {
                 println!("{}", run.job);

@@ -190,6 +190,17 @@ impl IrState {
         }
     }
 
+    /// The schedule a run's `job` is for, if the job is new: its id is derived from the slot,
+    /// so an existing one means the slot's job was made already.
+    fn schedule_for(&mut self, name: &str, id: &str, job: Option<&Job>) -> Result<&mut Schedule, CommandResult> {
+        if let Some(job) = job
+            && self.jobs.contains_key(&job.id)
+        {
+            return Err(CommandResult::refused(format!("job {} exists already", job.id)));
+        }
+        self.schedule_mut(name, id)
+    }
+
     pub(super) fn set_schedule_paused(&mut self, name: &str, id: &str, paused: bool) -> CommandResult {
         match self.schedule_mut(name, id) {
             Ok(s) => {
@@ -212,12 +223,7 @@ impl IrState {
     /// Records `run` of schedule `name` and creates its `job`, in one step; a slot already
     /// recorded changes nothing.
     pub(super) fn fire_slot(&mut self, name: &str, id: &str, run: &Run, job: Option<&Job>) -> CommandResult {
-        if let Some(job) = job
-            && self.jobs.contains_key(&job.id)
-        {
-            return CommandResult::refused(format!("job {} exists already", job.id));
-        }
-        let s = match self.schedule_mut(name, id) {
+        let s = match self.schedule_for(name, id, job) {
             Ok(s) => s,
             Err(refused) => return refused,
         };
@@ -255,12 +261,7 @@ impl IrState {
         reason: Option<&str>,
         now_ms: i64,
     ) -> CommandResult {
-        if let Some(job) = job
-            && self.jobs.contains_key(&job.id)
-        {
-            return CommandResult::refused(format!("job {} exists already", job.id));
-        }
-        let s = match self.schedule_mut(name, id) {
+        let s = match self.schedule_for(name, id, job) {
             Ok(s) => s,
             Err(refused) => return refused,
         };
