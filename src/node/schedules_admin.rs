@@ -64,6 +64,14 @@ fn trigger(req: &proto::ScheduleCreateRequest, start_ms: Option<i64>) -> Result<
     if req.max_concurrent_windows > 0 && !req.window {
         return Err("--max-concurrent-windows goes with --window".into());
     }
+    // Windows are all backfilled, in order, a few at a time: neither policy applies.
+    if req.window && !(req.catch_up.is_empty() && req.overlap.is_empty() && req.catch_up_limit == 0) {
+        return Err(
+            "--catch-up and --overlap do not apply to --window: every window runs, oldest first, \
+             --max-concurrent-windows at a time"
+                .into(),
+        );
+    }
     trigger.check()?;
     Ok(trigger)
 }
