@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shir::cli::local_ir::LocalIr;
+use shir::testing::postgres::ThrowawayPostgres;
 
 /// Jobs named `hold-…` wait this long before publishing, so the next slot finds them running.
 const HOLD_MS: u64 = 2500;
@@ -134,6 +135,18 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
             "invalid strftime format '%Q'",
         ),
         (vec!["--every", "0s"], "the shortest is 1s"),
+        (
+            vec![
+                "--every",
+                "1h",
+                "--window",
+                "--start",
+                "2026-11-01T00:00:00Z",
+                "--overlap",
+                "queue",
+            ],
+            "do not apply to --window",
+        ),
         (vec!["--every", "1h", "--sink", "nosuch:/o/x.bin"], "nosuch"),
     ];
     for (args, expected) in bad {
@@ -338,5 +351,97 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
         after[paused + 1]
     );
     assert!(slot_ms(&after[paused + 1]) - slot_ms(missed) >= 1000);
+    shir_on(&ir, 3, &["schedule", "delete", "lasty"])
+        .await
+        .expect("delete lasty");
+
+    windows_of_a_postgres_query(&ir, &share, &steps).await;
     ir.stop_all().await;
+}
+
+/// Hourly windows over a PostgreSQL query, backfilled: each run reads exactly its hour, the
+/// bounds substituted as timestamptz literals (raw text would not even parse as SQL).
+async fn windows_of_a_postgres_query(ir: &LocalIr, share: &std::path::Path, steps: &common::Steps) {
+    let Some(pg) = ThrowawayPostgres::start() else { return };
+    steps.step("hourly windows over a PostgreSQL query, three backfilled");
+    let db = pg.create_database().await;
+    let hour = 3_600_000;
+    let start = (now_ms() / hour - 3) * hour;
+    let start_text = shir::cli::output::rfc3339_ms(start).unwrap();
+    pg.client(&db)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE events (at timestamptz, v int);
+             INSERT INTO events SELECT TIMESTAMPTZ '{start_text}' + g * INTERVAL '10 minutes', g
+                    FROM generate_series(0, 17) g;"
+        ))
+        .await
+        .expect("events");
+    let port = pg.port().to_string();
+    let create_service = [
+        "linked-service",
+        "create",
+        "warehouse",
+        "--type",
+        "postgres",
+        "--host",
+        pg.host(),
+        "--port",
+        &port,
+        "--database",
+        &db,
+        "--user",
+        pg.user(),
+        "--password-stdin",
+    ];
+    common::shir_on(ir, 0, &create_service, Some(&format!("{}\n", pg.password())))
+        .await
+        .expect("create warehouse");
+    let source = "warehouse:select v from events where at >= {window_start} and at < {window_end} order by v";
+    let create = [
+        "schedule",
+        "create",
+        "hourly",
+        "--every",
+        "1h",
+        "--window",
+        "--start",
+        &start_text,
+        "--max-concurrent-windows",
+        "3",
+        "--source",
+        source,
+        "--sink",
+        "share:/events/{window_start:%Y%m%d%H}.csv",
+    ];
+    shir_on(ir, 1, &create).await.expect("create hourly");
+    let done = runs_until(ir, "hourly", 3, |r| r["state"] == "Succeeded").await;
+    for (k, run) in done.iter().enumerate() {
+        assert_eq!(slot_ms(run), start + k as i64 * hour, "{run}");
+        assert_eq!(run["rows"], 6, "six rows an hour: {run}");
+        let name = chrono::DateTime::from_timestamp_millis(slot_ms(run))
+            .unwrap()
+            .format("%Y%m%d%H");
+        let text = std::fs::read_to_string(share.join(format!("events/{name}.csv"))).expect("the window's file");
+        let expected: Vec<String> = (0..6).map(|i| (k * 6 + i).to_string()).collect();
+        assert_eq!(text.lines().skip(1).collect::<Vec<_>>(), expected, "window {k}");
+    }
+    let e = shir_on(
+        ir,
+        2,
+        &[
+            "schedule",
+            "create",
+            "quoted",
+            "--every",
+            "1h",
+            "--source",
+            "warehouse:select 1 where '{date}' > ''",
+            "--sink",
+            "share:/q.csv",
+        ],
+    )
+    .await
+    .expect_err("a placeholder inside quotes");
+    assert!(e.contains("inside quotes"), "{e}");
 }
