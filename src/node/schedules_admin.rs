@@ -14,7 +14,8 @@ use crate::schedule::fire::{check_template, job_for};
 use crate::schedule::slots::{self, Trigger};
 use crate::secrets::SecretBytes;
 use crate::state::schedules::{
-    CatchUp, DEFAULT_KEEP_RUNS, MAX_KEEP_RUNS, MIN_KEEP_RUNS, Overlap, Run, RunState, Schedule, validate_schedule_name,
+    CatchUp, DEFAULT_KEEP_RUNS, MAX_CATCH_UP_LIMIT, MAX_CONCURRENT_WINDOWS, MAX_KEEP_RUNS, MIN_KEEP_RUNS, Overlap, Run,
+    RunState, Schedule, validate_schedule_name,
 };
 use crate::state::{Command, IrState};
 
@@ -22,8 +23,6 @@ fn invalid(why: impl Into<String>) -> Status {
     Status::invalid_argument(why.into())
 }
 
-/// The most slots `--catch-up all` runs after an outage: each becomes a job at once.
-const MAX_CATCH_UP_LIMIT: u32 = 10_000;
 const DEFAULT_CATCH_UP_LIMIT: u32 = 100;
 
 fn lookup(node: &Node, name: &str) -> Result<Schedule, Status> {
@@ -61,6 +60,9 @@ fn trigger(req: &proto::ScheduleCreateRequest, start_ms: Option<i64>) -> Result<
             anchor_ms: start_ms.unwrap_or(0),
         },
     };
+    if req.max_concurrent_windows > MAX_CONCURRENT_WINDOWS {
+        return Err(format!("--max-concurrent-windows is at most {MAX_CONCURRENT_WINDOWS}"));
+    }
     if req.max_concurrent_windows > 0 && !req.window {
         return Err("--max-concurrent-windows goes with --window".into());
     }

@@ -18,7 +18,9 @@ use crate::job_spec::names::{self, Named};
 use crate::node::handle::Node;
 use crate::node::proposer::ProposeError;
 use crate::state::jobs::Job;
-use crate::state::schedules::{CatchUp, MAX_QUEUED_RUNS, Overlap, Run, RunState, Schedule};
+use crate::state::schedules::{
+    CatchUp, MAX_CATCH_UP_LIMIT, MAX_CONCURRENT_WINDOWS, MAX_QUEUED_RUNS, Overlap, Run, RunState, Schedule,
+};
 use crate::state::{Command, IrState};
 
 /// A slot not fired within this long of falling due counts as missed (`--catch-up none`
@@ -158,7 +160,7 @@ pub fn plan(state: &IrState, now_ms: i64) -> Vec<Command> {
 /// Windows are backfilled oldest first, at most `max_concurrent` runs at a time; a window
 /// over while the limit is reached waits for a free place (it is never skipped).
 fn plan_windows(state: &IrState, s: &Schedule, max_concurrent: u32, now_ms: i64, out: &mut Vec<Command>) {
-    let free = (max_concurrent as usize).saturating_sub(state.running_runs(s));
+    let free = (max_concurrent.min(MAX_CONCURRENT_WINDOWS) as usize).saturating_sub(state.running_runs(s));
     for slot in s.trigger.oldest_due(s.last_slot_ms, s.earliest_ms, now_ms, free) {
         out.push(fire(state, s, slot, How::Fire, now_ms));
     }
@@ -192,7 +194,7 @@ fn plan_slots(state: &IrState, s: &Schedule, now_ms: i64, out: &mut Vec<Command>
         return;
     }
     let count = match s.catch_up {
-        CatchUp::All => s.catch_up_limit.max(1) as usize,
+        CatchUp::All => s.catch_up_limit.clamp(1, MAX_CATCH_UP_LIMIT) as usize,
         CatchUp::Last | CatchUp::None => 1,
     };
     // One more than are run: the oldest of them stands for every older missed slot.
@@ -213,7 +215,7 @@ fn plan_slots(state: &IrState, s: &Schedule, now_ms: i64, out: &mut Vec<Command>
     let mut busy = running.is_some() || queued > 0;
     let mut backfill = false;
     for slot in due {
-        let how = if s.catch_up == CatchUp::None && now_ms - s.trigger.due_at(slot) > MISSED_AFTER_MS {
+        let how = if s.catch_up == CatchUp::None && now_ms.saturating_sub(s.trigger.due_at(slot)) > MISSED_AFTER_MS {
             How::Skip("missed (no dispatcher, or paused): --catch-up none".into())
         } else if backfill {
             // Slots caught up in one round run one after the other, behind the first.

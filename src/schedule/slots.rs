@@ -124,6 +124,16 @@ pub fn parse_start(text: &str) -> Result<i64, String> {
         .map_err(|e| format!("invalid --start '{text}': {e}; give an RFC 3339 time such as 2026-11-01T00:00:00Z"))
 }
 
+/// The latest `anchor + k * every` at or before `t`; `None` where that leaves i64 (a
+/// record that no proposer makes, but the dispatcher must not panic on).
+fn step_at_or_before(anchor: i64, every: i64, t: i64) -> Option<i64> {
+    if every <= 0 {
+        return None;
+    }
+    let k = t.checked_sub(anchor)?.div_euclid(every);
+    anchor.checked_add(k.checked_mul(every)?)
+}
+
 fn utc(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
@@ -174,7 +184,7 @@ impl Trigger {
                 // Cron works in whole seconds: a search from inside a second would find that
                 // second itself, before `from_ms`.
                 let (cron, zone) = self.cron()?;
-                let from = utc(from_ms.checked_add(999)?.div_euclid(1000) * 1000).with_timezone(&zone);
+                let from = utc(from_ms.checked_add(999)?.div_euclid(1000).saturating_mul(1000)).with_timezone(&zone);
                 cron.find_next_occurrence(&from, true)
                     .ok()
                     .map(|t| t.timestamp_millis())
@@ -185,9 +195,8 @@ impl Trigger {
                 start_ms: anchor_ms,
                 ..
             } => {
-                let k = (from_ms - anchor_ms).div_euclid(*every_ms);
-                let at = anchor_ms + k * every_ms;
-                let at = if at < from_ms { at + every_ms } else { at };
+                let at = step_at_or_before(*anchor_ms, *every_ms, from_ms)?;
+                let at = if at < from_ms { at.checked_add(*every_ms)? } else { at };
                 // Windows start at `--start`: none before it.
                 Some(if self.is_window() { at.max(*anchor_ms) } else { at })
             }
@@ -204,7 +213,7 @@ impl Trigger {
         let slot = match self {
             Trigger::Cron { .. } => {
                 let (cron, zone) = self.cron()?;
-                let until = utc(until_ms.div_euclid(1000) * 1000).with_timezone(&zone);
+                let until = utc(until_ms.div_euclid(1000).saturating_mul(1000)).with_timezone(&zone);
                 cron.find_previous_occurrence(&until, true).ok()?.timestamp_millis()
             }
             Trigger::Every { every_ms, anchor_ms }
@@ -212,7 +221,7 @@ impl Trigger {
                 every_ms,
                 start_ms: anchor_ms,
                 ..
-            } => anchor_ms + (until_ms - anchor_ms).div_euclid(*every_ms) * every_ms,
+            } => step_at_or_before(*anchor_ms, *every_ms, until_ms)?,
         };
         (slot >= floor_ms).then_some(slot)
     }
@@ -234,7 +243,7 @@ impl Trigger {
         let floor = last.map_or(earliest, |l| l.saturating_add(1).max(earliest));
         // The latest slot whose due time has come.
         let until = match self {
-            Trigger::Window { every_ms, .. } => now_ms - every_ms,
+            Trigger::Window { every_ms, .. } => now_ms.saturating_sub(*every_ms),
             _ => now_ms,
         };
         let mut found = Vec::new();
@@ -244,7 +253,8 @@ impl Trigger {
                 return (found.into_iter().rev().collect(), true);
             }
             found.push(slot);
-            cursor = slot - 1;
+            let Some(before) = slot.checked_sub(1) else { break };
+            cursor = before;
         }
         (found.into_iter().rev().collect(), false)
     }

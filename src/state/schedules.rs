@@ -64,6 +64,12 @@ pub const DEFAULT_KEEP_RUNS: u32 = 100;
 pub const MIN_KEEP_RUNS: u32 = 10;
 pub const MAX_KEEP_RUNS: u32 = 10_000;
 
+/// The most missed slots `--catch-up all` runs after an outage (each becomes a job at once),
+/// and the most window runs at a time: also what the dispatcher plans at most per schedule
+/// and round, whatever a record says.
+pub const MAX_CATCH_UP_LIMIT: u32 = 10_000;
+pub const MAX_CONCURRENT_WINDOWS: u32 = 100;
+
 /// Slots a schedule may have waiting under `--overlap queue`: past that a slot is skipped,
 /// so a run that hangs cannot make the queue (and the state) grow without end.
 pub const MAX_QUEUED_RUNS: usize = 100;
