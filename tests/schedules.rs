@@ -268,9 +268,17 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
         let shown: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(shown["paused"], paused, "{verb}: {shown}");
     }
-    shir_on(&ir, 0, &["schedule", "delete", "tick"])
+    let list = shir_on(&ir, 1, &["schedule", "list"]).await.expect("list");
+    assert!(
+        list.contains("tick") && list.contains("every 2s") && list.contains("active"),
+        "{list}"
+    );
+    let table = shir_on(&ir, 1, &["schedule", "runs", "tick"]).await.expect("runs");
+    assert!(table.starts_with("SLOT") && table.contains("(run-now)"), "{table}");
+    let deleted = shir_on(&ir, 0, &["schedule", "delete", "tick"])
         .await
         .expect("delete tick");
+    assert_eq!(deleted.trim(), "deleted schedule tick");
 
     steps.step("tumbling windows: backfilled in order, two at a time, with their placeholders");
     let start = (now_ms() / 1000 - 6) * 1000;
