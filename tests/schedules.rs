@@ -385,26 +385,7 @@ async fn windows_of_a_postgres_query(ir: &LocalIr, share: &std::path::Path, step
         ))
         .await
         .expect("events");
-    let port = pg.port().to_string();
-    let create_service = [
-        "linked-service",
-        "create",
-        "warehouse",
-        "--type",
-        "postgres",
-        "--host",
-        pg.host(),
-        "--port",
-        &port,
-        "--database",
-        &db,
-        "--user",
-        pg.user(),
-        "--password-stdin",
-    ];
-    common::shir_on(ir, 0, &create_service, Some(&format!("{}\n", pg.password())))
-        .await
-        .expect("create warehouse");
+    common::create_postgres_service(ir, 0, "warehouse", &pg, &db).await;
     let source = "warehouse:select v from events where at >= {window_start} and at < {window_end} order by v";
     let create = [
         "schedule",
