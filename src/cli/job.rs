@@ -96,7 +96,7 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "SECONDS")]
     pub stall_timeout: Option<f64>,
     /// A name to recognise the job by.
-    #[arg(long = "name", default_value = "")]
+    #[arg(long = "name", value_name = "NAME", default_value = "")]
     pub job_name: String,
     /// A PostgreSQL sink table that does not exist is made from the source's columns and
     /// types, in the transaction that loads it (no table is left behind by a failed job).

@@ -39,7 +39,7 @@ Examples:
   shir schedule create nightly-orders --cron '30 2 * * *' --time-zone Europe/Berlin \\
        --source warehouse:public.orders --sink lake:/orders/{date}/orders.parquet
   shir schedule create hourly --every 1h --start 2026-11-01T00:00:00Z --window \\
-       --source 'warehouse:\"select * from events where at >= {window_start} and at < {window_end}\"' \\
+       --source 'warehouse:select * from events where at >= {window_start} and at < {window_end}' \\
        --sink 'share:/events/{window_start:%Y/%m/%d/%H}.parquet'
 
 Slots come from the dispatcher's clock. Every `job submit` option applies to each run's job.";

@@ -93,7 +93,19 @@ pub fn check_template(
 ) -> Result<(), String> {
     let window = trigger.is_window();
     let mode = source_mode(&template.source, &values(trigger, sample_slot), &kind_of);
-    let rest = template.source.split_once(':').map_or("", |(_, r)| r);
+    let (service, rest) = template.source.split_once(':').unwrap_or_default();
+    // `SERVICE:"select …"` reads as one quoted table name (as for `job submit`): with its
+    // placeholders as text in it, it would fail at every run, so say so now.
+    if mode == Mode::Text
+        && kind_of(service) == Some(ServiceType::Postgres)
+        && rest.starts_with('"')
+        && rest.contains(' ')
+    {
+        return Err(format!(
+            "--source: {rest} reads as a quoted table name; write a query without the double quotes, \
+             '{service}:select …' (in single quotes for the shell)"
+        ));
+    }
     placeholders::check(rest, window, mode, "--source")?;
     placeholders::check(&template.sink, window, Mode::Text, "--sink")?;
     placeholders::check(&template.name, window, Mode::Text, "--name")?;
@@ -507,5 +519,11 @@ mod tests {
             "wh:public.events_1970"
         );
         check_template("w", &windows, &template, 0, kind_of).unwrap();
+        let quoted = Submission {
+            source: "wh:\"select * from e where at >= {window_start}\"".into(),
+            ..template
+        };
+        let e = check_template("w", &windows, &quoted, 0, kind_of).unwrap_err();
+        assert!(e.contains("reads as a quoted table name"), "{e}");
     }
 }
