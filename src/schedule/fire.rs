@@ -215,7 +215,7 @@ fn plan_slots(state: &IrState, s: &Schedule, now_ms: i64, out: &mut Vec<Command>
         let older = due.remove(0);
         let why = match s.catch_up {
             CatchUp::All => format!(
-                "missed (no dispatcher, or paused): older than the {count} latest missed slots --catch-up-limit runs"
+                "missed (no dispatcher, or paused): older than the {count} latest, which --catch-up all runs (--catch-up-limit)"
             ),
             CatchUp::Last => "missed (no dispatcher, or paused): --catch-up last runs only the latest".to_string(),
             CatchUp::None => "missed (no dispatcher, or paused): --catch-up none".to_string(),
