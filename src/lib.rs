@@ -13,6 +13,7 @@ pub mod pki;
 pub mod proto_conv;
 pub mod protocol;
 pub mod raft;
+pub mod schedule;
 pub mod secrets;
 pub mod state;
 /// Test harnesses (throw-away PostgreSQL, S3, Azurite and proxy servers): for this crate's unit tests and, with the

@@ -37,6 +37,39 @@ impl From<proto::JobSubmitRequest> for Submission {
     }
 }
 
+/// A schedule's job template as the wire shows it.
+impl From<&Submission> for proto::JobSubmitRequest {
+    fn from(s: &Submission) -> Self {
+        let s = s.clone();
+        proto::JobSubmitRequest {
+            name: s.name,
+            source: s.source,
+            sink: s.sink,
+            source_format: s.source_format,
+            sink_format: s.sink_format,
+            binary: s.binary,
+            csv_no_header: s.csv_no_header,
+            csv_delimiter: s.csv_delimiter,
+            max_attempts: s.max_attempts,
+            retry_interval_ms: s.retry_interval_ms,
+            stall_timeout_ms: s.stall_timeout_ms,
+            allow_empty: s.allow_empty,
+            encoding: s.encoding,
+            if_exists: s.if_exists,
+            schema: s.schema,
+            create_table: s.create_table,
+            csv_null: s.csv_nulls,
+            schema_columns: s.schema_columns,
+            timestamp_format: s.timestamp_format,
+            date_format: s.date_format,
+            columns: s.columns,
+            rename: s.renames,
+            on_bad_row: s.on_bad_row,
+            bad_rows: s.bad_rows,
+        }
+    }
+}
+
 impl From<JobState> for proto::JobState {
     fn from(s: JobState) -> Self {
         match s {

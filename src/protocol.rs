@@ -11,11 +11,13 @@
 /// 2: `--if-exists` in job specs and skipped files in outcomes.
 /// 3: CSV schemas, null markers, time formats, column mapping and bad rows in job specs;
 /// written columns and skipped rows in outcomes.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: schedules (their commands, which an older node could not decode, and Admin rpcs).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest version this build still speaks. Builds before version 1 sent none (0);
-/// version 1's Raft commands lack version 2's fields, version 2's lack version 3's.
-pub const OLDEST_COMPATIBLE: u32 = 3;
+/// version 1's Raft commands lack version 2's fields, version 2's lack version 3's, and
+/// version 3 cannot decode the schedule commands of version 4.
+pub const OLDEST_COMPATIBLE: u32 = 4;
 
 /// A peer or joiner of a protocol version this node does not speak.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -16,9 +16,11 @@ use sha2::{Digest, Sha256};
 use shir::auth_key::{AuthKey, PREFIX};
 use shir::connectors::ServiceType;
 use shir::job_spec::{Consistency, DatasetRef, Format, JobSpec, Location, RetryPolicy};
+use shir::schedule::slots::Trigger;
 use shir::secrets::backup::{BackupContents, BackupError, KdfParams, open_backup, seal_backup_with};
 use shir::secrets::{DataKey, SecretBytes, SecretString};
 use shir::state::jobs::{Assignment, Job, Outcome};
+use shir::state::schedules::{CatchUp, Overlap, Run, RunState, Schedule};
 use shir::state::{
     AdminCertRecord, AuthKeySlot, Command, IrInfo, IrState, LinkedService, NodeRecord, ProxySettings, Sealed,
 };
@@ -412,7 +414,70 @@ fn seed_commands() -> Vec<Command> {
             name: "files".into(),
             id: "svc1".into(),
         },
+        Command::CreateSchedule { schedule: schedule() },
+        Command::FireSlot {
+            name: "tick".into(),
+            id: "sched1".into(),
+            run: run(1_700_000_010_000, RunState::Fired, Some("job5")),
+            job: Some(job("job5")),
+        },
+        Command::FireSlot {
+            name: "tick".into(),
+            id: "sched1".into(),
+            run: run(1_700_000_011_000, RunState::Queued, None),
+            job: None,
+        },
+        Command::StartQueuedRun {
+            name: "tick".into(),
+            id: "sched1".into(),
+            slot_ms: 1_700_000_011_000,
+            job: Some(job("job6")),
+            reason: None,
+            now_ms: 1_700_000_012_000,
+        },
+        Command::SetSchedulePaused {
+            name: "tick".into(),
+            id: "sched1".into(),
+            paused: true,
+        },
+        Command::DeleteSchedule {
+            name: "tick".into(),
+            id: "sched1".into(),
+        },
     ]
+}
+
+fn schedule() -> Schedule {
+    Schedule {
+        id: "sched1".into(),
+        name: "tick".into(),
+        trigger: Trigger::Every {
+            every_ms: 1_000,
+            anchor_ms: 0,
+        },
+        template: Default::default(),
+        catch_up: CatchUp::All,
+        catch_up_limit: 100,
+        overlap: Overlap::Queue,
+        keep_runs: 10,
+        paused: false,
+        created_at_ms: 1_700_000_000_000,
+        earliest_ms: 1_700_000_000_000,
+        last_slot_ms: None,
+        runs: Vec::new(),
+    }
+}
+
+fn run(slot_ms: i64, state: RunState, job: Option<&str>) -> Run {
+    Run {
+        slot_ms,
+        recorded_at_ms: slot_ms,
+        fired_at_ms: job.map(|_| slot_ms),
+        job: job.map(str::to_string),
+        state,
+        reason: None,
+        manual: false,
+    }
 }
 
 /// The state after the seed commands up to `upto`, so mutated commands meet a state with
@@ -434,12 +499,14 @@ fn decode_wire(bytes: &[u8]) -> Option<Command> {
     shir::raft::network::decode::<Command>(bytes).ok()
 }
 
-/// Applies `cmd` to two copies of `state`: must not panic, and must be deterministic.
+/// Applies `cmd` to two copies of `state`: must not panic, and must be deterministic; the
+/// dispatcher's schedule planning must not panic on the result either.
 fn apply_twice(state: &IrState, cmd: &Command) -> Result<(), TestCaseError> {
     let (mut a, mut b) = (state.clone(), state.clone());
     let (ra, rb) = (a.apply(cmd), b.apply(cmd));
     prop_assert_eq!(ra, rb);
-    prop_assert_eq!(a, b);
+    prop_assert_eq!(&a, &b);
+    let _ = shir::schedule::fire::plan(&a, 1_700_000_020_000);
     Ok(())
 }
 

@@ -65,30 +65,7 @@ async fn jobs_load_and_unload_postgres_exactly_once() {
         )
         .await
         .expect("tables");
-    let port = pg.port().to_string();
-    shir_on(
-        &ir,
-        1,
-        &[
-            "linked-service",
-            "create",
-            "warehouse",
-            "--type",
-            "postgres",
-            "--host",
-            pg.host(),
-            "--port",
-            &port,
-            "--database",
-            &db,
-            "--user",
-            pg.user(),
-            "--password-stdin",
-        ],
-        Some(&format!("{}\n", pg.password())),
-    )
-    .await
-    .expect("create warehouse");
+    common::create_postgres_service(&ir, 1, "warehouse", &pg, &db).await;
     let share = tmp.path().join("share");
     std::fs::create_dir_all(&share).unwrap();
     ir.create_filesystem_service("share", &share)

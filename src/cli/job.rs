@@ -74,6 +74,121 @@ pub struct FormatArgs {
     pub bad_rows: Option<String>,
 }
 
+/// What `job submit` takes to define a job; `schedule create` takes the same for each run.
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    /// Where to read: LINKED_SERVICE:PATH, :SCHEMA.TABLE or :"QUERY".
+    #[arg(long)]
+    pub source: String,
+    /// Where to write: LINKED_SERVICE:PATH or :SCHEMA.TABLE.
+    #[arg(long)]
+    pub sink: String,
+    #[command(flatten)]
+    pub formats: FormatArgs,
+    /// Attempts in all, the first included (default 3).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Seconds between attempts after a retryable failure (default 5).
+    #[arg(long)]
+    pub retry_interval: Option<f64>,
+    /// Seconds an attempt may read nothing before it is stopped and retried: a share or
+    /// database that hangs without closing the connection (default 600).
+    #[arg(long, value_name = "SECONDS")]
+    pub stall_timeout: Option<f64>,
+    /// A name to recognise the job by.
+    #[arg(long = "name", value_name = "NAME", default_value = "")]
+    pub job_name: String,
+    /// A PostgreSQL sink table that does not exist is made from the source's columns and
+    /// types, in the transaction that loads it (no table is left behind by a failed job).
+    #[arg(long)]
+    pub create_table: bool,
+}
+
+impl SubmitArgs {
+    /// The submission as it goes on the wire; a `--schema FILE` is read here, so the nodes
+    /// never need the file.
+    pub fn into_request(self) -> Result<proto::JobSubmitRequest> {
+        let SubmitArgs {
+            source,
+            sink,
+            formats,
+            max_attempts,
+            retry_interval,
+            stall_timeout,
+            job_name: name,
+            create_table,
+        } = self;
+        let FormatArgs {
+            source_format,
+            sink_format,
+            binary,
+            csv_no_header,
+            csv_delimiter,
+            allow_empty,
+            encoding,
+            if_exists,
+            schema,
+            csv_null,
+            timestamp_format,
+            date_format,
+            columns,
+            rename,
+            on_bad_row,
+            bad_rows,
+        } = formats;
+        if let Some(s) = stall_timeout
+            && !(1.0..=86_400.0).contains(&s)
+        {
+            bail!("--stall-timeout must be between 1 and 86400 seconds");
+        }
+        if let Some(s) = retry_interval
+            && !(0.0..=86_400.0).contains(&s)
+        {
+            bail!("--retry-interval must be between 0 and 86400 seconds");
+        }
+        // Anything but a mode names a file on this machine: its text goes with the job,
+        // so the workers never need the file.
+        let (schema, schema_columns) = match schema {
+            Some(mode) if ["infer", "text"].contains(&mode.to_ascii_lowercase().as_str()) => (mode, String::new()),
+            Some(path) => match std::fs::read_to_string(&path) {
+                // Empty text on the wire means no file: say so here instead.
+                Ok(text) if text.trim().is_empty() => bail!("--schema {path}: the schema file is empty"),
+                Ok(text) => (String::new(), text),
+                Err(e) => {
+                    bail!("--schema '{path}' is not infer or text, and not a schema file that can be read: {e}")
+                }
+            },
+            None => (String::new(), String::new()),
+        };
+        Ok(proto::JobSubmitRequest {
+            name,
+            source,
+            sink,
+            source_format: source_format.unwrap_or_default(),
+            sink_format: sink_format.unwrap_or_default(),
+            binary,
+            csv_no_header,
+            csv_delimiter: csv_delimiter.unwrap_or_default(),
+            max_attempts: max_attempts.unwrap_or(0),
+            retry_interval_ms: retry_interval.map(|s| (s * 1000.0) as u64).unwrap_or(0),
+            stall_timeout_ms: stall_timeout.map(|s| (s * 1000.0) as u64).unwrap_or(0),
+            allow_empty,
+            encoding: encoding.unwrap_or_default(),
+            if_exists: if_exists.unwrap_or_default(),
+            schema,
+            csv_null,
+            schema_columns,
+            timestamp_format: timestamp_format.unwrap_or_default(),
+            date_format: date_format.unwrap_or_default(),
+            columns: columns.unwrap_or_default(),
+            rename,
+            on_bad_row: on_bad_row.unwrap_or_default(),
+            bad_rows: bad_rows.unwrap_or_default(),
+            create_table,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 pub enum JobCommand {
     /// Queue a copy job; prints its id once it is committed (it survives any single node failure).
@@ -85,36 +200,13 @@ shir job submit --source warehouse:\"select * from orders\" --sink share:/lake/o
 shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
     )]
     Submit {
-        /// Where to read: LINKED_SERVICE:PATH, :SCHEMA.TABLE or :"QUERY".
-        #[arg(long)]
-        source: String,
-        /// Where to write: LINKED_SERVICE:PATH or :SCHEMA.TABLE.
-        #[arg(long)]
-        sink: String,
         #[command(flatten)]
-        formats: Box<FormatArgs>,
-        /// Attempts in all, the first included (default 3).
-        #[arg(long)]
-        max_attempts: Option<u32>,
-        /// Seconds between attempts after a retryable failure (default 5).
-        #[arg(long)]
-        retry_interval: Option<f64>,
-        /// Seconds an attempt may read nothing before it is stopped and retried: a share or
-        /// database that hangs without closing the connection (default 600).
-        #[arg(long, value_name = "SECONDS")]
-        stall_timeout: Option<f64>,
-        /// A name to recognise the job by.
-        #[arg(long, default_value = "")]
-        name: String,
+        job: Box<SubmitArgs>,
         #[command(flatten)]
         target: Target,
         /// Print {"id": ...}.
         #[arg(long)]
         json: bool,
-        /// A PostgreSQL sink table that does not exist is made from the source's columns and
-        /// types, in the transaction that loads it (no table is left behind by a failed job).
-        #[arg(long)]
-        create_table: bool,
     },
     /// List jobs, oldest first.
     List {
@@ -385,86 +477,8 @@ fn human_bytes(n: u64) -> String {
 
 pub async fn run(command: JobCommand) -> Result<()> {
     match command {
-        JobCommand::Submit {
-            source,
-            sink,
-            formats,
-            max_attempts,
-            retry_interval,
-            stall_timeout,
-            name,
-            target,
-            json,
-            create_table,
-        } => {
-            let FormatArgs {
-                source_format,
-                sink_format,
-                binary,
-                csv_no_header,
-                csv_delimiter,
-                allow_empty,
-                encoding,
-                if_exists,
-                schema,
-                csv_null,
-                timestamp_format,
-                date_format,
-                columns,
-                rename,
-                on_bad_row,
-                bad_rows,
-            } = *formats;
-            if let Some(s) = stall_timeout
-                && !(1.0..=86_400.0).contains(&s)
-            {
-                bail!("--stall-timeout must be between 1 and 86400 seconds");
-            }
-            if let Some(s) = retry_interval
-                && !(0.0..=86_400.0).contains(&s)
-            {
-                bail!("--retry-interval must be between 0 and 86400 seconds");
-            }
-            // Anything but a mode names a file on this machine: its text goes with the job,
-            // so the workers never need the file.
-            let (schema, schema_columns) = match schema {
-                Some(mode) if ["infer", "text"].contains(&mode.to_ascii_lowercase().as_str()) => (mode, String::new()),
-                Some(path) => match std::fs::read_to_string(&path) {
-                    // Empty text on the wire means no file: say so here instead.
-                    Ok(text) if text.trim().is_empty() => bail!("--schema {path}: the schema file is empty"),
-                    Ok(text) => (String::new(), text),
-                    Err(e) => {
-                        bail!("--schema '{path}' is not infer or text, and not a schema file that can be read: {e}")
-                    }
-                },
-                None => (String::new(), String::new()),
-            };
-            let request = proto::JobSubmitRequest {
-                name,
-                source,
-                sink,
-                source_format: source_format.unwrap_or_default(),
-                sink_format: sink_format.unwrap_or_default(),
-                binary,
-                csv_no_header,
-                csv_delimiter: csv_delimiter.unwrap_or_default(),
-                max_attempts: max_attempts.unwrap_or(0),
-                retry_interval_ms: retry_interval.map(|s| (s * 1000.0) as u64).unwrap_or(0),
-                stall_timeout_ms: stall_timeout.map(|s| (s * 1000.0) as u64).unwrap_or(0),
-                allow_empty,
-                encoding: encoding.unwrap_or_default(),
-                if_exists: if_exists.unwrap_or_default(),
-                schema,
-                csv_null,
-                schema_columns,
-                timestamp_format: timestamp_format.unwrap_or_default(),
-                date_format: date_format.unwrap_or_default(),
-                columns: columns.unwrap_or_default(),
-                rename,
-                on_bad_row: on_bad_row.unwrap_or_default(),
-                bad_rows: bad_rows.unwrap_or_default(),
-                create_table,
-            };
+        JobCommand::Submit { job, target, json } => {
+            let request = job.into_request()?;
             let reply = target.connect().await?.job_submit(request).await?.into_inner();
             if json {
                 print_json(&json!({"id": reply.id}));

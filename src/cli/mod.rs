@@ -10,6 +10,7 @@ pub mod job;
 pub mod linked_service;
 pub mod local_ir;
 pub mod output;
+pub mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,9 @@ enum Command {
     /// Copy jobs: submit, list, show, wait for, cancel.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Schedules: copies the IR runs by itself, on a cron expression, an interval or tumbling windows.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Back up this node's identity and the IR's keys, or restore a node from such a backup.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -497,6 +501,7 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Job(c) => job::run(c).await,
+        Command::Schedule(c) => schedule::run(c).await,
         Command::LinkedService(c) => linked_service::run(c).await,
         Command::Credential(c) => linked_service::run_credential(c).await,
         Command::Settings(c) => linked_service::run_settings(c).await,

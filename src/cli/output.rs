@@ -31,6 +31,25 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A list for people (a table of `header` and `row`s, or `empty` when there is nothing) or,
+/// with `json`, for scripts (an array of `as_json` objects).
+pub fn print_list<T>(
+    items: &[T],
+    json: bool,
+    empty: &str,
+    header: &[&str],
+    as_json: impl Fn(&T) -> Value,
+    row: impl Fn(&T) -> Vec<String>,
+) {
+    if json {
+        super::print_json(&Value::Array(items.iter().map(as_json).collect()));
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        println!("{}", table(header, &items.iter().map(row).collect::<Vec<_>>()));
+    }
+}
+
 pub fn rfc3339_secs(unix: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
     t.format(&time::format_description::well_known::Rfc3339).ok()

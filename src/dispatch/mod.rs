@@ -154,6 +154,8 @@ async fn round(node: &Node, dispatcher: &Dispatcher, may_judge: bool) -> Result<
     let now = crate::unix_now_ms();
     // Retention, decided here and carried out by a log entry so every node drops the same jobs.
     crate::node::job_history::prune_if_due(node).await?;
+    // Schedules' due slots become jobs before placement, so they are placed this round.
+    crate::schedule::fire::fire_due(node).await?;
     if may_judge {
         for (id, status, _) in &view {
             if *status != Health::Offline {

@@ -21,8 +21,9 @@ pub(super) fn invalid(why: impl Into<String>) -> InvalidSpec {
 }
 
 /// A job as `shir job submit` gives it, before anything is checked. Empty strings and zeros
-/// mean "the default", as on the wire.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// mean "the default", as on the wire. A schedule keeps one as its runs' template.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Submission {
     pub name: String,
     /// `LINKED_SERVICE:PATH`, `LINKED_SERVICE:SCHEMA.TABLE` or `LINKED_SERVICE:QUERY`.

@@ -14,7 +14,7 @@ use tonic::Status;
 
 use super::calls::{AdminCall, Place};
 use super::forward::{FORWARD_PATIENCE, Hop, no_dispatcher};
-use super::{Node, job_history, jobs_admin, linked_services, liveness};
+use super::{Node, job_history, jobs_admin, linked_services, liveness, schedules_admin};
 use crate::auth_key::AuthKey;
 use crate::dispatch::Dispatcher;
 use crate::pki;
@@ -214,6 +214,20 @@ pub async fn execute(
         AdminCall::NodeSetLimit(req) => jobs_admin::set_limit(node, dispatcher, req).await?.encode_to_vec(),
         AdminCall::JobHistory(req) => job_history::show_or_set(node, req).await?.encode_to_vec(),
         AdminCall::JobHistorySeed(req) => job_history::seed(node, req).await?.encode_to_vec(),
+        AdminCall::ScheduleCreate(req) => schedules_admin::create(node, dispatcher, req).await?.encode_to_vec(),
+        AdminCall::ScheduleList(_) => schedules_admin::list(node).await?.encode_to_vec(),
+        AdminCall::ScheduleShow(req) => schedules_admin::show(node, &req.name).await?.encode_to_vec(),
+        AdminCall::ScheduleRuns(req) => schedules_admin::runs(node, &req.name).await?.encode_to_vec(),
+        AdminCall::SchedulePause(req) => schedules_admin::set_paused(node, dispatcher, &req.name, true)
+            .await?
+            .encode_to_vec(),
+        AdminCall::ScheduleResume(req) => schedules_admin::set_paused(node, dispatcher, &req.name, false)
+            .await?
+            .encode_to_vec(),
+        AdminCall::ScheduleRunNow(req) => schedules_admin::run_now(node, dispatcher, &req.name)
+            .await?
+            .encode_to_vec(),
+        AdminCall::ScheduleDelete(req) => schedules_admin::delete(node, &req.name).await?.encode_to_vec(),
     };
     Ok(reply)
 }

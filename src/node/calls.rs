@@ -115,6 +115,14 @@ admin_calls! {
     NodeSetLimit(proto::NodeSetLimitRequest) -> proto::NodeSetLimitReply, fn node_set_limit;
     JobHistory(proto::JobHistoryRequest) -> proto::JobHistoryInfo, fn job_history;
     JobHistorySeed(proto::JobHistorySeedRequest) -> proto::JobHistoryInfo, fn job_history_seed;
+    ScheduleCreate(proto::ScheduleCreateRequest) -> proto::ScheduleInfo, fn schedule_create;
+    ScheduleList(proto::ScheduleListRequest) -> proto::ScheduleListReply, fn schedule_list;
+    ScheduleShow(proto::ScheduleNameRequest) -> proto::ScheduleInfo, fn schedule_show;
+    ScheduleRuns(proto::ScheduleNameRequest) -> proto::ScheduleRunsReply, fn schedule_runs;
+    SchedulePause(proto::ScheduleNameRequest) -> proto::ScheduleInfo, fn schedule_pause;
+    ScheduleResume(proto::ScheduleNameRequest) -> proto::ScheduleInfo, fn schedule_resume;
+    ScheduleRunNow(proto::ScheduleNameRequest) -> proto::ScheduleRun, fn schedule_run_now;
+    ScheduleDelete(proto::ScheduleNameRequest) -> proto::ScheduleDeleteReply, fn schedule_delete;
     }
     // Not operator calls, only forwarded: a node asks the dispatcher for its read index
     // (`admin::read_index`); the request is empty.
@@ -149,6 +157,9 @@ impl AdminCall {
                 | AdminCall::KeyShow(_)
                 | AdminCall::JobList(_)
                 | AdminCall::JobShow(_)
+                | AdminCall::ScheduleList(_)
+                | AdminCall::ScheduleShow(_)
+                | AdminCall::ScheduleRuns(_)
                 | AdminCall::ReadIndex(_)
         )
     }

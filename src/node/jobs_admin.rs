@@ -17,7 +17,7 @@ fn invalid(why: impl Into<String>) -> Status {
 }
 
 /// Where a read must not see a state older than the dispatcher's own commits.
-async fn up_to_date(node: &Node) -> Result<(), Status> {
+pub(super) async fn up_to_date(node: &Node) -> Result<(), Status> {
     if node.confirm_leadership().await {
         Ok(())
     } else {

@@ -19,6 +19,7 @@ pub mod proposer;
 pub mod provision;
 pub mod restored;
 pub mod run;
+pub mod schedules_admin;
 pub mod services;
 pub mod sysload;
 

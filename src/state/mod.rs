@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 pub mod job_table;
 pub mod jobs;
 pub mod linked_service;
+pub mod schedules;
 pub mod tracked;
 
 pub use job_table::Jobs;
 pub use jobs::JobHistory;
 pub use linked_service::{LinkedService, ProxySettings};
+pub use schedules::Schedule;
 pub use tracked::Tracked;
 
 /// Raft node ids. Never reused: a removed node's id stays retired.
@@ -127,6 +129,9 @@ pub struct IrState {
     /// How many finished jobs are kept, and for how long (`shir settings job-history`).
     #[serde(default)]
     pub job_history: JobHistory,
+    /// Schedules by name, each with its recent runs.
+    #[serde(default)]
+    pub schedules: Tracked<String, Schedule>,
 }
 
 /// A log entry's payload: one change to the replicated state.
@@ -235,6 +240,37 @@ pub enum Command {
         job_id: String,
         attempt: u32,
         node: NodeId,
+        now_ms: i64,
+    },
+    /// A new schedule; refused if its name is taken.
+    CreateSchedule {
+        schedule: Schedule,
+    },
+    /// Pause or resume the schedule `name` if it is still the one with `id`.
+    SetSchedulePaused {
+        name: String,
+        id: String,
+        paused: bool,
+    },
+    DeleteSchedule {
+        name: String,
+        id: String,
+    },
+    /// One slot of a schedule, recorded and (unless queued or skipped) given its job in the
+    /// same entry; a no-op for a slot already recorded (see `state::schedules`).
+    FireSlot {
+        name: String,
+        id: String,
+        run: schedules::Run,
+        job: Option<jobs::Job>,
+    },
+    /// A queued run's turn: its job (or, without one, skipped for `reason`).
+    StartQueuedRun {
+        name: String,
+        id: String,
+        slot_ms: i64,
+        job: Option<jobs::Job>,
+        reason: Option<String>,
         now_ms: i64,
     },
 }
@@ -434,12 +470,25 @@ impl IrState {
             Command::PruneJobs { now_ms } => self.prune_jobs(*now_ms),
             Command::SeedJobHistory { template, count } => self.seed_job_history(template, *count),
             Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
+            Command::CreateSchedule { schedule } => self.create_schedule(schedule),
+            Command::SetSchedulePaused { name, id, paused } => self.set_schedule_paused(name, id, *paused),
+            Command::DeleteSchedule { name, id } => self.delete_schedule(name, id),
+            Command::FireSlot { name, id, run, job } => self.fire_slot(name, id, run, job.as_ref()),
+            Command::StartQueuedRun {
+                name,
+                id,
+                slot_ms,
+                job,
+                reason,
+                now_ms,
+            } => self.start_queued_run(name, id, *slot_ms, job.as_ref(), reason.as_deref(), *now_ms),
         }
     }
 
     /// Roughly how many objects the state holds (what a snapshot's size grows with).
     pub fn objects(&self) -> u64 {
-        (self.jobs.len() + self.kv.len() + self.linked_services.len() + self.admin_certs.len()) as u64
+        (self.jobs.len() + self.kv.len() + self.linked_services.len() + self.admin_certs.len() + self.schedules.len())
+            as u64
     }
 
     /// Why a node called `name` at `address` may not join now, if it may not.

@@ -227,6 +227,37 @@ pub fn test_postgres() -> Option<std::collections::BTreeMap<String, String>> {
     )
 }
 
+/// `linked-service create NAME --type postgres` through node `via`, for database `db` of `pg`
+/// as its superuser, the password on standard input.
+pub async fn create_postgres_service(
+    ir: &LocalIr,
+    via: usize,
+    name: &str,
+    pg: &shir::testing::postgres::ThrowawayPostgres,
+    db: &str,
+) {
+    let port = pg.port().to_string();
+    let args = [
+        "linked-service",
+        "create",
+        name,
+        "--type",
+        "postgres",
+        "--host",
+        pg.host(),
+        "--port",
+        &port,
+        "--database",
+        db,
+        "--user",
+        pg.user(),
+        "--password-stdin",
+    ];
+    shir_on(ir, via, &args, Some(&format!("{}\n", pg.password())))
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+}
+
 /// Request heads an HTTP server received, in arrival order.
 pub type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 

@@ -4,7 +4,7 @@
 //! snapshot is the sequence of every object's (key, value) and installing one writes them
 //! back, and opening a store reads them all into an `IrState`.
 //!
-//! Kinds: `job/<id>`, `kv/<key>`, `service/<name>`, `admin_cert/<serial>`, `node/<id>`,
+//! Kinds: `job/<id>`, `kv/<key>`, `service/<name>`, `schedule/<name>`, `admin_cert/<serial>`, `node/<id>`,
 //! `node_limit/<id>`, `revoked/<serial>` (empty value), `auth_key/<slot index>`, and the
 //! IR-wide values under `ir/` (`info`, `next_node_id`, `proxy`, `proxy_version`, `job_seq`,
 //! `job_history`).
@@ -19,6 +19,7 @@ use crate::state::{IrState, NodeId};
 const JOB: &str = "job/";
 const KV: &str = "kv/";
 const SERVICE: &str = "service/";
+const SCHEDULE: &str = "schedule/";
 const ADMIN_CERT: &str = "admin_cert/";
 const NODE: &str = "node/";
 const NODE_LIMIT: &str = "node_limit/";
@@ -31,7 +32,9 @@ const IR_PROXY_VERSION: &str = "ir/proxy_version";
 const IR_JOB_SEQ: &str = "ir/job_seq";
 const IR_JOB_HISTORY: &str = "ir/job_history";
 
-const KINDS: [&str; 9] = [JOB, KV, SERVICE, ADMIN_CERT, NODE, NODE_LIMIT, REVOKED, AUTH_KEY, "ir/"];
+const KINDS: [&str; 10] = [
+    JOB, KV, SERVICE, SCHEDULE, ADMIN_CERT, NODE, NODE_LIMIT, REVOKED, AUTH_KEY, "ir/",
+];
 
 /// Why a stored object could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,11 @@ pub fn for_each(state: &IrState, mut put: impl FnMut(&str, Vec<u8>)) -> Result<(
         let value = enc(&key, s)?;
         one(key, value);
     }
+    for (name, sched) in state.schedules.iter() {
+        let key = format!("{SCHEDULE}{name}");
+        let value = enc(&key, sched)?;
+        one(key, value);
+    }
     for j in state.jobs.values() {
         let key = format!("{JOB}{}", j.id);
         let value = enc(&key, j)?;
@@ -130,8 +138,14 @@ pub fn load<E: From<ObjectError>>(
     objects: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), E>>,
 ) -> Result<IrState, E> {
     let mut s = IrState::default();
-    let (mut slots, mut admin_certs, mut kv, mut services, mut jobs) =
-        (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut slots, mut admin_certs, mut kv, mut services, mut schedules, mut jobs) = (
+        BTreeMap::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for object in objects {
         let (key, value) = object?;
         let key = String::from_utf8_lossy(&key).into_owned();
@@ -149,6 +163,8 @@ pub fn load<E: From<ObjectError>>(
             kv.push((rest.to_string(), dec(k, v)?));
         } else if let Some(rest) = k.strip_prefix(SERVICE) {
             services.push((rest.to_string(), dec(k, v)?));
+        } else if let Some(rest) = k.strip_prefix(SCHEDULE) {
+            schedules.push((rest.to_string(), dec(k, v)?));
         } else if let Some(rest) = k.strip_prefix(ADMIN_CERT) {
             admin_certs.push((rest.to_string(), dec(k, v)?));
         } else if let Some(rest) = k.strip_prefix(NODE_LIMIT) {
@@ -175,6 +191,7 @@ pub fn load<E: From<ObjectError>>(
     s.admin_certs = admin_certs.into_iter().collect();
     s.kv = kv.into_iter().collect();
     s.linked_services = services.into_iter().collect();
+    s.schedules = schedules.into_iter().collect();
     s.jobs = jobs.into_iter().collect();
     Ok(s)
 }
@@ -244,6 +261,11 @@ pub fn stage_changes(
         let value = after.linked_services.get(&name).map(|s| enc(&key, s)).transpose()?;
         put(key, value);
     }
+    for name in after.schedules.take_dirty() {
+        let key = format!("{SCHEDULE}{name}");
+        let value = after.schedules.get(&name).map(|s| enc(&key, s)).transpose()?;
+        put(key, value);
+    }
     for id in after.jobs.take_dirty() {
         let key = format!("{JOB}{id}");
         let value = after.jobs.get(&id).map(|j| enc(&key, j)).transpose()?;
@@ -269,4 +291,63 @@ fn diff_small<V: Serialize + PartialEq>(
         put(format!("{kind}{id}"), None);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::slots::Trigger;
+    use crate::state::schedules::{CatchUp, Overlap, Run, RunState, Schedule};
+
+    fn schedule() -> Schedule {
+        Schedule {
+            id: "id".into(),
+            name: "nightly".into(),
+            trigger: Trigger::Cron {
+                expression: "30 2 * * *".into(),
+                time_zone: "Europe/Berlin".into(),
+            },
+            template: Default::default(),
+            catch_up: CatchUp::Last,
+            catch_up_limit: 100,
+            overlap: Overlap::Skip,
+            keep_runs: 100,
+            paused: false,
+            created_at_ms: 1,
+            earliest_ms: 1,
+            last_slot_ms: Some(5),
+            runs: vec![Run {
+                slot_ms: 5,
+                recorded_at_ms: 6,
+                fired_at_ms: None,
+                job: None,
+                state: RunState::Skipped,
+                reason: Some("missed".into()),
+                manual: false,
+            }],
+        }
+    }
+
+    /// A schedule is its own key: written alone when it changes, and in snapshots.
+    #[test]
+    fn schedules_are_objects_of_their_own() {
+        let before = IrState::default();
+        let mut after = before.clone();
+        after.schedules.insert("nightly".into(), schedule());
+        let mut changes = Vec::new();
+        stage_changes(&before, &mut after, &mut changes).unwrap();
+        let keys: Vec<String> = changes
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(keys, ["schedule/nightly"]);
+        let mut objects = Vec::new();
+        for_each(&after, |k, v| {
+            objects.push(Ok::<_, ObjectError>((k.as_bytes().to_vec(), v)))
+        })
+        .unwrap();
+        assert!(objects.iter().all(|o| is_object_key(&o.as_ref().unwrap().0)));
+        let loaded: IrState = load(objects).unwrap();
+        assert_eq!(loaded.schedules.get("nightly"), Some(&schedule()));
+    }
 }
