@@ -154,7 +154,45 @@ async fn bad_input_is_refused_with_one_line() {
         ],
         "already exists",
     );
+
+    // Exit statuses tell "no such thing" and "nobody answered" from a failure.
+    assert_exit(
+        &["job", "show", "0123456789ab", "--data-dir", &dir],
+        6,
+        "no job 0123456789ab",
+    );
+    assert_exit(
+        &["job", "wait", "0123456789ab", "--data-dir", &dir],
+        6,
+        "no job 0123456789ab",
+    );
+    assert_exit(&["node", "remove", "node9", "--data-dir", &dir], 6, "no node named");
+    assert_exit(&["node", "remove", "node1", "--data-dir", &dir], 1, "only node");
+    let closed = format!("127.0.0.1:{}", common::free_port(1));
+    assert_exit(
+        &["status", "--endpoint", &closed, "--admin-cert", &out],
+        69,
+        "cannot connect to",
+    );
     ir.stop_all().await;
+    assert_exit(&["status", "--data-dir", &dir], 69, "cannot reach the local node");
+    assert_exit(
+        &["job", "wait", "0123456789ab", "--data-dir", &dir],
+        69,
+        "cannot reach the local node",
+    );
+}
+
+/// Asserts a one-line refusal containing `words` with exit status `code`.
+fn assert_exit(args: &[&str], code: i32, words: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shir"))
+        .args(args)
+        .output()
+        .expect("run shir");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: expected one line, got {err:?}");
+    assert!(err.contains(words), "{args:?}: expected {words:?} in {err:?}");
 }
 
 /// The key a node joins with stays off the command line: it is read from a file or from

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use tonic::transport::Channel;
 
@@ -34,7 +34,7 @@ impl Target {
                 let config = tls::client_config_mtls(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem)?;
                 tls_channel_checked(endpoint, config)
                     .await
-                    .map_err(|e| anyhow!("cannot connect to {endpoint}: {e}"))?
+                    .with_context(|| format!("cannot connect to {endpoint}"))?
             }
             _ => {
                 let dir = DataDir::new(&self.data_dir);

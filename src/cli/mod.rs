@@ -6,6 +6,7 @@ pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod exit;
 pub mod job;
 pub mod linked_service;
 pub mod local_ir;
@@ -28,7 +29,13 @@ use client::Target;
     name = "shir",
     version,
     about = "Self-hosted integration runtime: up to four nodes, one port (8060), Raft-elected dispatcher, mutual TLS.",
-    after_help = "Start with `shir demo` to see a four-node runtime and a dispatcher failover on this machine."
+    after_help = concat!(
+        "Start with `shir demo` to see a four-node runtime and a dispatcher failover on this machine.\n\n",
+        "Exit statuses: 0 succeeded; 1 failed (a job that failed, or any other error); 2 bad usage; ",
+        "3 this node was removed from the IR (shir run); 4 the job was cancelled (job wait); ",
+        "5 still running when --timeout ran out (job wait); 6 no such job, schedule, linked service or node; ",
+        "69 the node could not be reached or the IR has no dispatcher now (retry later)."
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -295,13 +302,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            if e.downcast_ref::<node::Removed>().is_some() {
-                ExitCode::from(node::EXIT_REMOVED)
-            } else if let Some(w) = e.downcast_ref::<job::WaitOutcome>() {
-                ExitCode::from(w.exit)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(exit::for_error(&e))
         }
     }
 }
