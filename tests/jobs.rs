@@ -52,6 +52,16 @@ async fn wait_state(ir: &LocalIr, via: usize, id: &str, state: &str, timeout: Du
     .await
 }
 
+/// Exit status and stderr of `shir ARGS --data-dir <node i>`.
+fn exit_of(ir: &LocalIr, i: usize, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shir"))
+        .args(args)
+        .args(["--data-dir", &common::dir_arg(ir, i)])
+        .output()
+        .expect("run shir");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 fn sha256(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).expect("read file")))
 }
@@ -360,8 +370,12 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     shir_on(&ir, 2, &["job", "cancel", &id]).await.expect("cancel");
     wait_state(&ir, 1, &id, "Cancelled", Duration::from_secs(20)).await;
     assert!(!share.join("out/cancelled.bin").exists());
-    let waited = shir_on(&ir, 0, &["job", "wait", &id]).await;
-    assert!(waited.unwrap_err().contains("cancelled"));
+    // Waited for by a prefix of its id: the whole id in the answer, exit status 4.
+    let (code, err) = exit_of(&ir, 0, &["job", "wait", &id[..6]]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains(&format!("job {id} was cancelled")), "{err}");
+    let shown = job(&ir, 3, &id[..4]).await.expect("job show by a 4-character prefix");
+    assert_eq!(shown["id"], id.as_str());
 
     steps.step("bad input fails the job with a clear error and publishes nothing");
     let id = submit(&ir, 0, "", "share:/in/missing.csv", "share:/out/missing.csv", true).await;
@@ -369,6 +383,9 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     assert!(failed["error"].as_str().unwrap().contains("missing.csv"), "{failed}");
     assert_eq!(failed["attempt"], 1, "a missing file is not worth retrying: {failed}");
     assert!(!share.join("out/missing.csv").exists());
+    let (code, err) = exit_of(&ir, 1, &["job", "wait", &id]);
+    assert_eq!(code, Some(1), "a failed job's wait exits 1: {err}");
+    assert!(err.contains("failed after 1 attempt"), "{err}");
     let refused = shir_on(
         &ir,
         0,

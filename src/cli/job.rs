@@ -226,6 +226,7 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
     },
     /// Show one job: state, node, attempt, rows/bytes/files, timings, consistency check, error.
     Show {
+        /// The job's id, or a unique prefix of it (at least 4 characters).
         id: String,
         #[command(flatten)]
         target: Target,
@@ -233,8 +234,10 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
         #[arg(long)]
         json: bool,
     },
-    /// Follow a job until it ends. Exit status: 0 succeeded, 1 failed, 4 cancelled.
+    /// Follow a job until it ends. Exit status: 0 succeeded, 1 failed, 4 cancelled, 5 timed
+    /// out (--timeout), 6 no such job, 69 the node could not be reached.
     Wait {
+        /// The job's id, or a unique prefix of it (at least 4 characters).
         id: String,
         /// Give up after this many seconds (exit status 5); default: wait as long as it takes.
         #[arg(long)]
@@ -247,6 +250,7 @@ shir job submit --source share:/in/ --sink share:/archive/in/ --binary"
     },
     /// Cancel a queued or running job (too late once it is publishing its output).
     Cancel {
+        /// The job's id, or a unique prefix of it (at least 4 characters).
         id: String,
         #[command(flatten)]
         target: Target,
@@ -284,10 +288,6 @@ pub fn is_final(state: proto::JobState) -> bool {
         proto::JobState::Succeeded | proto::JobState::Failed | proto::JobState::Cancelled
     )
 }
-
-/// Exit statuses of `job wait` besides 0 (succeeded) and 1 (failed, or any error).
-pub const EXIT_CANCELLED: u8 = 4;
-pub const EXIT_WAIT_TIMEOUT: u8 = 5;
 
 /// `job wait` ended without success; carries the exit status.
 #[derive(Debug, thiserror::Error)]
@@ -604,8 +604,8 @@ pub async fn run(command: JobCommand) -> Result<()> {
                         eprintln!();
                     }
                     return Err(WaitOutcome {
-                        message: format!("job {id} is still {} after {limit} s", j.state().label()),
-                        exit: EXIT_WAIT_TIMEOUT,
+                        message: format!("job {} is still {} after {limit} s", j.id, j.state().label()),
+                        exit: super::exit::WAIT_TIMEOUT,
                     }
                     .into());
                 }
@@ -623,12 +623,12 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 proto::JobState::Succeeded => {}
                 proto::JobState::Cancelled => {
                     return Err(WaitOutcome {
-                        message: format!("job {id} was cancelled"),
-                        exit: EXIT_CANCELLED,
+                        message: format!("job {} was cancelled", j.id),
+                        exit: super::exit::CANCELLED,
                     }
                     .into());
                 }
-                _ => bail!("job {id} failed after {} attempt(s): {}", j.attempt, j.error),
+                _ => bail!("job {} failed after {} attempt(s): {}", j.id, j.attempt, j.error),
             }
         }
     }

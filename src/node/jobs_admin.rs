@@ -125,9 +125,17 @@ pub async fn list(
     })
 }
 
+/// The job `id` names: its whole id or a unique prefix of it.
 fn lookup(node: &Node, id: &str) -> Result<Job, Status> {
-    node.read_state(|s| s.jobs.get(id).cloned())
-        .ok_or_else(|| Status::not_found(format!("no job {id}")))
+    node.read_state(|s| match s.jobs.find(id) {
+        Ok(job) => Ok(job.clone()),
+        Err(matches) if matches.is_empty() => Err(Status::not_found(format!("no job {id}"))),
+        Err(matches) => Err(invalid(format!(
+            "job id {id} is ambiguous: it begins {}{}; give more of the id",
+            matches.join(", "),
+            if matches.len() > 2 { ", …" } else { "" }
+        ))),
+    })
 }
 
 pub async fn show(node: &Node, dispatcher: &Dispatcher, req: proto::JobShowRequest) -> Result<proto::JobInfo, Status> {
@@ -141,14 +149,14 @@ pub async fn cancel(
     req: proto::JobCancelRequest,
 ) -> Result<proto::JobInfo, Status> {
     up_to_date(node).await?;
-    lookup(node, &req.id)?;
+    let id = lookup(node, &req.id)?.id;
     node.propose(Command::CancelJob {
-        job_id: req.id.clone(),
+        job_id: id.clone(),
         now_ms: crate::unix_now_ms(),
     })
     .await?;
-    tracing::info!(job = %req.id, "job cancel requested");
-    Ok(info(node, dispatcher, &lookup(node, &req.id)?))
+    tracing::info!(job = %id, "job cancel requested");
+    Ok(info(node, dispatcher, &lookup(node, &id)?))
 }
 
 /// Jobs a node may run at once, at most: more would only queue inside one machine.

@@ -15,6 +15,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::jobs::Job;
 
+/// Shortest job id prefix taken for a whole id (git's too).
+pub const MIN_PREFIX: usize = 4;
+/// Matches an ambiguous prefix's refusal names.
+const AMBIGUOUS_SHOWN: usize = 5;
+
 #[derive(Clone, Debug, Default)]
 pub struct Jobs {
     by_id: OrdMap<String, Job>,
@@ -36,6 +41,32 @@ fn finished_key(job: &Job) -> Option<(i64, u64)> {
 impl Jobs {
     pub fn get(&self, id: &str) -> Option<&Job> {
         self.by_id.get(id)
+    }
+
+    /// The job `id` or, when no id is exactly that, the one job whose id starts with it (at
+    /// least [`MIN_PREFIX`] characters), as git and docker take a unique prefix. `Err` holds
+    /// the ids of the first few matches: none, or more than one.
+    pub fn find(&self, id: &str) -> Result<&Job, Vec<&str>> {
+        if let Some(job) = self.by_id.get(id) {
+            return Ok(job);
+        }
+        if id.len() < MIN_PREFIX {
+            return Err(Vec::new());
+        }
+        let mut matches = self
+            .by_id
+            .range(id.to_string()..)
+            .take_while(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, job)), None) => Ok(job),
+            (None, _) => Err(Vec::new()),
+            (Some((a, _)), Some((b, _))) => Err([a, b]
+                .into_iter()
+                .chain(matches.map(|(k, _)| k))
+                .take(AMBIGUOUS_SHOWN)
+                .map(String::as_str)
+                .collect()),
+        }
     }
 
     pub fn contains_key(&self, id: &str) -> bool {

@@ -531,6 +531,23 @@ mod tests {
         Job::queued(id.into(), spec, 0)
     }
 
+    #[test]
+    fn a_unique_prefix_names_a_job() {
+        let table: super::super::job_table::Jobs = ["a1b2c3d4e5f6", "a1b2ffffffff", "0badc0ffee00"]
+            .map(|id| job(id, 1))
+            .into_iter()
+            .collect();
+        let found = |id: &str| table.find(id).map(|j| j.id.clone()).map_err(|m| m.join(","));
+        assert_eq!(found("0badc0ffee00"), Ok("0badc0ffee00".into()));
+        assert_eq!(found("0bad"), Ok("0badc0ffee00".into()));
+        assert_eq!(found("a1b2c"), Ok("a1b2c3d4e5f6".into()));
+        assert_eq!(found("a1b2"), Err("a1b2c3d4e5f6,a1b2ffffffff".into()));
+        // Shorter than four characters: only a whole id, never a guess.
+        assert_eq!(found("0ba"), Err(String::new()));
+        assert_eq!(found(""), Err(String::new()));
+        assert_eq!(found("ffff"), Err(String::new()));
+    }
+
     fn assign(s: &mut IrState, id: &str, node: NodeId, attempt: u32, limit: u32) -> CommandResult {
         let a = Assignment {
             job_id: id.into(),
