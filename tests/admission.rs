@@ -15,8 +15,11 @@ use common::{DumpLogsOnPanic, Steps, dir_arg, eventually, free_port};
 
 const PREFIX: &str = "SHIR1@";
 
-/// One `shir register` attempt.
+/// One `shir register` attempt, with the key in a file beside `dir` (as an operator passes it).
 async fn register(ir: &LocalIr, dir: &Path, name: &str, listen: &str, key: &str) -> (Result<String, String>, Duration) {
+    let key_file = dir.with_extension("auth-key");
+    std::fs::write(&key_file, format!("{key}\n")).expect("write the key file");
+    let key_file = key_file.to_string_lossy().into_owned();
     let started = Instant::now();
     let dir = dir.to_string_lossy();
     let out = ir
@@ -28,11 +31,12 @@ async fn register(ir: &LocalIr, dir: &Path, name: &str, listen: &str, key: &str)
             name,
             "--listen",
             listen,
-            "--auth-key",
-            key,
+            "--auth-key-file",
+            &key_file,
         ])
         .await
         .map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&key_file);
     (out, started.elapsed())
 }
 

@@ -151,8 +151,12 @@ impl LocalIr {
             .open(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         writeln!(file, "{key}")?;
-        let path = path.to_string_lossy().into_owned();
-        self.provision(i, "register", &["--auth-key-file", &path]).await
+        drop(file);
+        let arg = path.to_string_lossy().into_owned();
+        let registered = self.provision(i, "register", &["--auth-key-file", &arg]).await;
+        // Needed only until the node is a member; left behind, it is a secret on disk.
+        let _ = std::fs::remove_file(&path);
+        registered
     }
 
     /// `shir init` or `shir register` for node `i`, with its data dir, name and address.

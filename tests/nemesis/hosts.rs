@@ -257,20 +257,25 @@ impl Hosts {
         }
     }
 
-    /// `shir init` (no key) or `shir register --auth-key KEY` inside machine `i`, then the
+    /// `shir init` (no key) or `shir register --auth-key-file FILE` inside machine `i`, then the
     /// suite's node settings (short offline timeout, frequent snapshots) in node.json.
     pub async fn provision(&mut self, i: usize, key: Option<&str>) -> Result<()> {
         let node = self.plan(i);
         let (dir, listen) = (node.dir.to_string_lossy().into_owned(), self.endpoint(i));
+        let key_file = node.dir.with_extension("auth-key").to_string_lossy().into_owned();
         let mut args = vec!["--data-dir", &dir, "--name", &node.name, "--listen", &listen];
         match key {
             None => args.extend(["--ir-name", "nemesis"]),
-            Some(k) => args.extend(["--auth-key", k]),
+            Some(k) => {
+                std::fs::write(&key_file, format!("{k}\n"))?;
+                args.extend(["--auth-key-file", &key_file]);
+            }
         }
         let verb = if key.is_some() { "register" } else { "init" };
         let mut all = vec![verb];
         all.extend(args);
         let result = self.shir_in(i, &all, Duration::from_secs(30)).await;
+        let _ = std::fs::remove_file(&key_file);
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&node.dir);
             return Err(e);
