@@ -383,6 +383,18 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
     assert!(failed["error"].as_str().unwrap().contains("missing.csv"), "{failed}");
     assert_eq!(failed["attempt"], 1, "a missing file is not worth retrying: {failed}");
     assert!(!share.join("out/missing.csv").exists());
+    // Its worker logged the failed attempt at WARN, with the job, the attempt and the reason.
+    let ran = index_of(&ir, failed["node"].as_str().unwrap());
+    let log = std::fs::read_to_string(&ir.nodes[ran].log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains(" WARN ")
+            && l.contains("attempt failed")
+            && l.contains(&format!("job={id}"))
+            && l.contains("attempt=1")
+            && l.contains("missing.csv")),
+        "no WARN line for the failed attempt of {id} in {}",
+        ir.nodes[ran].log.display()
+    );
     let (code, err) = exit_of(&ir, 1, &["job", "wait", &id]);
     assert_eq!(code, Some(1), "a failed job's wait exits 1: {err}");
     assert!(err.contains("failed after 1 attempt"), "{err}");
@@ -409,5 +421,23 @@ async fn jobs_spread_fail_over_and_stay_exactly_once() {
         .unwrap()
         .clone();
     assert_eq!(node3["concurrent_jobs_limit"], 5);
+    // Back to the default: shown at once, not the old limit until node3's next heartbeat.
+    // (201: no default of two per core, capped by memory, is odd and that large here.)
+    for (limit, shown) in [("201", 201), ("0", -1)] {
+        shir_on(&ir, 3, &["node", "set-limit", "node3", limit])
+            .await
+            .expect("set-limit");
+        let status = common::status_json(&ir, 1).await.unwrap();
+        let node3 = &status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "node3")
+            .unwrap()["concurrent_jobs_limit"];
+        match shown {
+            -1 => assert_ne!(node3, 201, "the cleared limit still shows: {status}"),
+            n => assert_eq!(node3, n, "{status}"),
+        }
+    }
     ir.stop_all().await;
 }

@@ -94,12 +94,16 @@ impl Node {
     /// Jobs this node runs at once: `node set-limit` if set, else node.json, else from its
     /// cores and memory. None while it shuts down: its heartbeats then tell the dispatcher
     /// to place nothing more here.
+    /// The limit this node's heartbeats report: 0 once it is shutting down, else its own
+    /// default (node.json, or from the machine). A limit set with `node set-limit` is not in
+    /// it: that is in the replicated state, which the dispatcher and `status` apply over
+    /// this, so a change shows the moment it is committed, not at the node's next heartbeat.
     pub fn jobs_limit(&self) -> u32 {
         if self.shutdown.is_cancelled() {
             return 0;
         }
-        self.read_state(|s| s.node_limits.get(&self.id()).copied())
-            .or(self.config.concurrent_jobs_limit)
+        self.config
+            .concurrent_jobs_limit
             .unwrap_or_else(sysload::default_jobs_limit)
     }
 

@@ -189,12 +189,14 @@ async fn run_attempt(
             return;
         }
     };
-    let label = match &outcome {
-        Outcome::Succeeded { .. } => "succeeded".to_string(),
-        Outcome::Failed { error, .. } => format!("failed: {error}"),
-        Outcome::Cancelled => "cancelled".to_string(),
-    };
-    tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt {label}");
+    // A failed attempt is what an operator reads logs for: WARN, with the reason as a field.
+    match &outcome {
+        Outcome::Succeeded { .. } => tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt succeeded"),
+        Outcome::Failed { error, .. } => {
+            tracing::warn!(job = %id.job_id, attempt = id.attempt, reason = %error, "attempt failed")
+        }
+        Outcome::Cancelled => tracing::info!(job = %id.job_id, attempt = id.attempt, "attempt cancelled"),
+    }
     let request = proto::JobReportRequest {
         job_id: id.job_id.clone(),
         attempt: id.attempt,
