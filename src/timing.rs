@@ -50,6 +50,11 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// under the interval, so a round ends before the next begins.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(900);
 
+/// `status` warns when the clocks of the nodes that are up disagree by more than this.
+/// Measured from heartbeat send times, so it must be well above a heartbeat's delay (under
+/// `HEARTBEAT_TIMEOUT`) to never warn of the network; NTP keeps clocks within milliseconds.
+pub const CLOCK_SKEW_WARN: Duration = Duration::from_secs(2);
+
 /// A node silent for longer than this is Offline (node.json's `offline_timeout_ms`): four
 /// missed heartbeats is a node that is gone, not one that is slow, and one or two lost ones
 /// do not requeue a node's jobs.

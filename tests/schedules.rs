@@ -363,8 +363,79 @@ async fn schedules_fire_each_slot_once_through_dispatcher_kills() {
         .await
         .expect("delete lasty");
 
+    clocks_that_disagree_are_warned_of(&mut ir, &steps).await;
     windows_of_a_postgres_query(&ir, &share, &steps).await;
     ir.stop_all().await;
+}
+
+/// Debian's libfaketime (package `faketime`), which shifts one process's wall clock.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// A node whose clock is 30 s ahead (libfaketime on that one process; the monotonic clock
+/// its timers use is left alone) makes `status` warn, naming it, on every node; back in
+/// step, the warning goes.
+async fn clocks_that_disagree_are_warned_of(ir: &mut LocalIr, steps: &common::Steps) {
+    if !std::path::Path::new(LIBFAKETIME).exists() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but {LIBFAKETIME} is missing: .ci/run must install Debian's faketime"
+        );
+        eprintln!("skipped the clock-skew part: {LIBFAKETIME} is missing (apt-get install faketime)");
+        return;
+    }
+    steps.step("node4's clock 30 s ahead: status warns on every node, naming it");
+    let without = ir.env.clone();
+    ir.env.extend([
+        ("LD_PRELOAD".to_string(), LIBFAKETIME.to_string()),
+        ("FAKETIME".to_string(), "+30s".to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+    ]);
+    ir.kill(3).await.expect("stop node4");
+    ir.start(3).await.expect("start node4 30 s ahead");
+    ir.env = without;
+    for via in [0, 3] {
+        let status = common::eventually("a clock warning", Duration::from_secs(20), || async {
+            let s = common::status_json(ir, via).await?;
+            match s["warnings"].as_array().and_then(|w| w.first()) {
+                Some(w) => Ok((w.as_str().unwrap_or("").to_string(), s)),
+                None => Err(format!("no warning yet: {s}")),
+            }
+        })
+        .await;
+        let (warning, s) = status;
+        assert!(
+            warning.contains("clocks disagree by") && warning.contains("node4 is ahead"),
+            "{warning}"
+        );
+        let offset = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "node4")
+            .unwrap()["clock_offset_ms"]
+            .as_i64()
+            .unwrap();
+        if via == 0 {
+            assert!(
+                (29_000..=31_000).contains(&offset),
+                "node4 seen from node1: {offset} ms"
+            );
+        }
+        let text = shir_on(ir, via, &["status"]).await.expect("status");
+        assert!(text.contains("Warning: the nodes' clocks disagree"), "{text}");
+    }
+
+    steps.step("node4 back in step: the warning goes");
+    ir.kill(3).await.expect("stop node4");
+    ir.start(3).await.expect("start node4");
+    common::eventually("no clock warning", Duration::from_secs(20), || async {
+        let s = common::status_json(ir, 0).await?;
+        match s["warnings"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(format!("still warned: {s}")),
+        }
+    })
+    .await;
 }
 
 /// Hourly windows over a PostgreSQL query, backfilled: each run reads exactly its hour, the

@@ -99,6 +99,7 @@ pub fn status_json(s: &proto::StatusReply) -> Value {
                 "last_heartbeat": if n.last_heartbeat_ms == 0 { None } else { rfc3339_ms(n.last_heartbeat_ms) },
                 "cert_expires": rfc3339_secs(n.cert_expires),
                 "unreachable_peers": n.unreachable_peers,
+                "clock_offset_ms": n.clock_offset_ms,
             })
         })
         .collect();
@@ -110,6 +111,7 @@ pub fn status_json(s: &proto::StatusReply) -> Value {
         "answered_by": s.answered_by,
         "queued_jobs": s.queued_jobs,
         "nodes": nodes,
+        "warnings": s.warnings,
     })
 }
 
@@ -167,8 +169,9 @@ pub fn status_text(s: &proto::StatusReply) -> String {
             ]
         })
         .collect();
+    let warnings: String = s.warnings.iter().map(|w| format!("\nWarning: {w}")).collect();
     format!(
-        "Integration runtime  {} ({})\nDispatcher           {}\nQueued jobs          {}\n\n{}",
+        "Integration runtime  {} ({})\nDispatcher           {}\nQueued jobs          {}{warnings}\n\n{}",
         s.ir_name,
         s.ir_id,
         dispatcher,

@@ -17,7 +17,7 @@ use crate::protocol::{self, ProtocolMismatch};
 
 pub use crate::timing::HEARTBEAT_INTERVAL;
 
-use crate::timing::HEARTBEAT_TIMEOUT;
+use crate::timing::{CLOCK_SKEW_WARN, HEARTBEAT_TIMEOUT};
 
 /// How a node is doing, as judged from what was last heard of every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub enum Health {
 
 struct Seen {
     at_ms: i64,
+    /// Its clock minus ours when its last heartbeat arrived (the send time it carries, less
+    /// our receive time; the network's delay makes it a little low).
+    clock_offset_ms: i64,
     load: NodeLoad,
     /// Its last heartbeat was refused for this reason (another protocol version); `load` is
     /// then empty.
@@ -69,9 +72,15 @@ impl Liveness {
         }
     }
 
+    /// This node's own load (its clock is the reference: offset 0).
     pub fn record(&self, name: &str, load: NodeLoad) {
+        self.record_at(name, load, 0);
+    }
+
+    fn record_at(&self, name: &str, load: NodeLoad, clock_offset_ms: i64) {
         let seen = Seen {
             at_ms: crate::unix_now_ms(),
+            clock_offset_ms,
             load,
             refused: None,
         };
@@ -89,13 +98,19 @@ impl Liveness {
             }
             let refused = Seen {
                 at_ms: crate::unix_now_ms(),
+                clock_offset_ms: 0,
                 load: NodeLoad::default(),
                 refused: Some(reason),
             };
             seen.insert(name.to_string(), refused);
             return Err(mismatch);
         }
-        self.record(name, req.load.unwrap_or_default());
+        let offset = if req.sent_at_ms > 0 {
+            req.sent_at_ms - crate::unix_now_ms()
+        } else {
+            0
+        };
+        self.record_at(name, req.load.unwrap_or_default(), offset);
         Ok(())
     }
 
@@ -306,7 +321,7 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
     let seen = node.liveness.seen.lock().expect("liveness lock");
     let names: Vec<&str> = state.nodes.values().map(|n| n.name.as_str()).collect();
 
-    let nodes = state
+    let nodes: Vec<proto::NodeStatus> = state
         .nodes
         .values()
         .map(|n| {
@@ -349,9 +364,14 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
                 last_heartbeat_ms: heard.map(|s| s.at_ms).unwrap_or(0),
                 cert_expires: n.cert_not_after,
                 unreachable_peers: unreachable,
+                clock_offset_ms: match (status, heard) {
+                    (Health::Offline, _) | (_, None) => 0,
+                    (_, Some(s)) => s.clock_offset_ms,
+                },
             }
         })
         .collect();
+    let warnings = clock_warning(&nodes).into_iter().collect();
     let (ir_name, ir_id) = state
         .ir
         .as_ref()
@@ -368,7 +388,28 @@ pub fn status_reply(node: &Node, dispatcher: Option<crate::raft::NodeId>) -> pro
         term: m.current_term,
         answered_by: node.config.name.clone(),
         queued_jobs: state.queued_jobs() as u32,
+        warnings,
     }
+}
+
+/// A warning when the clocks of the nodes that are up disagree by more than
+/// [`CLOCK_SKEW_WARN`]: schedules fire by the dispatcher's clock, so a failover between
+/// nodes whose clocks disagree moves when slots fire (README, "Schedules").
+fn clock_warning(nodes: &[proto::NodeStatus]) -> Option<String> {
+    let up = nodes
+        .iter()
+        .filter(|n| n.status() != proto::NodeHealth::Offline && n.last_heartbeat_ms != 0);
+    let earliest = up.clone().min_by_key(|n| n.clock_offset_ms)?;
+    let latest = up.max_by_key(|n| n.clock_offset_ms)?;
+    let spread = latest.clock_offset_ms - earliest.clock_offset_ms;
+    (spread > CLOCK_SKEW_WARN.as_millis() as i64).then(|| {
+        format!(
+            "the nodes' clocks disagree by {:.1} s ({} is ahead of {}): schedules fire by the dispatcher's clock; keep every node's clock in sync (NTP)",
+            spread as f64 / 1000.0,
+            latest.name,
+            earliest.name
+        )
+    })
 }
 
 #[cfg(test)]
@@ -381,6 +422,7 @@ mod tests {
             ..Default::default()
         };
         Seen {
+            clock_offset_ms: 0,
             at_ms,
             load,
             refused: None,
@@ -388,6 +430,33 @@ mod tests {
     }
 
     const ALL: [&str; 4] = ["n1", "n2", "n3", "n4"];
+
+    #[test]
+    fn clocks_apart_by_more_than_two_seconds_are_warned_of() {
+        let node = |name: &str, offset: i64, health: proto::NodeHealth| proto::NodeStatus {
+            name: name.into(),
+            status: health.into(),
+            last_heartbeat_ms: 1,
+            clock_offset_ms: offset,
+            ..Default::default()
+        };
+        let online = proto::NodeHealth::Online;
+        let calm = [node("n1", 0, online), node("n2", -40, online), node("n3", 1900, online)];
+        assert_eq!(clock_warning(&calm), None);
+        let skewed = [
+            node("n1", 0, online),
+            node("n2", -1200, online),
+            node("n3", 4100, online),
+        ];
+        let w = clock_warning(&skewed).expect("a warning");
+        assert!(w.contains("disagree by 5.3 s (n3 is ahead of n2)"), "{w}");
+        // An Offline node's last offset is stale; a node never heard from has none.
+        let gone = [node("n1", 0, online), node("n2", 60_000, proto::NodeHealth::Offline)];
+        assert_eq!(clock_warning(&gone), None);
+        let mut never = node("n2", 60_000, online);
+        never.last_heartbeat_ms = 0;
+        assert_eq!(clock_warning(&[node("n1", 0, online), never]), None);
+    }
 
     #[test]
     fn everyone_heard_and_reaching_everyone_is_online() {
