@@ -280,39 +280,7 @@ async fn postgres_types_survive_parquet_and_come_back_into_a_created_table() {
     let db = pg.create_database().await;
     let client = pg.client(&db).await;
     client.batch_execute(EVERY_TYPE).await.expect("tables");
-    let port = pg.port().to_string();
-    let service = |name: &str, extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "linked-service",
-            "create",
-            name,
-            "--type",
-            "postgres",
-            "--host",
-            pg.host(),
-            "--port",
-            &port,
-            "--database",
-            &db,
-            "--user",
-            pg.user(),
-            "--password-stdin",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
-    let create = |args: Vec<String>| {
-        let ir = &ir;
-        let password = format!("{}\n", pg.password());
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            shir_on(ir, 0, &args, Some(&password)).await
-        }
-    };
-    create(service("warehouse", &["--set", "state_schema=etl_state"]))
+    common::try_create_postgres_service(&ir, 0, "warehouse", &pg, &db, &["--set", "state_schema=etl_state"])
         .await
         .expect("create warehouse");
     let share = tmp.path().join("share");
@@ -623,7 +591,9 @@ duckdb span ['423 days, 4:05:06.500000', 'None', '-32 days, 23:59:59.999999']
         ("state_schema=pg_mine", "'pg_mine'"),
         ("state_schema=", "empty"),
     ] {
-        let err = create(service("warehouse2", &["--set", bad])).await.unwrap_err();
+        let err = common::try_create_postgres_service(&ir, 0, "warehouse2", &pg, &db, &["--set", bad])
+            .await
+            .unwrap_err();
         assert!(err.contains("state_schema") && err.contains(why), "{bad}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }

@@ -228,16 +228,17 @@ pub fn test_postgres() -> Option<std::collections::BTreeMap<String, String>> {
 }
 
 /// `linked-service create NAME --type postgres` through node `via`, for database `db` of `pg`
-/// as its superuser, the password on standard input.
-pub async fn create_postgres_service(
+/// as its superuser, the password on standard input, with `extra` flags; stdout or the error.
+pub async fn try_create_postgres_service(
     ir: &LocalIr,
     via: usize,
     name: &str,
     pg: &shir::testing::postgres::ThrowawayPostgres,
     db: &str,
-) {
+    extra: &[&str],
+) -> Result<String, String> {
     let port = pg.port().to_string();
-    let args = [
+    let mut args = vec![
         "linked-service",
         "create",
         name,
@@ -253,7 +254,19 @@ pub async fn create_postgres_service(
         pg.user(),
         "--password-stdin",
     ];
-    shir_on(ir, via, &args, Some(&format!("{}\n", pg.password())))
+    args.extend_from_slice(extra);
+    shir_on(ir, via, &args, Some(&format!("{}\n", pg.password()))).await
+}
+
+/// [`try_create_postgres_service`] with no extra flags, which must succeed.
+pub async fn create_postgres_service(
+    ir: &LocalIr,
+    via: usize,
+    name: &str,
+    pg: &shir::testing::postgres::ThrowawayPostgres,
+    db: &str,
+) {
+    try_create_postgres_service(ir, via, name, pg, db, &[])
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
 }
