@@ -99,7 +99,7 @@ async fn script(ir: &mut LocalIr) -> Result<()> {
         let name = ir.nodes[i].name.clone();
         let addr = ir.nodes[i].address.clone();
         step(&format!(
-            "{name}: shir register --name {name} --listen {addr} --auth-key <key1>, then shir run"
+            "{name}: shir register --name {name} --listen {addr} --auth-key-file <file with key1>, then shir run"
         ));
         ir.register(i, &key).await?;
         ir.start(i).await?;
