@@ -91,9 +91,6 @@ impl Node {
         Some((id, addr))
     }
 
-    /// Jobs this node runs at once: `node set-limit` if set, else node.json, else from its
-    /// cores and memory. None while it shuts down: its heartbeats then tell the dispatcher
-    /// to place nothing more here.
     /// The limit this node's heartbeats report: 0 once it is shutting down, else its own
     /// default (node.json, or from the machine). A limit set with `node set-limit` is not in
     /// it: that is in the replicated state, which the dispatcher and `status` apply over
